@@ -1,0 +1,602 @@
+"""Acceptor process: owns client connections.
+
+One selector loop: accept, read, parse (C parser via prack.http), push each
+complete request into this acceptor's ring, and write the responses the API
+process routes back over the Unix socket. Every per-connection deadline lives
+here, so the API process only moves records and can be restarted without
+losing a queued request.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import selectors
+import signal
+import socket
+import time
+
+import msgspec
+
+from prack import http, wire
+from prack.sockets import drop_sent
+from prack.ring import RecordTooBig, RingFull
+from prack.wire import SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
+
+log = logging.getLogger("prack.acceptor")
+access_log = logging.getLogger("prack.access")
+
+# Connection states.
+READING, QUEUED, TAKEN, WRITING, LINGER = range(5)
+
+LINGER_SECONDS = 2.0      # drain time after an error before closing (RFC 9112 9.6)
+LINGER_MAX_BYTES = 1 << 20
+RECV_SIZE = 65536
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+class Conn:
+    __slots__ = ("sock", "fd", "slot", "key", "state", "reader", "out", "events",
+                 "deadline", "keep_alive", "version_minor", "method", "target",
+                 "remote_addr", "remote_port", "started", "sent_continue",
+                 "lingered", "status", "sent")
+
+    def __init__(self, sock, slot, reader, addr):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.slot = slot
+        self.key = 0
+        self.state = READING
+        self.reader = reader
+        self.out: list = []
+        self.events = 0
+        self.deadline = 0.0
+        self.keep_alive = False
+        self.version_minor = 1
+        self.method = ""
+        self.target = ""
+        self.started = 0.0
+        self.sent_continue = False
+        self.lingered = 0
+        self.status = 0
+        self.sent = 0
+        if isinstance(addr, tuple):
+            self.remote_addr = addr[0]
+            self.remote_port = str(addr[1])
+        else:  # Unix-domain listener
+            self.remote_addr = ""
+            self.remote_port = ""
+
+
+def _noop(signum, frame):
+    """Signals only wake the loop through the wakeup fd."""
+
+
+class Acceptor:
+    def __init__(self, cfg, index: int, generation: int, listener: socket.socket,
+                 segment, api_path: str, status_fd: int):
+        self.cfg = cfg
+        self.index = index
+        self.generation = generation
+        self.listener = listener
+        self.ring = segment.ring(index)
+        self.nslots = segment.nslots
+        self.api_path = api_path
+        self.status_fd = status_fd
+        lim = cfg.limits
+        self.limits = http.Limits(lim.max_body_size, lim.max_header_size,
+                                  lim.max_request_line, lim.max_headers)
+        # Bytes we accept to hold for a connection whose request is in flight.
+        self.pipeline_cap = lim.max_header_size
+        t = cfg.timeouts
+        self.t_header = t.header_timeout
+        self.t_body = t.body_timeout
+        self.t_keepalive = t.keepalive_timeout
+        self.t_send = t.send_timeout
+        self.t_queue = t.queue_timeout
+        self.t_response = t.response_timeout
+        self.t_graceful = t.graceful_timeout
+        self.tick = min(1.0, max(0.05, min(self.t_header, self.t_body, self.t_keepalive,
+                                            self.t_send, self.t_queue, self.t_response) / 4))
+        self.server = cfg.server.server_header.encode("latin-1")
+        self.access = cfg.logging.access_log
+        host, port = listener.getsockname()[:2] if listener.family != socket.AF_UNIX else ("", 0)
+        self.server_name = host
+        self.server_port = str(port)
+        self.encode = msgspec.json.Encoder().encode
+        self.sel = selectors.DefaultSelector()
+        self.conns: dict[int, Conn] = {}
+        self.slots: list[Conn | None] = [None] * self.nslots
+        self.free_slots = list(range(self.nslots - 1, -1, -1))
+        self.api: socket.socket | None = None
+        self.api_in = bytearray()
+        self.api_out: list = []
+        self.api_retry_at = 0.0
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.rand = random.Random(os.urandom(16))
+
+    # -- setup ---------------------------------------------------------------
+
+    def run(self) -> int:
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, _noop)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.wake_r = wake_r
+        # A new incarnation of this acceptor: nothing in the slot table is ours.
+        for i in range(self.nslots):
+            self.ring.slot_store(i, 0)
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept)
+        self.sel.register(wake_r, selectors.EVENT_READ, self._on_signal)
+        self._connect_api()
+        os.write(self.status_fd, b"A%d\n" % self.index)
+        log.debug("acceptor %d ready (pid %d)", self.index, os.getpid())
+        try:
+            self._loop()
+        finally:
+            signal.set_wakeup_fd(-1)
+        return 0
+
+    def _loop(self) -> None:
+        sel = self.sel
+        tick = self.tick
+        next_scan = time.monotonic() + tick
+        while True:
+            now = time.monotonic()
+            timeout = max(0.0, next_scan - now)
+            for key, mask in sel.select(timeout):
+                data = key.data
+                if data.__class__ is Conn:
+                    self._on_conn(data, mask)
+                else:
+                    data(mask)
+            now = time.monotonic()
+            if now >= next_scan:
+                next_scan = now + tick
+                self._scan(now)
+                if self.stopping and (not self.conns or now >= self.stop_deadline):
+                    for conn in list(self.conns.values()):
+                        self._close(conn)
+                    return
+
+    # -- signals -------------------------------------------------------------
+
+    def _on_signal(self, mask) -> None:
+        try:
+            data = self.wake_r.recv(64)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum in _STOP_SIGNALS and not self.stopping:
+                self._begin_stop()
+
+    def _begin_stop(self) -> None:
+        """Graceful stop: no new connections; finish what we hold."""
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.t_graceful
+        try:
+            self.sel.unregister(self.listener)
+        except (KeyError, ValueError):
+            pass
+        self.listener.close()
+        for conn in list(self.conns.values()):
+            if conn.state == READING and conn.reader.idle:
+                self._close(conn)
+        log.debug("acceptor %d draining %d connections", self.index, len(self.conns))
+
+    # -- the link to the API process -------------------------------------------
+
+    def _connect_api(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(1.0)
+            sock.connect(self.api_path)
+        except OSError as exc:
+            sock.close()
+            self.api_retry_at = time.monotonic() + 0.2
+            log.debug("acceptor %d: API socket not reachable: %s", self.index, exc)
+            return
+        sock.setblocking(False)
+        self.api = sock
+        self.api_in.clear()
+        self.api_out = [wire.FRAME_LEN.pack(wire.HELLO.size),
+                        wire.HELLO.pack(wire.F_HELLO, self.index, self.generation, os.getpid())]
+        self.sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_api)
+
+    def _api_lost(self) -> None:
+        sock = self.api
+        self.api = None
+        if sock is not None:
+            self.sel.unregister(sock)
+            sock.close()
+        self.api_out = []
+        self.api_retry_at = time.monotonic() + 0.05
+        log.info("acceptor %d: lost the API process; reconnecting", self.index)
+
+    def _send_api(self, buffers) -> None:
+        if self.api is None:
+            return
+        was_empty = not self.api_out
+        self.api_out.extend(buffers)
+        if was_empty:
+            self._flush_api()
+
+    def _flush_api(self) -> None:
+        out = self.api_out
+        sock = self.api
+        while out:
+            try:
+                n = sock.sendmsg(out[:64])
+            except BlockingIOError:
+                break
+            except OSError:
+                self._api_lost()
+                return
+            drop_sent(out, n)
+        self.sel.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0),
+                        self._on_api)
+
+    def _on_api(self, mask) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush_api()
+            if self.api is None:
+                return
+        if not mask & selectors.EVENT_READ:
+            return
+        try:
+            data = self.api.recv(1 << 18)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._api_lost()
+            return
+        buf = self.api_in
+        buf += data
+        pos = 0
+        end = len(buf)
+        unpack_len = wire.FRAME_LEN.unpack_from
+        while end - pos >= 4:
+            size = unpack_len(buf, pos)[0]
+            if end - pos - 4 < size:
+                break
+            start = pos + 4
+            pos = start + size
+            if buf[start] == wire.F_RESPONSE:
+                self._on_response_frame(buf, start, pos)
+        if pos:
+            del buf[:pos]
+
+    def _on_response_frame(self, buf, start: int, end: int) -> None:
+        _, slot, key, status, flags, block_len, declared = wire.RESPONSE.unpack_from(buf, start)
+        conn = self.slots[slot] if slot < self.nslots else None
+        if conn is None or conn.key != key or conn.state not in (QUEUED, TAKEN):
+            log.debug("acceptor %d: response for a connection that has gone", self.index)
+            return
+        at = start + wire.RESPONSE.size
+        block = bytes(buf[at:at + block_len])
+        body = bytes(buf[at + block_len:end])
+        self._respond(conn, status, flags, block, body, declared)
+
+    # -- accepting -------------------------------------------------------------
+
+    def _on_accept(self, mask) -> None:
+        for _ in range(64):
+            try:
+                sock, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("acceptor %d: accept: %s", self.index, exc.strerror)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                raise
+            if not self.free_slots:
+                # Over max_connections: refuse quickly rather than queue forever.
+                try:
+                    sock.setblocking(False)
+                    sock.send(http.simple_response(503, b"server busy\n",
+                                                   extra=b"Retry-After: 1\r\n",
+                                                   server=self.server))
+                except OSError:
+                    pass
+                sock.close()
+                continue
+            sock.setblocking(False)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            slot = self.free_slots.pop()
+            conn = Conn(sock, slot, http.RequestReader(self.limits), addr)
+            conn.deadline = time.monotonic() + self.t_keepalive
+            conn.events = selectors.EVENT_READ
+            self.slots[slot] = conn
+            self.conns[conn.fd] = conn
+            self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    # -- connection events -----------------------------------------------------
+
+    def _on_conn(self, conn: Conn, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush(conn)
+            if conn.sock is None:
+                return
+        if mask & selectors.EVENT_READ:
+            self._on_readable(conn)
+
+    def _on_readable(self, conn: Conn) -> None:
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            # The client closed (or reset). A request in flight is abandoned.
+            self._close(conn)
+            return
+        state = conn.state
+        if state == LINGER:
+            conn.lingered += len(data)
+            if conn.lingered > LINGER_MAX_BYTES:
+                self._close(conn)
+            return
+        reader = conn.reader
+        if state == READING:
+            now = time.monotonic()
+            if reader.idle:
+                conn.deadline = now + self.t_header
+            elif reader.in_body:
+                conn.deadline = now + self.t_body
+            reader.feed(data)
+            self._process(conn)
+        else:
+            # Pipelined bytes while a request is in flight: keep them, but no
+            # more than pipeline_cap (then stop reading until our turn).
+            reader.feed(data)
+            if len(reader.buf) > self.pipeline_cap:
+                self._set_events(conn, conn.events & ~selectors.EVENT_READ)
+
+    def _process(self, conn: Conn) -> None:
+        """Parse what is buffered; dispatch a complete request."""
+        reader = conn.reader
+        try:
+            req = reader.maybe_read_request()
+        except http.ProtocolError as exc:
+            self._fail(conn, exc.status, exc.message)
+            return
+        if req is None:
+            if reader.wants_continue and not conn.sent_continue:
+                conn.sent_continue = True
+                conn.deadline = time.monotonic() + self.t_body
+                self._write(conn, [CONTINUE])
+            return
+        self._dispatch(conn, req)
+
+    def _dispatch(self, conn: Conn, req: http.Request) -> None:
+        conn.keep_alive = req.keep_alive and not self.stopping
+        conn.version_minor = req.version_minor
+        conn.method = req.method
+        conn.target = req.target
+        conn.started = time.monotonic()
+        conn.sent_continue = False
+        env = wire.environ(req, self.server_name, self.server_port,
+                           conn.remote_addr, conn.remote_port)
+        env_json = self.encode(env)
+        key = self.rand.getrandbits(62) or 1
+        slot = conn.slot
+        ring = self.ring
+        ring.slot_store(slot, (key << 2) | SLOT_QUEUED)
+        conn.key = key
+        conn.state = QUEUED
+        body = req.body
+        record = wire.RECORD.pack(self.generation, self.index, slot, key, time.time(),
+                                  len(env_json), len(body))
+        try:
+            wake = ring.push(record, env_json, body)
+        except RingFull:
+            ring.slot_store(slot, 0)
+            log.warning("acceptor %d: ring full, answering 503", self.index)
+            self._respond_local(conn, 503, b"the request queue is full\n", b"Retry-After: 1\r\n")
+            return
+        except RecordTooBig:
+            ring.slot_store(slot, 0)
+            self._respond_local(conn, 431, b"request too large for the queue\n", b"", close=True)
+            return
+        conn.deadline = conn.started + self.t_queue
+        if wake:
+            self._send_api([wire.WAKE_FRAME])
+
+    # -- responses ---------------------------------------------------------------
+
+    def _respond(self, conn: Conn, status: int, flags: int, block: bytes, body: bytes,
+                 declared: int) -> None:
+        if flags & wire.RF_ERROR:
+            self._respond_local(conn, status, http.reason_phrase(status).encode() + b"\n", b"")
+            return
+        keep = conn.keep_alive and not flags & wire.RF_CLOSE and not self.stopping
+        if status < 200 or status == 204 or status == 304:
+            length = None
+            body = b""
+        elif conn.method == "HEAD":
+            if body:
+                length = len(body)
+            elif flags & wire.RF_DECLARED:
+                length = declared
+            else:
+                length = None
+            body = b""
+        else:
+            length = len(body)
+        head = http.response_head(status, block, length, keep,
+                                  b"" if flags & wire.RF_HAS_SERVER else self.server,
+                                  not flags & wire.RF_HAS_DATE,
+                                  keep and conn.version_minor == 0)
+        self._start_response(conn, status, keep, [head, body] if body else [head])
+
+    def _respond_local(self, conn: Conn, status: int, body: bytes, extra: bytes,
+                       close: bool = False) -> None:
+        """A response Prack makes itself (errors, timeouts, a full queue)."""
+        keep = conn.keep_alive and not close and not self.stopping
+        data = http.simple_response(status, body, keep_alive=keep, server=self.server,
+                                    extra=extra, head_only=conn.method == "HEAD")
+        self._start_response(conn, status, keep, [data])
+
+    def _start_response(self, conn: Conn, status: int, keep: bool, buffers: list) -> None:
+        conn.keep_alive = keep
+        conn.state = WRITING
+        conn.status = status
+        conn.sent = sum(map(len, buffers))
+        conn.deadline = time.monotonic() + self.t_send
+        self._write(conn, buffers)
+
+    def _fail(self, conn: Conn, status: int, message: str) -> None:
+        """The client broke the protocol: answer, then close (no more requests
+        are read from this connection)."""
+        log.debug("acceptor %d: %d %s from %s", self.index, status, message, conn.remote_addr)
+        conn.keep_alive = False
+        if not conn.method:
+            conn.method = "-"
+        data = http.simple_response(status, message.encode() + b"\n", keep_alive=False,
+                                    server=self.server)
+        conn.started = time.monotonic()
+        self._start_response(conn, status, False, [data])
+
+    def _write(self, conn: Conn, buffers: list) -> None:
+        was_empty = not conn.out
+        conn.out.extend(buffers)
+        if was_empty:
+            self._flush(conn)
+
+    def _flush(self, conn: Conn) -> None:
+        out = conn.out
+        sock = conn.sock
+        while out:
+            try:
+                n = sock.sendmsg(out[:64])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._close(conn)
+                return
+            drop_sent(out, n)
+            conn.deadline = time.monotonic() + self.t_send if conn.state == WRITING else conn.deadline
+        if out:
+            self._set_events(conn, conn.events | selectors.EVENT_WRITE)
+            return
+        if conn.events & selectors.EVENT_WRITE:
+            self._set_events(conn, conn.events & ~selectors.EVENT_WRITE)
+        if conn.state == WRITING:
+            self._finished(conn)
+
+    def _finished(self, conn: Conn) -> None:
+        if self.access:
+            access_log.info('%s - "%s %s HTTP/1.%d" %d %d %.4f', conn.remote_addr or "-",
+                            conn.method, conn.target, conn.version_minor, conn.status,
+                            conn.sent, time.monotonic() - conn.started)
+        conn.method = ""
+        conn.target = ""
+        conn.key = 0
+        if not conn.keep_alive:
+            self._linger(conn)
+            return
+        conn.state = READING
+        conn.reader.next()
+        conn.deadline = time.monotonic() + self.t_keepalive
+        if not conn.events & selectors.EVENT_READ:
+            self._set_events(conn, conn.events | selectors.EVENT_READ)
+        if conn.reader.buf:
+            conn.deadline = time.monotonic() + self.t_header
+            self._process(conn)
+
+    def _linger(self, conn: Conn) -> None:
+        """Half-close and drain before closing, so the client reads our answer
+        instead of a reset caused by its unread bytes (RFC 9112 9.6)."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        conn.state = LINGER
+        conn.reader.buf.clear()
+        conn.deadline = time.monotonic() + LINGER_SECONDS
+        self._set_events(conn, selectors.EVENT_READ)
+
+    def _set_events(self, conn: Conn, events: int) -> None:
+        if events == conn.events:
+            return
+        conn.events = events
+        if events:
+            if conn.sock is not None:
+                try:
+                    self.sel.modify(conn.sock, events, conn)
+                except KeyError:
+                    self.sel.register(conn.sock, events, conn)
+        else:
+            self.sel.unregister(conn.sock)
+
+    def _close(self, conn: Conn) -> None:
+        sock = conn.sock
+        if sock is None:
+            return
+        if conn.state in (QUEUED, TAKEN):
+            # Whoever holds the request learns the client has gone.
+            self.ring.slot_store(conn.slot, (conn.key << 2) | SLOT_GONE)
+        if conn.events:
+            self.sel.unregister(sock)
+        sock.close()
+        conn.sock = None
+        conn.out = []
+        del self.conns[conn.fd]
+        self.slots[conn.slot] = None
+        self.free_slots.insert(0, conn.slot)
+
+    # -- deadlines ---------------------------------------------------------------
+
+    def _scan(self, now: float) -> None:
+        if self.api is None and now >= self.api_retry_at:
+            self._connect_api()
+        ring = self.ring
+        for conn in list(self.conns.values()):
+            state = conn.state
+            if state == QUEUED:
+                word = ring.slot_load(conn.slot)
+                if word == (conn.key << 2) | SLOT_TAKEN:
+                    conn.state = TAKEN
+                    conn.deadline = now + self.t_response
+                    continue
+            if now < conn.deadline:
+                continue
+            if state == READING:
+                if conn.reader.idle:
+                    self._close(conn)        # idle keep-alive: close silently
+                else:
+                    self._fail(conn, 408, "request timeout")
+            elif state == QUEUED:
+                # Withdraw the request unless a worker took it meanwhile.
+                queued = (conn.key << 2) | SLOT_QUEUED
+                if ring.slot_cas(conn.slot, queued, (conn.key << 2) | SLOT_GONE):
+                    log.warning("acceptor %d: no worker took %s %s within %.3gs: 504",
+                                self.index, conn.method, conn.target, self.t_queue)
+                    self._respond_local(conn, 504, b"no worker took the request in time\n", b"")
+                else:
+                    conn.state = TAKEN
+                    conn.deadline = now + self.t_response
+            elif state == TAKEN:
+                ring.slot_store(conn.slot, (conn.key << 2) | SLOT_GONE)
+                log.warning("acceptor %d: no response to %s %s within %.3gs: 504",
+                            self.index, conn.method, conn.target, self.t_response)
+                self._respond_local(conn, 504, b"the worker did not answer in time\n", b"")
+            else:  # WRITING to a client that does not read, or LINGER done
+                self._close(conn)

@@ -1,0 +1,442 @@
+"""Sans-IO HTTP/1.1 server side, shared by the acceptors and the API process.
+
+Bytes go in (`RequestReader.feed`), complete requests come out
+(`RequestReader.maybe_read_request`), and `ProtocolError` carries the status
+to answer when the peer misbehaves. Nothing here touches a socket or a clock,
+so the rules can be tested with byte strings. The byte-level grammar lives
+in C (`_native/parser.c`); this module makes the framing decisions of
+RFC 9112 section 6 on top of it.
+"""
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+
+from prack._native import ffi, lib
+from prack.errors import PrackError
+
+__all__ = [
+    "Limits", "ProtocolError", "Request", "RequestReader",
+    "reason_phrase", "http_date", "response_head", "simple_response",
+]
+
+
+class ProtocolError(PrackError):
+    """The peer sent something we will not process. `status` is the answer;
+    the connection is always closed afterwards (RFC 9112 section 9.6: after a
+    framing error we cannot know where the next request starts)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# Parser result -> (status, message). Everything the grammar rejects is a 400.
+_PARSE_ERRORS = {
+    lib.PRK_E_BAD_REQUEST_LINE: "malformed request line",
+    lib.PRK_E_BAD_METHOD: "malformed method",
+    lib.PRK_E_BAD_TARGET: "malformed request target",
+    lib.PRK_E_BAD_VERSION: "malformed HTTP version",
+    lib.PRK_E_BAD_HEADER_NAME: "malformed header name",
+    lib.PRK_E_WS_BEFORE_COLON: "whitespace before colon in header field",
+    lib.PRK_E_BAD_HEADER_VALUE: "invalid character in header value",
+    lib.PRK_E_OBS_FOLD: "obsolete line folding is not accepted",
+    lib.PRK_E_BARE_CR: "bare CR in request head",
+    lib.PRK_E_BARE_LF: "bare LF in request head",
+    lib.PRK_E_TOO_MANY_HEADERS: "too many header fields",
+    lib.PRK_E_CHUNK_SIZE: "malformed chunk size",
+    lib.PRK_E_CHUNK_EXT: "malformed chunk extension",
+    lib.PRK_E_CHUNK_DATA_END: "chunk data not followed by CRLF",
+    lib.PRK_E_TRAILER: "malformed trailer section",
+}
+
+
+class Limits:
+    """The limits one reader enforces (built from [limits] or [api])."""
+
+    __slots__ = ("max_body_size", "max_header_size", "max_request_line", "max_headers")
+
+    def __init__(self, max_body_size: int, max_header_size: int,
+                 max_request_line: int, max_headers: int):
+        self.max_body_size = max_body_size
+        self.max_header_size = max_header_size
+        self.max_request_line = max_request_line
+        self.max_headers = max_headers
+
+
+class Request:
+    """One complete request. Header names are lower-case bytes, values bytes."""
+
+    __slots__ = ("method", "target", "path", "query", "version_minor", "headers",
+                 "host", "body", "keep_alive", "content_type", "content_length")
+
+    def __init__(self) -> None:
+        self.body = b""
+        self.content_type = None
+        self.content_length = None
+
+    @property
+    def protocol(self) -> str:
+        return "HTTP/1.1" if self.version_minor else "HTTP/1.0"
+
+
+# States of the reader.
+_HEAD, _BODY_LENGTH, _BODY_CHUNKED, _DONE, _ERROR = range(5)
+
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+# RFC 3986 reg-name / IP-literal / port characters accepted in Host.
+_HOST_CHARS = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%:[]")
+
+
+class RequestReader:
+    """Reads requests from one connection, one at a time.
+
+    After a request is returned the reader holds any pipelined bytes until
+    `next()` is called, so responses go out in request order (RFC 9112 9.3.2).
+    """
+
+    __slots__ = ("limits", "buf", "state", "_req", "_remaining", "_chunked",
+                 "_body", "wants_continue", "_c_req", "_c_headers", "_scanned")
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.buf = bytearray()
+        self.state = _HEAD
+        self._req: Request | None = None
+        self._remaining = 0
+        self._chunked = None
+        self._body: bytearray | None = None
+        self.wants_continue = False
+        self._c_req = ffi.new("prk_request *")
+        self._c_headers = ffi.new("prk_header[]", limits.max_headers)
+        self._scanned = 0
+
+    # -- input -----------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+
+    @property
+    def idle(self) -> bool:
+        """True between requests with nothing buffered (an idle keep-alive)."""
+        return self.state == _HEAD and not self.buf
+
+    @property
+    def in_body(self) -> bool:
+        return self.state in (_BODY_LENGTH, _BODY_CHUNKED)
+
+    def next(self) -> None:
+        """Forget the request just returned; start on the next one."""
+        if self.state == _DONE:
+            self.state = _HEAD
+            self._req = None
+            self._scanned = 0
+
+    # -- output ----------------------------------------------------------
+
+    def maybe_read_request(self) -> Request | None:
+        """A complete request, or None when more bytes are needed.
+        Raises ProtocolError; after that the reader refuses everything."""
+        state = self.state
+        if state == _HEAD:
+            if not self._read_head():
+                return None
+            state = self.state
+        if state == _BODY_LENGTH:
+            return self._read_length_body()
+        if state == _BODY_CHUNKED:
+            return self._read_chunked_body()
+        if state == _ERROR:
+            raise ProtocolError(400, "connection already failed")
+        return None  # _DONE: the caller has not called next() yet
+
+    def _fail(self, status: int, message: str) -> ProtocolError:
+        self.state = _ERROR
+        return ProtocolError(status, message)
+
+    def _read_head(self) -> bool:
+        buf = self.buf
+        n = len(buf)
+        if not n:
+            return False
+        limits = self.limits
+        creq = self._c_req
+        cbuf = ffi.from_buffer(buf)
+        try:
+            rc = lib.prk_parse_request(cbuf, n, creq, self._c_headers, limits.max_headers)
+        finally:
+            ffi.release(cbuf)
+        if rc == lib.PRK_INCOMPLETE:
+            if n > limits.max_header_size or n > limits.max_request_line:
+                line_end = buf.find(b"\n", 0, limits.max_request_line + 1)
+                if line_end < 0 and n > limits.max_request_line:
+                    raise self._fail(414, "request line too long")
+                if n > limits.max_header_size:
+                    raise self._fail(431, "request header section too large")
+            return False
+        if rc < 0:
+            if rc == lib.PRK_E_TOO_MANY_HEADERS:
+                raise self._fail(431, "too many header fields")
+            raise self._fail(400, _PARSE_ERRORS.get(rc, "malformed request"))
+        if rc > limits.max_header_size:
+            raise self._fail(431, "request header section too large")
+        if creq.target_len + creq.method_len + 10 > limits.max_request_line:
+            raise self._fail(414, "request line too long")
+        self._build_request(rc)
+        return True
+
+    def _build_request(self, head_len: int) -> None:
+        buf = self.buf
+        creq = self._c_req
+        if creq.version_major != 1:
+            raise self._fail(505, "HTTP version not supported")
+        req = Request()
+        mo = creq.method_off
+        method = buf[mo:mo + creq.method_len].decode("ascii")
+        to = creq.target_off
+        target = buf[to:to + creq.target_len].decode("ascii")
+        req.method = method
+        req.target = target
+        # RFC 9112 2.3: a 1.x minor version above 1 is answered as 1.1.
+        req.version_minor = 1 if creq.version_minor >= 1 else 0
+        headers = []
+        ch = self._c_headers
+        host = None
+        host_count = 0
+        te = None
+        lengths = None
+        conn_tokens = None
+        expect = None
+        for i in range(creq.num_headers):
+            h = ch[i]
+            no = h.name_off
+            vo = h.value_off
+            name = bytes(buf[no:no + h.name_len]).lower()
+            value = bytes(buf[vo:vo + h.value_len])
+            headers.append((name, value))
+            if name == b"host":
+                host = value
+                host_count += 1
+            elif name == b"content-length":
+                lengths = value if lengths is None else lengths + b"," + value
+            elif name == b"transfer-encoding":
+                te = value if te is None else te + b"," + value
+            elif name == b"connection":
+                conn_tokens = value if conn_tokens is None else conn_tokens + b"," + value
+            elif name == b"expect":
+                expect = value if expect is None else expect + b"," + value
+            elif name == b"content-type":
+                req.content_type = value
+        req.headers = headers
+        del buf[:head_len]
+
+        # Target form must suit the method (RFC 9112 3.2.3, 3.2.4).
+        form = creq.target_form
+        if method == "CONNECT":
+            raise self._fail(501, "CONNECT is not supported")
+        if form == lib.PRK_FORM_AUTHORITY:
+            raise self._fail(400, "authority-form target is only for CONNECT")
+        if form == lib.PRK_FORM_ASTERISK and method != "OPTIONS":
+            raise self._fail(400, "asterisk-form target is only for OPTIONS")
+        if form == lib.PRK_FORM_ABSOLUTE:
+            # RFC 9112 3.2.2: the target's authority replaces Host.
+            rest = target.split("://", 1)[1]
+            cut = len(rest)
+            for sep in "/?#":
+                at = rest.find(sep)
+                if 0 <= at < cut:
+                    cut = at
+            authority, path_part = rest[:cut], rest[cut:]
+            if "@" in authority:
+                raise self._fail(400, "userinfo in request target")
+            if not path_part.startswith("/"):
+                path_part = "/" + path_part
+            target_path = path_part
+        else:
+            authority = None
+            target_path = target
+        if "#" in target_path:
+            raise self._fail(400, "fragment in request target")
+        path, sep, query = target_path.partition("?")
+        req.path = path
+        req.query = query
+
+        # Host (RFC 9112 3.2): exactly one in HTTP/1.1.
+        if host_count > 1:
+            raise self._fail(400, "more than one Host header field")
+        if req.version_minor and host_count == 0:
+            raise self._fail(400, "missing Host header field")
+        if host is not None and not _HOST_CHARS.issuperset(host):
+            raise self._fail(400, "invalid Host header field")
+        req.host = authority if authority is not None else (
+            host.decode("latin-1") if host is not None else "")
+
+        # Persistence (RFC 9112 9.3).
+        close = keep = False
+        if conn_tokens is not None:
+            for tok in conn_tokens.split(b","):
+                tok = tok.strip().lower()
+                if tok == b"close":
+                    close = True
+                elif tok == b"keep-alive":
+                    keep = True
+        req.keep_alive = not close and (req.version_minor == 1 or keep)
+
+        # Expectations (RFC 9110 10.1.1).
+        self.wants_continue = False
+        if expect is not None:
+            if expect.strip().lower() != b"100-continue":
+                raise self._fail(417, "unsupported expectation")
+            # An HTTP/1.0 client does not know 100 (RFC 9110 10.1.1).
+            self.wants_continue = req.version_minor == 1
+
+        # Message body length (RFC 9112 6.3).
+        max_body = self.limits.max_body_size
+        if te is not None:
+            if req.version_minor == 0:
+                raise self._fail(400, "Transfer-Encoding in an HTTP/1.0 request")
+            if lengths is not None:
+                raise self._fail(400, "both Transfer-Encoding and Content-Length")
+            codings = [c.strip().lower() for c in te.split(b",")]
+            if codings[-1] != b"chunked":
+                raise self._fail(400, "chunked is not the final transfer coding")
+            if len(codings) > 1:
+                if b"chunked" in codings[:-1]:
+                    raise self._fail(400, "chunked applied more than once")
+                raise self._fail(501, "unsupported transfer coding")
+            self._chunked = ffi.new("prk_chunked *")
+            self._body = bytearray()
+            self.state = _BODY_CHUNKED
+        elif lengths is not None:
+            length = None
+            for part in lengths.split(b","):
+                part = part.strip()
+                if not part.isdigit() or not part.isascii():
+                    raise self._fail(400, "invalid Content-Length")
+                if len(part) > 18:
+                    raise self._fail(400, "Content-Length too large")
+                value = int(part)
+                if length is not None and value != length:
+                    raise self._fail(400, "conflicting Content-Length values")
+                length = value
+            if length > max_body:
+                raise self._fail(413, "request body too large")
+            req.content_length = length
+            self._remaining = length
+            self.state = _BODY_LENGTH
+        else:
+            self._remaining = 0
+            self.state = _BODY_LENGTH
+        if self.state == _BODY_LENGTH and self._remaining == 0:
+            self.wants_continue = False
+        self._req = req
+
+    def _read_length_body(self) -> Request | None:
+        need = self._remaining
+        buf = self.buf
+        if len(buf) < need:
+            return None
+        req = self._req
+        if need:
+            req.body = bytes(buf[:need])
+            del buf[:need]
+        self.state = _DONE
+        self.wants_continue = False
+        return req
+
+    def _read_chunked_body(self) -> Request | None:
+        buf = self.buf
+        n = len(buf)
+        if not n:
+            return None
+        out_len = ffi.new("size_t *")
+        cbuf = ffi.from_buffer(buf)
+        try:
+            rc = lib.prk_decode_chunked(self._chunked, cbuf, n, out_len)
+        finally:
+            ffi.release(cbuf)
+        decoded = out_len[0]
+        body = self._body
+        if len(body) + decoded > self.limits.max_body_size:
+            raise self._fail(413, "request body too large")
+        body += buf[:decoded]
+        if rc == lib.PRK_INCOMPLETE:
+            del buf[:]
+            return None
+        if rc < 0:
+            raise self._fail(400, _PARSE_ERRORS.get(rc, "malformed chunked body"))
+        del buf[:rc]
+        req = self._req
+        req.body = bytes(body)
+        req.content_length = len(body)
+        self._body = None
+        self._chunked = None
+        self.state = _DONE
+        self.wants_continue = False
+        return req
+
+
+# -- responses -------------------------------------------------------------
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+def reason_phrase(status: int) -> str:
+    return _REASONS.get(status, "")
+
+
+_status_lines: dict[int, bytes] = {}
+
+
+def status_line(status: int) -> bytes:
+    line = _status_lines.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status).encode("ascii"))
+        if len(_status_lines) < 1000:
+            _status_lines[status] = line
+    return line
+
+
+_date_cache = [0, b""]
+
+
+def http_date() -> bytes:
+    """The IMF-fixdate for now, cached for the current second."""
+    now = int(time.time())
+    if now != _date_cache[0]:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True).encode("ascii")
+    return _date_cache[1]
+
+
+def response_head(status: int, header_block: bytes, content_length: int | None,
+                  keep_alive: bool, server: bytes = b"", add_date: bool = True,
+                  http10_keep_alive: bool = False) -> bytes:
+    """Serialize a response head. `header_block` holds already-validated
+    "Name: value\\r\\n" lines; framing headers are Prack's alone."""
+    parts = [status_line(status)]
+    if add_date:
+        parts.append(b"Date: " + http_date() + b"\r\n")
+    if server:
+        parts.append(b"Server: " + server + b"\r\n")
+    parts.append(header_block)
+    if content_length is not None:
+        parts.append(b"Content-Length: %d\r\n" % content_length)
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    elif http10_keep_alive:
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def simple_response(status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8",
+                    keep_alive: bool = False, server: bytes = b"",
+                    extra: bytes = b"", head_only: bool = False) -> bytes:
+    """A complete small response generated by Prack itself (errors, API)."""
+    head = response_head(status, b"Content-Type: " + content_type + b"\r\n" + extra,
+                         len(body), keep_alive, server)
+    return head if head_only else head + body

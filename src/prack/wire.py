@@ -1,0 +1,176 @@
+"""Message shapes shared by the acceptors, the API process and workers.
+
+Three wires meet here:
+
+* ring records (acceptor -> API process, through shared memory),
+* frames on the Unix socket between each acceptor and the API process,
+* the worker REST API's JSON bodies (msgspec Structs).
+
+Identifiers handed to workers encode everything routing needs: generation,
+acceptor index, connection slot and the request's random 62-bit key. The key
+is what makes a stale or forged identifier useless: the acceptor's slot table
+(in the segment) only accepts the key of the request it is waiting on.
+"""
+from __future__ import annotations
+
+import re
+import struct
+
+import msgspec
+
+# -- ring records ------------------------------------------------------------
+# generation, acceptor, slot, key, queued_at (unix seconds), env_len, body_len
+RECORD = struct.Struct("<HHIQdII")
+
+# -- slot words ----------------------------------------------------------------
+# A slot word is key << 2 | state. The acceptor writes QUEUED when it pushes a
+# record; the API process moves QUEUED -> TAKEN when a worker pulls it and
+# TAKEN -> FREE when the worker answers; the acceptor moves any state to GONE
+# when the client leaves or a deadline passes. Both sides use CAS/exchange,
+# so exactly one of "answer" and "give up" wins.
+SLOT_FREE, SLOT_QUEUED, SLOT_TAKEN, SLOT_GONE = 0, 1, 2, 3
+
+
+def slot_word(key: int, state: int) -> int:
+    return (key << 2) | state
+
+
+# -- identifiers ---------------------------------------------------------------
+_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def make_identifier(generation: int, acceptor: int, slot: int, key: int) -> str:
+    return "%04x%04x%08x%016x" % (generation, acceptor, slot, key)
+
+
+def parse_identifier(ident: str) -> tuple[int, int, int, int] | None:
+    """(generation, acceptor, slot, key), or None when malformed."""
+    if type(ident) is not str or not _ID_RE.fullmatch(ident):
+        return None
+    return (int(ident[0:4], 16), int(ident[4:8], 16),
+            int(ident[8:16], 16), int(ident[16:32], 16))
+
+
+# -- Unix-socket frames --------------------------------------------------------
+# Every frame: u32 length of the rest, then u8 type, then the type's payload.
+FRAME_LEN = struct.Struct("<I")
+F_HELLO = 1      # acceptor -> API: u16 acceptor index, u16 generation, u32 pid
+F_WAKE = 2       # acceptor -> API: its ring has records and the API slept
+F_RESPONSE = 3   # API -> acceptor: RESPONSE header, header block, body
+
+HELLO = struct.Struct("<BHHI")
+WAKE_FRAME = FRAME_LEN.pack(1) + bytes([F_WAKE])
+# type, slot, key, status, flags, header block length, declared length
+RESPONSE = struct.Struct("<BIQHBIQ")
+
+# RESPONSE flags
+RF_CLOSE = 1        # the worker asked for Connection: close
+RF_HAS_DATE = 2     # the worker sent its own Date
+RF_HAS_SERVER = 4   # the worker sent its own Server
+RF_ERROR = 8        # Prack's own error page for `status` (e.g. 502)
+RF_DECLARED = 16    # declared length holds the worker's Content-Length (HEAD)
+
+NO_LENGTH = (1 << 64) - 1
+
+
+def response_frame(slot: int, key: int, status: int, flags: int,
+                   header_block: bytes, body: bytes, declared: int = NO_LENGTH) -> list[bytes]:
+    """The buffers of one RESPONSE frame (sent with sendmsg, no join)."""
+    head = RESPONSE.pack(F_RESPONSE, slot, key, status, flags, len(header_block), declared)
+    size = len(head) + len(header_block) + len(body)
+    return [FRAME_LEN.pack(size), head, header_block, body]
+
+
+# -- worker API v1 -------------------------------------------------------------
+
+class PulledRequest(msgspec.Struct):
+    """GET /api/v1/request -> 200. `environment` is spliced in as the JSON the
+    acceptor already encoded; `body` is bytes, which JSON carries as base64."""
+    identifier: str
+    environment: msgspec.Raw
+    body: bytes
+
+
+class PostedResponse(msgspec.Struct):
+    """POST /api/v1/response (or /api/v1/request, the original protocol)."""
+    identifier: str
+    code: int | str
+    headers: dict[str, str | list[str]] | None = None
+    body: bytes | None = None
+
+
+class Message(msgspec.Struct):
+    message: str
+
+
+class Error(msgspec.Struct):
+    error: str
+
+
+# -- the request environment -----------------------------------------------------
+
+_env_keys: dict[bytes, str | None] = {}
+# Dropped from the environment: the body arrives de-chunked and complete, and
+# Content-Type/Length have their CGI names.
+_NOT_HTTP = {b"content-type": None, b"content-length": None, b"transfer-encoding": None}
+
+
+def env_key(name: bytes) -> str | None:
+    """HTTP_* name for a lower-case header name, or None for headers that are
+    not passed. Names with '_' are dropped, as nginx does by default: they
+    would alias the '-' spelling (X_Forwarded_For vs X-Forwarded-For)."""
+    key = _env_keys.get(name, 0)
+    if key == 0:
+        if name in _NOT_HTTP or b"_" in name:
+            key = None
+        else:
+            key = "HTTP_" + name.decode("ascii").upper().replace("-", "_")
+        if len(_env_keys) < 4096:
+            _env_keys[name] = key
+    return key
+
+
+def split_host(host: str, default_port: str) -> tuple[str, str]:
+    if host.startswith("["):
+        end = host.find("]")
+        name = host[:end + 1]
+        rest = host[end + 1:]
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        name, _, port = host.partition(":")
+    return name.lower(), port or default_port
+
+
+def environ(req, server_name: str, server_port: str, remote_addr: str,
+            remote_port: str) -> dict:
+    """The Rack/CGI environment for one request (all values strings)."""
+    if req.host:
+        server_name, server_port = split_host(req.host, "80")
+    env = {
+        "REQUEST_METHOD": req.method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": req.path,
+        "QUERY_STRING": req.query,
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": server_port,
+        "SERVER_PROTOCOL": req.protocol,
+        "REMOTE_ADDR": remote_addr,
+        "REMOTE_PORT": remote_port,
+        "rack.url_scheme": "http",
+    }
+    if req.content_type is not None:
+        env["CONTENT_TYPE"] = req.content_type.decode("latin-1")
+    if req.content_length is not None:
+        env["CONTENT_LENGTH"] = str(len(req.body))
+    for name, value in req.headers:
+        key = env_key(name)
+        if key is None:
+            continue
+        text = value.decode("latin-1")
+        old = env.get(key)
+        if old is None:
+            env[key] = text
+        else:
+            # RFC 9110 5.3 joins repeats with ", "; cookies use "; " (RFC 6265 5.4).
+            env[key] = old + ("; " if key == "HTTP_COOKIE" else ", ") + text
+    return env
