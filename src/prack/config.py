@@ -29,6 +29,7 @@ import math
 import os
 import re
 import sys
+import textwrap
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -915,8 +916,6 @@ def dump_toml(cfg: Config) -> str:
 
 
 def _wrap_comment(text: str, width: int = 78) -> list[str]:
-    import textwrap
-
     return ["# " + line for line in textwrap.wrap(text, width - 2)]
 
 
