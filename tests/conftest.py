@@ -77,6 +77,11 @@ class Server:
         return self.proc.pid
 
     def children(self) -> list[int]:
+        """PIDs of the master's children (Linux /proc, else pgrep)."""
+        path = "/proc/%d/task/%d/children" % (self.pid, self.pid)
+        if os.path.exists(path):
+            with open(path) as f:
+                return [int(p) for p in f.read().split()]
         out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
 
