@@ -491,7 +491,8 @@ class Acceptor:
                 self._close(conn)
                 return
             drop_sent(out, n)
-            conn.deadline = time.monotonic() + self.t_send if conn.state == WRITING else conn.deadline
+            if conn.state == WRITING:
+                conn.deadline = time.monotonic() + self.t_send
         if out:
             self._set_events(conn, conn.events | selectors.EVENT_WRITE)
             return

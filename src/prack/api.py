@@ -460,6 +460,8 @@ class ApiServer:
     # -- writing to workers ----------------------------------------------------------
 
     def _reply(self, conn: WorkerConn, status: int, body: bytes, extra: bytes = b"") -> None:
+        if conn.sock is None:
+            return
         keep = conn.keep_alive and not self.stopping
         if not keep:
             conn.close_after = True

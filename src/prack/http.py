@@ -99,7 +99,7 @@ class RequestReader:
     """
 
     __slots__ = ("limits", "buf", "state", "_req", "_remaining", "_chunked",
-                 "_body", "wants_continue", "_c_req", "_c_headers", "_scanned")
+                 "_body", "wants_continue", "_c_req", "_c_headers", "_c_out_len")
 
     def __init__(self, limits: Limits):
         self.limits = limits
@@ -112,7 +112,7 @@ class RequestReader:
         self.wants_continue = False
         self._c_req = ffi.new("prk_request *")
         self._c_headers = ffi.new("prk_header[]", limits.max_headers)
-        self._scanned = 0
+        self._c_out_len = None
 
     # -- input -----------------------------------------------------------
 
@@ -133,7 +133,6 @@ class RequestReader:
         if self.state == _DONE:
             self.state = _HEAD
             self._req = None
-            self._scanned = 0
 
     # -- output ----------------------------------------------------------
 
@@ -352,7 +351,9 @@ class RequestReader:
         n = len(buf)
         if not n:
             return None
-        out_len = ffi.new("size_t *")
+        out_len = self._c_out_len
+        if out_len is None:
+            out_len = self._c_out_len = ffi.new("size_t *")
         cbuf = ffi.from_buffer(buf)
         try:
             rc = lib.prk_decode_chunked(self._chunked, cbuf, n, out_len)
