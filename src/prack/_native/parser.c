@@ -264,7 +264,7 @@ enum {
     CS_EXT_SEMI,     /* BWS, expecting ";" */
     CS_EXT_NAME0,    /* after ";", BWS then the first name byte */
     CS_EXT_NAME,     /* in chunk-ext-name */
-    CS_EXT_EQ,       /* BWS after the name: "=", ";" or CR */
+    CS_EXT_EQ,       /* BWS after the name: "=" or ";" */
     CS_EXT_VAL0,     /* after "=", BWS then the value */
     CS_EXT_TOKVAL,   /* in an unquoted value */
     CS_EXT_QSTR,     /* in a quoted-string value */
@@ -379,7 +379,7 @@ long long prk_decode_chunked(prk_chunked *dec, char *buf, size_t len,
 
         case CS_EXT_NAME:
         case CS_EXT_EQ:
-            if (c == '\r') {
+            if (c == '\r' && st == CS_EXT_NAME) {
                 st = CS_EXT_LF;
                 break;
             }
