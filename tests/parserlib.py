@@ -29,6 +29,10 @@ HEAD_ERRORS = sorted(n for n in CODES if n.startswith("PRK_E_")
                      and not n.startswith("PRK_E_CHUNK") and n != "PRK_E_TRAILER")
 CHUNK_ERRORS = sorted(n for n in CODES if n.startswith("PRK_E_CHUNK")
                       or n == "PRK_E_TRAILER")
+# Not exported through the cffi cdef; test_chunked checks them against
+# parser.h.
+PRK_CHUNK_MAX_EXT = 4096
+PRK_CHUNK_MAX_TRAILER = 8192
 FORMS = {"ORIGIN": lib.PRK_FORM_ORIGIN, "ABSOLUTE": lib.PRK_FORM_ABSOLUTE,
          "AUTHORITY": lib.PRK_FORM_AUTHORITY, "ASTERISK": lib.PRK_FORM_ASTERISK}
 FORM_NAMES = {v: k for k, v in FORMS.items()}
@@ -320,7 +324,7 @@ def ref_decode_chunked(data: bytes):
 
     def ext_part(start: int) -> None:
         # counts every byte of the extension region (not the CR)
-        if r.i - start > lib.PRK_CHUNK_MAX_EXT:
+        if r.i - start > PRK_CHUNK_MAX_EXT:
             raise _Stop("PRK_E_CHUNK_EXT")
 
     def chunk_ext(start: int) -> None:
@@ -408,7 +412,7 @@ def ref_decode_chunked(data: bytes):
         def tbyte() -> int:
             c = r.peek()
             r.i += 1
-            if r.i - start > lib.PRK_CHUNK_MAX_TRAILER:
+            if r.i - start > PRK_CHUNK_MAX_TRAILER:
                 raise _Stop("PRK_E_TRAILER")
             return c
 
