@@ -507,6 +507,23 @@ def test_nothing_left_in_dev_shm():
     assert _prack_shm() == before
 
 
+def test_out_of_shared_memory_is_reported(monkeypatch):
+    import errno
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    before = _prack_shm()
+    fd_probe = os.dup(0)
+    os.close(fd_probe)                                # lowest free descriptor number
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
+    with pytest.raises(RingError, match="/dev/shm"):
+        Segment.create(1, 4, 4096)
+    assert _prack_shm() == before
+    with pytest.raises(OSError):                      # the descriptor was closed
+        os.fstat(fd_probe)
+
+
 def test_use_after_close_fails_cleanly():
     seg = Segment.create(1, 4, 1024)
     ring = seg.ring(0)

@@ -24,6 +24,7 @@ Consumer::
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import secrets
@@ -51,6 +52,23 @@ class RecordTooBig(Exception):
 
 class RingError(PrackError):
     """Misuse (release without peek, use after close) or a corrupt ring."""
+
+
+def _allocate(fd: int, size: int) -> None:
+    # Reserve the memory now, so that a too small /dev/shm (64 MiB by default
+    # in a container) fails here with ENOSPC instead of killing a process with
+    # SIGBUS the first time it touches a page. Not every system can do this
+    # on a shared-memory object; there we go without.
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:
+        return
+    try:
+        fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            raise RingError(f"cannot allocate {size} bytes of shared memory ({e.strerror}); "
+                            "is /dev/shm too small?") from e
+        # EINVAL / EOPNOTSUPP / ENODEV: not supported for this object
 
 
 class Segment:
@@ -85,7 +103,7 @@ class Segment:
         if size == 0:
             raise ValueError(f"bad ring geometry: nrings={nrings} nslots={nslots} capacity={capacity}")
         name = "/prack-" + secrets.token_hex(8)
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600)
         fd = shm.fd
         # Unlink at once, before anything else can fail or the process can be
         # killed: from here on nothing can be left behind in /dev/shm.
@@ -97,6 +115,8 @@ class Segment:
         mm = base = None
         try:
             os.set_inheritable(fd, False)
+            os.ftruncate(fd, size)
+            _allocate(fd, size)
             mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
             base = ffi.from_buffer(mm)
