@@ -254,6 +254,32 @@ def test_byte_in_header_value(b):
     assert b not in OBS_TEXT or rc > 0
 
 
+@pytest.mark.parametrize("where", ["value", "target"])
+def test_byte_classes_in_long_runs(where):
+    """Every byte at every offset of a 24-byte run, so that it lands in each
+    lane of the parser's word-at-a-time scan as well as in the tail."""
+    for b in ALL:
+        for off in range(24):
+            run = b"a" * off + bytes([b]) + b"a" * (23 - off)
+            if where == "value":
+                rc, f = parse(H + b"A: " + run + b"\r\n\r\n")
+                ok = b in FIELD_VCHAR and f["headers"] == [["A", run.strip(b" \t").decode(L1)]]
+                bad = {CR: lib.PRK_E_BARE_CR, LF: lib.PRK_E_BARE_LF}.get(
+                    b, lib.PRK_E_BAD_HEADER_VALUE)
+                assert ok or (b not in FIELD_VCHAR and rc == bad), (b, off)
+            else:
+                rc, f = parse(b"GET /" + run + b" HTTP/1.1\r\n\r\n")
+                if b in VCHAR:
+                    assert f["target"] == "/" + run.decode(), (b, off)
+                elif b == SP:  # splits the target; the rest is no version
+                    assert rc == (lib.PRK_E_BAD_REQUEST_LINE if off == 23
+                                  else lib.PRK_E_BAD_VERSION), (b, off)
+                elif b in (CR, LF):
+                    assert rc == lib.PRK_E_BAD_REQUEST_LINE, (b, off)
+                else:
+                    assert rc == lib.PRK_E_BAD_TARGET, (b, off, name_of(rc))
+
+
 def test_version_digits():
     for major in range(10):
         for minor in range(10):

@@ -66,6 +66,69 @@ skip_class(const unsigned char *p, const unsigned char *end, unsigned k)
     return p;
 }
 
+/*
+ * Word-at-a-time fast paths for the two long runs of a head: field values
+ * and the request-target. Each test answers "does this 8-byte word hold a
+ * byte that may end the run?"; on yes, the byte loop takes over for that
+ * word, so the tests may be conservative (HTAB in a value takes the slow
+ * path) but never miss a byte. Bit tricks: a byte < n exists iff
+ * (x - n*ONES) & ~x & HIGHS != 0 (n <= 128); a byte > n exists iff
+ * ((x + (127 - n)*ONES) | x) & HIGHS != 0 (n <= 127).
+ */
+#define ONES  UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+
+static inline uint64_t load64(const unsigned char *p)
+{
+    uint64_t x;
+    memcpy(&x, p, sizeof x);
+    return x;
+}
+
+static inline int value_word_stops(uint64_t x)
+{
+    uint64_t del = x ^ (ONES * 0x7F);
+    return ((((x - ONES * 0x20) & ~x) | ((del - ONES) & ~del)) & HIGHS) != 0;
+}
+
+static inline int vchar_word_stops(uint64_t x)
+{
+    return ((((x - ONES * 0x21) & ~x) | (x + ONES * (0x7F - 0x7E)) | x)
+            & HIGHS) != 0;
+}
+
+/* First position in [p, end) whose byte is not in class k; words for which
+ * word_stops() is false are skipped whole (they hold class-k bytes only). */
+#define SKIP_RUN(p, end, word_stops, k)                                     \
+    do {                                                                    \
+        for (;;) {                                                          \
+            const unsigned char *lim_;                                      \
+            while ((end) - (p) >= 8 && !word_stops(load64(p)))              \
+                (p) += 8;                                                   \
+            lim_ = (end) - (p) > 8 ? (p) + 8 : (end);                       \
+            while ((p) < lim_ && IS(*(p), (k)))                             \
+                (p)++;                                                      \
+            if ((p) < lim_ || (p) == (end))                                 \
+                break;                                                      \
+        }                                                                   \
+    } while (0)
+
+/* field-value run: HTAB takes the byte loop for its word only. */
+static inline const unsigned char *
+skip_value(const unsigned char *p, const unsigned char *end)
+{
+    SKIP_RUN(p, end, value_word_stops, C_VALUE);
+    return p;
+}
+
+/* request-target run: VCHAR only. */
+static inline const unsigned char *
+skip_vchar(const unsigned char *p, const unsigned char *end)
+{
+    SKIP_RUN(p, end, vchar_word_stops, C_VCHAR);
+    return p;
+}
+
 /* absolute-form starts with scheme "://" (RFC 9112 3.2.2, RFC 3986 3.1). */
 static int target_form(const unsigned char *t, size_t n)
 {
@@ -131,7 +194,7 @@ int prk_parse_request(const char *buf, size_t len, prk_request *req,
 
     /* request-target SP: VCHAR only (RFC 9112 3.2). */
     tok = p;
-    p = skip_class(p, end, C_VCHAR);
+    p = skip_vchar(p, end);
     if (p == end)
         return PRK_INCOMPLETE;
     if (*p != ' ')
@@ -229,7 +292,7 @@ int prk_parse_request(const char *buf, size_t len, prk_request *req,
         while (p < end && IS_WS(*p))
             p++;
         vs = p;
-        p = skip_class(p, end, C_VALUE);
+        p = skip_value(p, end);
         if (p == end)
             return PRK_INCOMPLETE;
         if (*p != '\r')
