@@ -17,9 +17,9 @@ install: $(BIN)/python
 # Starts prack-server with its embedded defaults (public 127.0.0.1:8080,
 # API 127.0.0.1:4242) plus the standard-library demo worker from examples/.
 run: install
-	@trap 'kill -TERM $$server 2>/dev/null; wait $$server' EXIT INT TERM; \
-	$(BIN)/prack-server $(ARGS) & server=$$!; \
-	$(BIN)/python examples/demo_worker.py --api http://127.0.0.1:4242
+	@$(BIN)/python examples/demo_worker.py --api http://127.0.0.1:4242 & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null' EXIT; \
+	$(BIN)/prack-server $(ARGS)
 
 # Every test: C parser corpus, ring, config/CLI, and end to end with the real
 # server. pytest exits non-zero when it collects no tests, so that fails too.

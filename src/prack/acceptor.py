@@ -34,7 +34,6 @@ LINGER_SECONDS = 2.0      # drain time after an error before closing (RFC 9112 9
 LINGER_MAX_BYTES = 1 << 20
 RECV_SIZE = 65536
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 class Conn:
@@ -125,8 +124,13 @@ class Acceptor:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        for sig in _STOP_SIGNALS:
-            signal.signal(sig, _noop)
+        # Only the master's SIGTERM stops a child. A terminal's Ctrl-C or
+        # Ctrl-\ reaches the whole process group; the master alone acts on it
+        # and drains the children in order.
+        signal.signal(signal.SIGTERM, _noop)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+        self.parent = os.getppid()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -176,7 +180,7 @@ class Acceptor:
         except BlockingIOError:
             return
         for signum in data:
-            if signum in _STOP_SIGNALS and not self.stopping:
+            if signum == signal.SIGTERM and not self.stopping:
                 self._begin_stop()
 
     def _begin_stop(self) -> None:
@@ -566,6 +570,9 @@ class Acceptor:
     # -- deadlines ---------------------------------------------------------------
 
     def _scan(self, now: float) -> None:
+        if not self.stopping and os.getppid() != self.parent:
+            log.warning("acceptor %d: the master has gone; stopping", self.index)
+            self._begin_stop()
         if self.api is None and now >= self.api_retry_at:
             self._connect_api()
         ring = self.ring

@@ -25,7 +25,6 @@ from prack.wire import SLOT_FREE, SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
 log = logging.getLogger("prack.api")
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 # Characters a header value may not carry: CTLs except HTAB (RFC 9110 5.5).
 _BAD_VALUE = frozenset(chr(c) for c in range(32) if c != 9) | {"\x7f"}
@@ -105,8 +104,13 @@ class ApiServer:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        for sig in _STOP_SIGNALS:
-            signal.signal(sig, _noop)
+        # Only the master's SIGTERM stops a child. A terminal's Ctrl-C or
+        # Ctrl-\ reaches the whole process group; the master alone acts on it
+        # and drains the children in order.
+        signal.signal(signal.SIGTERM, _noop)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+        self.parent = os.getppid()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -151,7 +155,7 @@ class ApiServer:
             data = self.wake_r.recv(64)
         except BlockingIOError:
             return
-        if not self.stopping and any(s in _STOP_SIGNALS for s in data):
+        if not self.stopping and signal.SIGTERM in data:
             self._begin_stop()
 
     def _begin_stop(self) -> None:
@@ -508,6 +512,9 @@ class ApiServer:
         conn.sock = None
 
     def _scan(self, now: float) -> None:
+        if not self.stopping and os.getppid() != self.parent:
+            log.warning("the master has gone; stopping")
+            self._begin_stop()
         expired = [c for c in self.waiters if c.waiting and now >= c.deadline]
         for conn in expired:
             conn.waiting = False
