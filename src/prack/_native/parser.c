@@ -28,6 +28,8 @@
                           DQUOTE, plus obs-text */
 #define C_QDTEXT 0x40u /* qdtext, RFC 9110 5.6.4 */
 
+/* Each entry ORs the C_* bits of that byte; tests/test_parser.py and
+ * tests/test_chunked.py check all 256 entries against the RFC sets. */
 static const unsigned char cls[256] = {
     /* 0x00 */   0,   0,   0,   0,   0,   0,   0,   0,   0,  68,   0,   0,   0,   0,   0,   0,
     /* 0x10 */   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
