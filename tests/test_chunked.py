@@ -146,6 +146,14 @@ def test_remaining_is_public_progress():
     assert _call(dec, b"\n" + END) == (6, b"")
 
 
+def test_empty_call_with_null_buffer():
+    dec = ffi.new("prk_chunked *")
+    out_len = ffi.new("size_t *", 7)
+    assert lib.prk_decode_chunked(dec, ffi.NULL, 0, out_len) == INCOMPLETE
+    assert out_len[0] == 0
+    assert _call(dec, b"1\r\nx\r\n" + END) == (11, b"x")
+
+
 def test_complete_decoder_stays_complete():
     dec = ffi.new("prk_chunked *")
     assert _call(dec, END + b"x") == (5, b"")

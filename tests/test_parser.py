@@ -166,6 +166,8 @@ def test_pipelined_requests():
 
 def test_empty_input_and_lone_crlfs():
     assert parse_rc(b"") == INCOMPLETE
+    req = ffi.new("prk_request *")
+    assert lib.prk_parse_request(ffi.NULL, 0, req, ffi.NULL, 0) == INCOMPLETE
     assert parse_rc(b"\r\n" * 100) == INCOMPLETE
     assert parse_rc(b"\r\n" * 100 + b"\r") == INCOMPLETE
 

@@ -159,6 +159,8 @@ int prk_parse_request(const char *buf, size_t len, prk_request *req,
 
     /* Offsets are uint32_t and the result is an int: a head can never be
      * longer than INT_MAX, so looking further is pointless. */
+    if (len == 0)
+        return PRK_INCOMPLETE; /* buf may be NULL: no pointer arithmetic */
     if (len > (size_t)INT_MAX)
         len = (size_t)INT_MAX;
     end = start + len;
@@ -362,8 +364,7 @@ long long prk_decode_chunked(prk_chunked *dec, char *buf, size_t len,
                              size_t *out_len)
 {
     unsigned char *const base = (unsigned char *)buf;
-    unsigned char *in = base, *out = base;
-    unsigned char *const end = base + len;
+    unsigned char *in = base, *out = base, *end;
     uint32_t st = dec->state;
     long long err;
 
@@ -372,6 +373,9 @@ long long prk_decode_chunked(prk_chunked *dec, char *buf, size_t len,
         return -(long long)(st - CS_FAILED);
     if (st == CS_DONE)
         return 0;
+    if (len == 0)
+        return PRK_INCOMPLETE; /* buf may be NULL: no pointer arithmetic */
+    end = base + len;
 
 #define FAIL(code) do { err = (code); goto failed; } while (0)
 #define EXT_BYTE() do { \
