@@ -106,6 +106,8 @@ def test_asterisk_form_only_for_options():
     (b"GET h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 400),                     # authority-form
     (b"GET /#frag HTTP/1.1\r\nHost: h\r\n\r\n", 400),
     (b"GET http://u@h/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+    (b"GET http:///p HTTP/1.1\r\nHost: h\r\n\r\n", 400),             # empty host
+    (b"GET ftp://h/p HTTP/1.1\r\nHost: h\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: h\r\nExpect: magic\r\n\r\n", 417),
     (b"GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost : h\r\n\r\n", 400),

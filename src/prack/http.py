@@ -256,7 +256,9 @@ class RequestReader:
             raise self._fail(400, "asterisk-form target is only for OPTIONS")
         if form == lib.PRK_FORM_ABSOLUTE:
             # RFC 9112 3.2.2: the target's authority replaces Host.
-            rest = target.split("://", 1)[1]
+            scheme, _, rest = target.partition("://")
+            if scheme.lower() not in ("http", "https"):
+                raise self._fail(400, "unsupported scheme in request target")
             cut = len(rest)
             for sep in "/?#":
                 at = rest.find(sep)
@@ -265,6 +267,9 @@ class RequestReader:
             authority, path_part = rest[:cut], rest[cut:]
             if "@" in authority:
                 raise self._fail(400, "userinfo in request target")
+            # RFC 9110 4.2.1: an http URI with an empty host is invalid.
+            if not authority or not _HOST_CHARS.issuperset(authority.encode("ascii")):
+                raise self._fail(400, "invalid authority in request target")
             if not path_part.startswith("/"):
                 path_part = "/" + path_part
             target_path = path_part
