@@ -106,7 +106,7 @@ class RequestReader:
 
     __slots__ = ("limits", "buf", "state", "_req", "_remaining", "_chunked",
                  "_body", "wants_continue", "_c_req", "_c_headers", "_c_out_len",
-                 "_v_req", "_v_headers")
+                 "_v_req", "_v_headers", "_scanned")
 
     def __init__(self, limits: Limits):
         self.limits = limits
@@ -120,6 +120,7 @@ class RequestReader:
         self._c_req = ffi.new("prk_request *")
         self._c_headers = ffi.new("prk_header[]", limits.max_headers)
         self._c_out_len = None
+        self._scanned = 0
         self._v_req = memoryview(ffi.buffer(self._c_req)).cast("I")
         self._v_headers = memoryview(ffi.buffer(self._c_headers)).cast("I")
 
@@ -171,12 +172,19 @@ class RequestReader:
         if not n:
             return False
         limits = self.limits
-        creq = self._c_req
-        cbuf = ffi.from_buffer(buf)
-        try:
-            rc = lib.prk_parse_request(cbuf, n, creq, self._c_headers, limits.max_headers)
-        finally:
-            ffi.release(cbuf)
+        # The parser is stateless and starts over on each call; calling it only
+        # when a new line end arrived keeps a byte-at-a-time sender from making
+        # us rescan the head once per byte.
+        if buf.find(b"\n", self._scanned) < 0:
+            rc = lib.PRK_INCOMPLETE
+        else:
+            cbuf = ffi.from_buffer(buf)
+            try:
+                rc = lib.prk_parse_request(cbuf, n, self._c_req, self._c_headers,
+                                           limits.max_headers)
+            finally:
+                ffi.release(cbuf)
+        self._scanned = n
         if rc == lib.PRK_INCOMPLETE:
             if n > limits.max_header_size or n > limits.max_request_line:
                 line_end = buf.find(b"\n", 0, limits.max_request_line + 1)
@@ -205,6 +213,7 @@ class RequestReader:
             raise self._fail(505, "HTTP version not supported")
         head = bytes(buf[:head_len])
         del buf[:head_len]
+        self._scanned = 0
         req = Request()
         method = head[r[0]:r[0] + r[1]].decode("ascii")
         target = head[r[2]:r[2] + r[3]].decode("ascii")
