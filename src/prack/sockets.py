@@ -57,14 +57,16 @@ def address_of(sock: socket.socket) -> str:
 
 
 def drop_sent(out: list, n: int) -> None:
-    """Remove n sent bytes from the front of a list of buffers (for sendmsg)."""
+    """Remove n sent bytes from the front of a list of buffers (for sendmsg).
+    Empty buffers at the front go too: left there, a flush loop would send
+    nothing forever."""
     i = 0
-    while n:
+    while i < len(out):
         size = len(out[i])
-        if n >= size:
-            n -= size
-            i += 1
-        else:
-            out[i] = memoryview(out[i])[n:]
-            n = 0
+        if n < size:
+            if n:
+                out[i] = memoryview(out[i])[n:]
+            break
+        n -= size
+        i += 1
     del out[:i]
