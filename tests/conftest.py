@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -48,14 +49,19 @@ class Server:
     def __init__(self, args: list[str], env: dict[str, str], runtime_dir: str):
         self.runtime_dir = runtime_dir
         self.log: list[str] = []
+        self._clients: list = []     # closed at teardown (ResourceWarning is an error)
         self._ready = threading.Event()
         self.proc = subprocess.Popen(prack_command() + args, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        if not self._ready.wait(START_TIMEOUT) or self.proc.poll() is not None:
+        if (not self._ready.wait(START_TIMEOUT) or self.proc.poll() is not None
+                or not hasattr(self, "_match")):
             self.proc.kill()
             self.proc.wait()
+            self._reader.join(5)
+            self.proc.stdout.close()
+            self.proc.stderr.close()
             raise RuntimeError("prack-server did not become ready:\n" + "\n".join(self.log))
         m = self._match
         self.host, self.port = m.group(1), int(m.group(2))
@@ -86,10 +92,36 @@ class Server:
         return [int(p) for p in out.stdout.split()]
 
     def client(self, timeout: float = 10.0) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        return self._track(http.client.HTTPConnection(self.host, self.port, timeout=timeout))
 
     def api_client(self, timeout: float = 10.0) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.api_host, self.api_port, timeout=timeout)
+        return self._track(
+            http.client.HTTPConnection(self.api_host, self.api_port, timeout=timeout))
+
+    def raw(self, timeout: float = 10.0) -> "RawClient":
+        """A plain socket to the public port, for byte-exact requests."""
+        return self._track(RawClient(self.host, self.port, timeout))
+
+    def raw_api(self, timeout: float = 10.0) -> "RawClient":
+        return self._track(RawClient(self.api_host, self.api_port, timeout))
+
+    def _track(self, client):
+        self._clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+
+    def pids(self, role: str, index: int = 0) -> list[int]:
+        """PIDs logged for a child ("acceptor" or "API process"), oldest
+        first; needs --log-level debug."""
+        if role == "acceptor":
+            rx = re.compile(r"acceptor %d ready \(pid (\d+)\)" % index)
+        else:
+            rx = re.compile(r"API process ready \(pid (\d+)\)")
+        return [int(m.group(1)) for m in map(rx.search, list(self.log)) if m]
 
     def wait_log(self, pattern: str, timeout: float = 10.0) -> str:
         """Block until a stderr line matches (an explicit signal, not a sleep)."""
@@ -115,6 +147,9 @@ class Server:
             self.proc.wait()
             raise AssertionError("prack-server did not stop:\n" + "\n".join(self.log))
         self._reader.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
         return code
 
     def assert_clean(self) -> None:
@@ -122,15 +157,17 @@ class Server:
         assert left == [], "runtime dir not cleaned: %r" % left
 
 
-@pytest.fixture
-def start_server(tmp_path):
-    """start_server(*flags, **settings) -> Server. Settings are passed as
-    PRACK_<SECTION>_<KEY> variables: start_server(timeouts_queue_timeout=1)."""
-    servers: list[Server] = []
-    before = shm_entries()
+class _Servers:
+    """Starts servers under `base` and checks, when done, that each one
+    exited with 0, logged no traceback and left nothing behind."""
 
-    def start(*flags: str, acceptors: int = 2, **settings) -> Server:
-        runtime = tmp_path / ("run%d" % len(servers))
+    def __init__(self, base):
+        self.base = base
+        self.servers: list[Server] = []
+        self.before = shm_entries()
+
+    def start(self, *flags: str, acceptors: int = 2, **settings) -> Server:
+        runtime = self.base / ("run%d" % len(self.servers))
         runtime.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PRACK_")}
         env["PRACK_SERVER_RUNTIME_DIR"] = str(runtime)
@@ -138,17 +175,37 @@ def start_server(tmp_path):
             env["PRACK_" + key.upper()] = str(value)
         args = ["-b", "127.0.0.1:0", "--api-bind", "127.0.0.1:0", "-a", str(acceptors), *flags]
         server = Server(args, env, str(runtime))
-        servers.append(server)
+        self.servers.append(server)
         return server
 
-    yield start
-    for server in servers:
-        if server.proc.poll() is None:
-            code = server.stop()
-            assert code == 0, "exit code %r\n%s" % (code, "\n".join(server.log))
-        server.assert_clean()
-        assert not any("Traceback" in line for line in server.log), "\n".join(server.log)
-    assert shm_entries() <= before, "left in /dev/shm: %r" % (shm_entries() - before)
+    def finish(self) -> None:
+        for server in self.servers:
+            server.close_clients()
+            if server.proc.poll() is None:
+                code = server.stop()
+                assert code == 0, "exit code %r\n%s" % (code, "\n".join(server.log))
+            server.assert_clean()
+            assert not any("Traceback" in line for line in server.log), "\n".join(server.log)
+        assert shm_entries() <= self.before, \
+            "left in /dev/shm: %r" % (shm_entries() - self.before)
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """start_server(*flags, **settings) -> Server. Settings are passed as
+    PRACK_<SECTION>_<KEY> variables: start_server(timeouts_queue_timeout=1)."""
+    servers = _Servers(tmp_path)
+    yield servers.start
+    servers.finish()
+
+
+@pytest.fixture(scope="module")
+def start_module_server(tmp_path_factory):
+    """Like start_server, for a server shared by the tests of a module (the
+    checks run when the module is done)."""
+    servers = _Servers(tmp_path_factory.mktemp("shared"))
+    yield servers.start
+    servers.finish()
 
 
 @pytest.fixture
@@ -176,6 +233,7 @@ class Worker:
         self.handled = 0
         self.post_statuses: list[int] = []
         self._stop = threading.Event()
+        self._conn = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self):
@@ -187,6 +245,13 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+        conn = self._conn
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            try:   # wake the thread out of a long poll at once
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self._thread.join(15)
 
     def _run(self) -> None:
@@ -195,6 +260,8 @@ class Worker:
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                    conn.connect()
+                    self._conn = conn
                 conn.request("GET", "/api/v1/request")
                 resp = conn.getresponse()
                 data = resp.read()
@@ -234,3 +301,144 @@ def worker_factory():
     yield make
     for w in workers:
         w.stop()
+
+
+@pytest.fixture(scope="module")
+def module_worker_factory():
+    """worker_factory for workers of a start_module_server server."""
+    workers: list[Worker] = []
+
+    def make(api: str, app=echo_app, **kw) -> Worker:
+        w = Worker(api, app, **kw).__enter__()
+        workers.append(w)
+        return w
+
+    yield make
+    for w in workers:
+        w.stop()
+
+
+class Recorder:
+    """An app wrapper that records every request a worker was given:
+    `worker_factory(api, Recorder())`; `.seen` holds (env, body) pairs."""
+
+    def __init__(self, app=echo_app):
+        self.app = app
+        self.seen: list[tuple[dict, bytes]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, env, body):
+        with self.lock:
+            self.seen.append((env, body))
+        return self.app(env, body)
+
+    @property
+    def paths(self) -> list[str]:
+        with self.lock:
+            return [env["PATH_INFO"] for env, _ in self.seen]
+
+
+@pytest.fixture
+def recorder():
+    return Recorder
+
+
+# -- raw HTTP over a socket -----------------------------------------------------
+
+class RawResponse:
+    def __init__(self, status: int, reason: str, version: str, headers: list, body: bytes):
+        self.status, self.reason, self.version = status, reason, version
+        self.headers = headers          # [(name, value)] in order, names as sent
+        self.body = body
+
+    def header(self, name: str, default=None):
+        values = self.all(name)
+        return values[0] if values else default
+
+    def all(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return "<RawResponse %d %r %r>" % (self.status, self.headers, self.body[:200])
+
+
+class RawClient:
+    """A client socket that sends bytes verbatim and parses responses itself.
+    Every read is bounded by `timeout` (a hang fails the test, it does not
+    pass it)."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def read_response(self, head: bool = False) -> RawResponse:
+        """One response; `head=True` for the answer to HEAD (no body)."""
+        while b"\r\n\r\n" not in self.buf:
+            if not self._fill():
+                raise ConnectionError("connection closed before a response head: %r" % self.buf)
+        raw_head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = raw_head.decode("latin-1").split("\r\n")
+        version, status, reason = (lines[0].split(" ", 2) + [""])[:3]
+        headers = []
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            assert sep and name == name.strip(), "bad header line %r" % line
+            headers.append((name, value.strip(" \t")))
+        resp = RawResponse(int(status), reason, version, headers, b"")
+        code = int(status)
+        if head or code < 200 or code in (204, 304):
+            return resp
+        lengths = resp.all("Content-Length")
+        if lengths:
+            assert len(lengths) == 1, resp
+            n = int(lengths[0])
+            while len(self.buf) < n:
+                if not self._fill():
+                    raise ConnectionError("connection closed in a response body")
+            resp.body, self.buf = self.buf[:n], self.buf[n:]
+        else:
+            assert resp.header("Transfer-Encoding") is None, resp
+            while self._fill():
+                pass
+            resp.body, self.buf = self.buf, b""
+        return resp
+
+    def closed_by_peer(self) -> bool:
+        """True when the server closed the connection (EOF or reset) with
+        nothing more to read; False if bytes arrived instead. Waits at most
+        the socket timeout (then raises)."""
+        if self.buf:
+            return False
+        try:
+            data = self.sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        if data:
+            self.buf += data
+            return False
+        return True
+
+    def assert_closed(self) -> None:
+        assert self.closed_by_peer(), "connection still open; got %r" % self.buf
+
+    def close(self) -> None:
+        self.sock.close()
