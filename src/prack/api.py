@@ -53,7 +53,7 @@ class Link:
 
 class WorkerConn:
     __slots__ = ("sock", "reader", "out", "events", "waiting", "deadline", "keep_alive",
-                 "busy", "close_after")
+                 "busy", "close_after", "head")
 
     def __init__(self, sock, reader):
         self.sock = sock
@@ -65,6 +65,7 @@ class WorkerConn:
         self.keep_alive = True
         self.busy = False          # a request of this connection is being answered
         self.close_after = False
+        self.head = False          # the request being answered is a HEAD: no body
 
 
 def _noop(signum, frame):
@@ -359,6 +360,7 @@ class ApiServer:
         except http.ProtocolError as exc:
             conn.keep_alive = False
             conn.busy = True
+            conn.head = False
             self._reply(conn, exc.status, self.encode(wire.Error(exc.message)))
             return
         if req is None:
@@ -368,13 +370,14 @@ class ApiServer:
             return
         conn.busy = True
         conn.keep_alive = req.keep_alive and not self.stopping
+        conn.head = req.method == "HEAD"
         self._route(conn, req)
 
     def _route(self, conn: WorkerConn, req: http.Request) -> None:
         path = req.path
         method = req.method
         if path == "/api/v1/request":
-            if method == "GET" or method == "HEAD":
+            if method == "GET":
                 self._pull(conn)
             elif method == "POST":
                 self._post_response(conn, req.body)
@@ -470,7 +473,7 @@ class ApiServer:
         if not keep:
             conn.close_after = True
         data = http.simple_response(status, body, JSON, keep_alive=keep, server=self.server,
-                                    extra=extra)
+                                    extra=extra, head_only=conn.head)
         conn.busy = False
         self._write(conn, [data])
         if conn.sock is not None and not conn.close_after:
