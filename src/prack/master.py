@@ -233,7 +233,8 @@ class Master:
                 self.ready.add((ACCEPTOR, int(line[1:])))
             elif line == b"P":
                 self.ready.add((API, 0))
-        if not self.announced and len(self.ready) == self.cfg.server.acceptors + 1:
+        if (not self.announced and not self.stopping
+                and len(self.ready) == self.cfg.server.acceptors + 1):
             self.announced = True
             log.info("ready: public=http://%s api=http://%s acceptors=%d pid=%d",
                      sockets.address_of(self.listener), sockets.address_of(self.api_listener),
@@ -302,6 +303,10 @@ class Master:
         responses); the API process stops once they are gone."""
         self.stopping = True
         self.respawn_at.clear()
+        # Stop listening: the acceptors close their copies, and a connection
+        # the kernel completed on ours would wait for an accept() that never
+        # comes. Closed everywhere, new clients are refused at once.
+        self.listener.close()
         self.stop_phase = "acceptors"
         self.stop_deadline = time.monotonic() + self.cfg.timeouts.graceful_timeout
         for child in self.children.values():
