@@ -267,8 +267,13 @@ class ApiServer:
         n = len(rings)
         unpack = wire.RECORD.unpack_from
         rsize = wire.RECORD.size
+        links = self.links
         for i in range(n):
             idx = (self.rr + i) % n
+            if links[idx] is None:
+                # Its answer could not be routed: wait for the acceptor's
+                # HELLO (after an API restart it reconnects), which wakes us.
+                continue
             ring = rings[idx]
             while True:
                 view = ring.peek()
@@ -303,8 +308,8 @@ class ApiServer:
                 # a producer that published meanwhile saw no flag, so no wake-up
                 # would come for its record.
                 asleep = True
-                for ring in rings:
-                    if not ring.sleep():
+                for ring, link in zip(rings, self.links):
+                    if link is not None and not ring.sleep():
                         asleep = False
                 if asleep:
                     return
