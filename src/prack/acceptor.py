@@ -223,8 +223,12 @@ class Acceptor:
             self.sel.unregister(sock)
             sock.close()
         self.api_out = []
-        self.api_retry_at = time.monotonic() + 0.05
         log.info("acceptor %d: lost the API process; reconnecting", self.index)
+        # At once, not on the next housekeeping tick (up to 1 s): until we
+        # are linked, the API process refuses answers for our requests. The
+        # master holds the listening socket, so this succeeds even before the
+        # new API process runs; it accepts us when it starts.
+        self._connect_api()
 
     def _send_api(self, buffers) -> None:
         if self.api is None:
