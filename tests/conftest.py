@@ -118,16 +118,23 @@ class Server:
         """PIDs logged for a child ("acceptor" or "API process"), oldest
         first; needs --log-level debug."""
         if role == "acceptor":
-            rx = re.compile(r"acceptor %d ready \(pid (\d+)\)" % index)
+            pattern = r"acceptor %d ready \(pid (\d+)\)" % index
         else:
-            rx = re.compile(r"API process ready \(pid (\d+)\)")
+            pattern = r"API process ready \(pid (\d+)\)"
+        self.wait_log(pattern)     # a child may log after the master's "ready"
+        rx = re.compile(pattern)
         return [int(m.group(1)) for m in map(rx.search, list(self.log)) if m]
 
-    def wait_log(self, pattern: str, timeout: float = 10.0) -> str:
-        """Block until a stderr line matches (an explicit signal, not a sleep)."""
+    def log_mark(self) -> int:
+        """The number of log lines so far, for wait_log(..., since=mark)."""
+        return len(self.log)
+
+    def wait_log(self, pattern: str, timeout: float = 10.0, since: int = 0) -> str:
+        """Block until a stderr line matches (an explicit signal, not a sleep);
+        `since` skips the lines before a log_mark()."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = since
         while time.monotonic() < deadline:
             lines = self.log[seen:]
             for line in lines:
@@ -146,11 +153,15 @@ class Server:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError("prack-server did not stop:\n" + "\n".join(self.log))
+        self._release()
+        return code
+
+    def _release(self) -> None:
+        """After the process has exited: finish reading its log, close pipes."""
         self._reader.join(5)
         for pipe in (self.proc.stdout, self.proc.stderr):
             if pipe is not None:
                 pipe.close()
-        return code
 
     def assert_clean(self) -> None:
         left = os.listdir(self.runtime_dir) if os.path.isdir(self.runtime_dir) else []
@@ -183,7 +194,10 @@ class _Servers:
             server.close_clients()
             if server.proc.poll() is None:
                 code = server.stop()
-                assert code == 0, "exit code %r\n%s" % (code, "\n".join(server.log))
+            else:
+                code = server.proc.returncode
+                server._release()
+            assert code == 0, "exit code %r\n%s" % (code, "\n".join(server.log))
             server.assert_clean()
             assert not any("Traceback" in line for line in server.log), "\n".join(server.log)
         assert shm_entries() <= self.before, \
