@@ -385,6 +385,10 @@ class Acceptor:
             self._fail(conn, exc.status, exc.message)
             return
         if req is None:
+            if reader.in_body:
+                # The head is complete: from now on body_timeout counts,
+                # from this read (header_timeout was armed for the head).
+                conn.deadline = time.monotonic() + self.t_body
             if reader.wants_continue and not conn.sent_continue:
                 conn.sent_continue = True
                 conn.deadline = time.monotonic() + self.t_body
