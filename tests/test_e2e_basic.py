@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import hashlib
 import json
 import os
 import shutil
@@ -95,6 +96,16 @@ def test_repeated_headers_joined(served):
     assert env["HTTP_COOKIE"] == "k=1; j=2"
     assert env["HTTP_X_EMPTY"] == ""
     assert env["HTTP_ACCEPT"] == "1"
+
+
+def test_underscore_header_names_dropped(served):
+    with served.raw() as c:
+        c.send(b"GET /u? HTTP/1.1\r\nHost: [::1]:8080\r\nX_Forwarded_For: evil\r\n"
+               b"X-Forwarded-For: good\r\n\r\n")
+        env, _ = echoed(c.read_response().body)
+    assert env["HTTP_X_FORWARDED_FOR"] == "good"
+    assert (env["PATH_INFO"], env["QUERY_STRING"]) == ("/u", "")
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("[::1]", "8080")
 
 
 def test_date_and_server_headers(served):
@@ -248,6 +259,16 @@ def custom_app(env, body):
         return 204, {"Content-Length": "10"}, b""
     if path == "/no-body":
         return 200, {}, b""
+    if path == "/big":
+        n = int(env["QUERY_STRING"])
+        return 200, {"X-Sha256": hashlib.sha256(body).hexdigest()}, \
+            (b"0123456789abcdef" * (n // 16 + 1))[:n]
+    if path == "/declared":
+        return 200, {"Content-Length": "1234"}, b""
+    if path == "/not-modified":
+        return 304, {"ETag": '"v1"'}, b"must not be sent"
+    if path == "/odd-status":
+        return 599, {}, b"odd"
     if path == "/own-server":
         return 200, {"Server": "MyApp/1", "Date": "Mon, 01 Jan 2001 00:00:00 GMT"}, b"x"
     return 404, {}, b"no"
@@ -322,6 +343,40 @@ def test_empty_bodies(custom):
             c.send(b"HEAD /no-body HTTP/1.1\r\nHost: x\r\n\r\n")
             r = c.read_response(head=True)
             assert r.status == 200
+
+
+def test_large_upload_and_download(custom):
+    upload = bytes(range(256)) * 4096          # 1 MiB: exactly limits.max_body_size
+    size = 20_000_000
+    with custom.raw(timeout=30) as c:
+        c.send(b"POST /big?%d HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+               % (size, len(upload)) + upload)
+        r = c.read_response()
+        assert r.status == 200
+        assert r.header("X-Sha256") == hashlib.sha256(upload).hexdigest()
+        assert len(r.body) == size and r.body[:32] == b"0123456789abcdef" * 2
+        c.send(b"GET /big?10 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.read_response().body == b"0123456789"
+
+
+def test_head_uses_declared_length(custom):
+    with custom.raw() as c:
+        c.send(b"HEAD /declared HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = c.read_response(head=True)
+        assert (r.status, r.all("Content-Length")) == (200, ["1234"])
+        c.send(b"GET /declared HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = c.read_response()
+        assert (r.status, r.all("Content-Length"), r.body) == (200, ["0"], b"")
+
+
+def test_304_and_odd_status(custom):
+    with custom.raw() as c:
+        c.send(b"GET /not-modified HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = c.read_response()
+        assert (r.status, r.header("ETag"), r.header("Content-Length")) == (304, '"v1"', None)
+        c.send(b"GET /odd-status HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = c.read_response()       # in step: no body bytes were sent for the 304
+        assert (r.status, r.body) == (599, b"odd")
 
 
 def test_worker_own_server_and_date(custom):

@@ -338,6 +338,48 @@ def test_header_timeout_not_reset_by_trickle(start_server):
         c.assert_closed()
 
 
+def test_slow_body_gets_408(start_server):
+    s = start_server(acceptors=1, timeouts_body_timeout=0.5)
+    with s.raw() as c:
+        t0 = time.monotonic()
+        c.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+        r = c.read_response()
+        assert r.status == 408
+        assert 0.4 <= time.monotonic() - t0 < 5
+        c.assert_closed()
+
+
+def test_body_timeout_not_header_timeout_after_the_head(start_server, worker_factory):
+    """Once the head is in, body_timeout (long here) applies, not header_timeout."""
+    s = start_server(acceptors=1, timeouts_header_timeout=0.5, timeouts_body_timeout=10,
+                     api_poll_timeout=1)
+    worker_factory(s.api)
+    with s.raw() as c:
+        c.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+        ready, _, _ = select.select([c.sock], [], [], 1.5)    # pause past header_timeout
+        assert not ready, "cut off: %r" % c.sock.recv(300)
+        c.send(b"67890")
+        r = c.read_response()
+        assert r.status == 200
+
+
+def test_body_timeout_is_between_reads(start_server, worker_factory):
+    """A body that keeps coming (a byte every 0.05 s for longer than
+    body_timeout) is not cut off."""
+    s = start_server(acceptors=1, timeouts_body_timeout=1, api_poll_timeout=1)
+    worker_factory(s.api)
+    body = b"x" * 40
+    with s.raw() as c:
+        c.send(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+        t0 = time.monotonic()
+        for byte in body:
+            ready, _, _ = select.select([c.sock], [], [], 0.05)    # client pacing
+            assert not ready, "answered before the body was complete: %r" % c.sock.recv(200)
+            c.send(bytes([byte]))
+        assert time.monotonic() - t0 > 1.2      # longer than body_timeout in total
+        assert c.read_response().status == 200
+
+
 def test_idle_keepalive_closed(start_server, worker_factory):
     s = start_server(acceptors=1, timeouts_keepalive_timeout=0.5, api_poll_timeout=1)
     worker_factory(s.api)
