@@ -53,7 +53,7 @@ class Link:
 
 class WorkerConn:
     __slots__ = ("sock", "reader", "out", "events", "waiting", "deadline", "keep_alive",
-                 "busy", "close_after", "head")
+                 "busy", "close_after", "head", "processing")
 
     def __init__(self, sock, reader):
         self.sock = sock
@@ -66,6 +66,7 @@ class WorkerConn:
         self.busy = False          # a request of this connection is being answered
         self.close_after = False
         self.head = False          # the request being answered is a HEAD: no body
+        self.processing = False    # _process is running for this connection
 
 
 def _noop(signum, frame):
@@ -359,6 +360,21 @@ class ApiServer:
             self._process(conn)
 
     def _process(self, conn: WorkerConn) -> None:
+        """Handle buffered requests one after another. A loop, not recursion:
+        _reply asks for the next request while we are still in here, and a
+        worker may pipeline thousands of calls."""
+        if conn.processing:
+            return      # called back from _reply: the loop below goes on
+        conn.processing = True
+        try:
+            while self._process_one(conn):
+                pass
+        finally:
+            conn.processing = False
+
+    def _process_one(self, conn: WorkerConn) -> bool:
+        """Read and route one request; True when it was answered at once and
+        more bytes are buffered."""
         reader = conn.reader
         try:
             req = reader.maybe_read_request()
@@ -367,16 +383,18 @@ class ApiServer:
             conn.busy = True
             conn.head = False
             self._reply(conn, exc.status, self.encode(wire.Error(exc.message)))
-            return
+            return False
         if req is None:
             if reader.wants_continue:
                 reader.wants_continue = False
                 self._write(conn, [CONTINUE])
-            return
+            return False
         conn.busy = True
         conn.keep_alive = req.keep_alive and not self.stopping
         conn.head = req.method == "HEAD"
         self._route(conn, req)
+        return (not conn.busy and conn.sock is not None and not conn.close_after
+                and bool(reader.buf))
 
     def _route(self, conn: WorkerConn, req: http.Request) -> None:
         path = req.path
