@@ -40,7 +40,7 @@ class Conn:
     __slots__ = ("sock", "fd", "slot", "key", "state", "reader", "out", "events",
                  "deadline", "keep_alive", "version_minor", "method", "target",
                  "remote_addr", "remote_port", "started", "sent_continue",
-                 "lingered", "status", "sent")
+                 "lingered", "status", "sent", "processing", "again")
 
     def __init__(self, sock, slot, reader, addr):
         self.sock = sock
@@ -61,6 +61,8 @@ class Conn:
         self.lingered = 0
         self.status = 0
         self.sent = 0
+        self.processing = False   # _process is running for this connection
+        self.again = False        # ...and was asked to look at the buffer again
         if isinstance(addr, tuple):
             self.remote_addr = addr[0]
             self.remote_port = str(addr[1])
@@ -377,7 +379,24 @@ class Acceptor:
                 self._set_events(conn, conn.events & ~selectors.EVENT_READ)
 
     def _process(self, conn: Conn) -> None:
-        """Parse what is buffered; dispatch a complete request."""
+        """Parse what is buffered; dispatch a complete request. A request we
+        answer at once (503 when the ring is full) leads back here through
+        _finished for the next pipelined one: that call only sets `again`,
+        and this loop goes on, so pipelined requests cannot nest calls."""
+        if conn.processing:
+            conn.again = True
+            return
+        conn.processing = True
+        try:
+            while True:
+                conn.again = False
+                self._process_one(conn)
+                if not conn.again or conn.sock is None:
+                    break
+        finally:
+            conn.processing = False
+
+    def _process_one(self, conn: Conn) -> None:
         reader = conn.reader
         try:
             req = reader.maybe_read_request()
