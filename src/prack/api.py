@@ -541,10 +541,18 @@ class ApiServer:
         if not self.stopping and os.getppid() != self.parent:
             log.warning("the master has gone; stopping")
             self._begin_stop()
-        expired = [c for c in self.waiters if c.waiting and now >= c.deadline]
-        for conn in expired:
-            conn.waiting = False
-            self._reply(conn, 404, NO_REQUESTS)
+        # An expired waiter stays in the deque; when the same connection
+        # polls again it is appended once more. Answer each one once, and
+        # drop the stale entries before answering (which may poll again).
+        expired = []
+        for conn in self.waiters:
+            if conn.waiting and now >= conn.deadline:
+                conn.waiting = False
+                expired.append(conn)
+        if expired:
+            self.waiters = collections.deque(c for c in self.waiters if c.waiting)
+            for conn in expired:
+                self._reply(conn, 404, NO_REQUESTS)
 
 
 class _IdentOnly(msgspec.Struct):
