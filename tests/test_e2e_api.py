@@ -440,3 +440,27 @@ def test_api_head(srv):
     assert job["environment"]["PATH_INFO"] == "/hello"
     assert api(srv, "POST", "/api/v1/response", answer(job["identifier"]))[0] == 200
     assert client.read_response().status == 200
+
+
+def test_idle_worker_polling_again_and_again(start_server):
+    """Each long poll gets exactly one answer, however often it expired
+    before (a worker idle for several poll periods stays in step)."""
+    s = start_server(acceptors=1, api_poll_timeout=0.2)
+    with s.raw_api() as w:
+        for _ in range(4):
+            t0 = time.monotonic()
+            w.send(b"GET /api/v1/request HTTP/1.1\r\nHost: x\r\n\r\n")
+            r = w.read_response()
+            assert r.status == 404
+            assert time.monotonic() - t0 >= 0.15, "an answer left over from an earlier poll"
+        client = queued(s)
+        w.send(b"GET /api/v1/request HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = w.read_response()
+        assert r.status == 200, r
+        job = r.json()
+        body = json.dumps(answer(job["identifier"])).encode()
+        w.send(b"POST /api/v1/response HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+               % len(body) + body)
+        r = w.read_response()
+        assert r.json() == {"message": "thank you"}
+        assert client.read_response().status == 200
