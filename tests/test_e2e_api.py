@@ -51,6 +51,13 @@ def queued(server, request: bytes = REQ):
     return c
 
 
+def probe(server) -> None:
+    """A bad request on a new connection, answered by the acceptor itself."""
+    with server.raw() as c:
+        c.send(b"BAD\r\n\r\n")
+        assert c.read_response().status == 400
+
+
 # -- pulling --------------------------------------------------------------------
 
 def test_poll_timeout_with_no_requests(start_server):
@@ -72,9 +79,7 @@ def test_poll_timeout_zero_answers_at_once(start_server):
     client = queued(s)
     # One acceptor handles events in arrival order: once a later connection's
     # bad request is answered, the first request is in the queue.
-    with s.raw() as probe:
-        probe.send(b"BAD\r\n\r\n")
-        assert probe.read_response().status == 400
+    probe(s)
     status, _, job = api(s, "GET", "/api/v1/request")
     assert status == 200
     assert job["environment"]["PATH_INFO"] == "/hello"
@@ -313,8 +318,12 @@ def test_client_gone_while_worker_holds_request(srv):
 def test_client_gone_while_queued_is_never_handed_out(start_server, worker_factory, recorder):
     s = start_server(acceptors=1, api_poll_timeout=1)
     first = queued(s, b"POST /gone HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+    # One acceptor handles readiness in arrival order, and a later
+    # connection's bad request is answered at once: once that answer is in,
+    # everything that was ready before it has been handled.
+    probe(s)            # the request is queued (read before the close)...
     first.close()
-    # Arrival order on the single acceptor: the close is seen before this.
+    probe(s)            # ...and the close has been seen
     second = queued(s, b"GET /kept HTTP/1.1\r\nHost: x\r\n\r\n")
     app = recorder()
     worker_factory(s.api, app)
