@@ -118,6 +118,7 @@ class Acceptor:
         self.stopping = False
         self.stop_deadline = 0.0
         self.rand = random.Random(os.urandom(16))
+        self.accept_paused = False
 
     # -- setup ---------------------------------------------------------------
 
@@ -308,7 +309,12 @@ class Acceptor:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("acceptor %d: accept: %s", self.index, exc.strerror)
+                    # The listener stays readable: stop watching it until the
+                    # next tick, or the loop spins (and logs) without pause.
+                    log.warning("acceptor %d: accept: %s; pausing accepts", self.index,
+                                exc.strerror)
+                    self.sel.unregister(self.listener)
+                    self.accept_paused = True
                     return
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
@@ -600,6 +606,9 @@ class Acceptor:
         if not self.stopping and os.getppid() != self.parent:
             log.warning("acceptor %d: the master has gone; stopping", self.index)
             self._begin_stop()
+        if self.accept_paused and not self.stopping:
+            self.accept_paused = False
+            self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept)
         if self.api is None and now >= self.api_retry_at:
             self._connect_api()
         ring = self.ring
