@@ -46,13 +46,15 @@ def shm_entries() -> set[str]:
 class Server:
     """A running prack-server. `log` collects its stderr lines."""
 
-    def __init__(self, args: list[str], env: dict[str, str], runtime_dir: str):
+    def __init__(self, args: list[str], env: dict[str, str], runtime_dir: str,
+                 preexec_fn=None):
         self.runtime_dir = runtime_dir
         self.log: list[str] = []
         self._clients: list = []     # closed at teardown (ResourceWarning is an error)
         self._ready = threading.Event()
         self.proc = subprocess.Popen(prack_command() + args, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=preexec_fn)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if (not self._ready.wait(START_TIMEOUT) or self.proc.poll() is not None
@@ -177,7 +179,9 @@ class _Servers:
         self.servers: list[Server] = []
         self.before = shm_entries()
 
-    def start(self, *flags: str, acceptors: int = 2, **settings) -> Server:
+    def start(self, *flags: str, acceptors: int = 2, nofile: int | None = None,
+              **settings) -> Server:
+        """`nofile` caps the server's open descriptors (RLIMIT_NOFILE)."""
         runtime = self.base / ("run%d" % len(self.servers))
         runtime.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PRACK_")}
@@ -185,7 +189,13 @@ class _Servers:
         for key, value in settings.items():
             env["PRACK_" + key.upper()] = str(value)
         args = ["-b", "127.0.0.1:0", "--api-bind", "127.0.0.1:0", "-a", str(acceptors), *flags]
-        server = Server(args, env, str(runtime))
+        preexec = None
+        if nofile is not None:
+            import resource
+
+            def preexec():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        server = Server(args, env, str(runtime), preexec)
         self.servers.append(server)
         return server
 

@@ -423,3 +423,25 @@ def test_max_connections(start_server, worker_factory):
     with s.raw() as c:
         c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert c.read_response().status == 200
+
+
+def test_out_of_file_descriptors(start_server, worker_factory):
+    """At the descriptor limit the acceptor pauses accepting (one warning per
+    pause) instead of spinning on accept(); it recovers once some close."""
+    s = start_server(acceptors=1, api_poll_timeout=1, nofile=40)
+    worker_factory(s.api)
+    t0 = time.monotonic()
+    clients = [s.raw() for _ in range(60)]          # more than 40 descriptors allow
+    s.wait_log(r"accept: Too many open files")
+    for c in clients[:5]:                          # the first ones were accepted
+        for _ in range(10):
+            c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert c.read_response().status == 200
+    for c in clients:
+        c.close()
+    with s.raw() as c:                             # accepted after the pause
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.read_response().status == 200
+    elapsed = time.monotonic() - t0
+    warnings = sum("Too many open files" in line for line in s.log)
+    assert warnings <= 3 + 2 * elapsed, "%d warnings in %.1fs" % (warnings, elapsed)
