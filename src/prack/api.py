@@ -9,6 +9,7 @@ socket. It speaks HTTP with the same sans-IO reader as the acceptors.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 import selectors
@@ -98,6 +99,7 @@ class ApiServer:
         self.decode_response = msgspec.json.Decoder(wire.PostedResponse).decode
         self.stopping = False
         self.stop_deadline = 0.0
+        self.accept_paused = False
 
     # -- setup -------------------------------------------------------------------
 
@@ -163,7 +165,8 @@ class ApiServer:
     def _begin_stop(self) -> None:
         self.stopping = True
         self.stop_deadline = time.monotonic() + 2.0
-        self.sel.unregister(self.listener)
+        if not self.accept_paused:
+            self.sel.unregister(self.listener)
         self.listener.close()
         while self.waiters:
             conn = self.waiters.popleft()
@@ -331,6 +334,11 @@ class ApiServer:
                 return
             except OSError as exc:
                 log.warning("API accept: %s", exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # The listener stays readable: stop watching it until the
+                    # next tick, or the loop spins (and logs) without pause.
+                    self.sel.unregister(self.listener)
+                    self.accept_paused = True
                 return
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:
@@ -541,6 +549,9 @@ class ApiServer:
         if not self.stopping and os.getppid() != self.parent:
             log.warning("the master has gone; stopping")
             self._begin_stop()
+        if self.accept_paused and not self.stopping:
+            self.accept_paused = False
+            self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept_worker)
         # An expired waiter stays in the deque; when the same connection
         # polls again it is appended once more. Answer each one once, and
         # drop the stale entries before answering (which may poll again).
