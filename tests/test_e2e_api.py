@@ -473,3 +473,22 @@ def test_idle_worker_polling_again_and_again(start_server):
         r = w.read_response()
         assert r.json() == {"message": "thank you"}
         assert client.read_response().status == 200
+
+
+def test_api_out_of_file_descriptors(start_server):
+    """At the descriptor limit the API process pauses accepting workers
+    instead of spinning on accept(); it recovers once some close."""
+    s = start_server(acceptors=1, api_poll_timeout=1, nofile=40)
+    t0 = time.monotonic()
+    workers = [s.raw_api() for _ in range(60)]
+    s.wait_log(r"API accept: .*Too many open files")
+    for w in workers[:5]:                       # the first ones were accepted
+        for _ in range(10):
+            w.send(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert w.read_response().status == 404
+    for w in workers:
+        w.close()
+    assert api(s, "GET", "/nope")[0] == 404     # accepted after the pause
+    elapsed = time.monotonic() - t0
+    warnings = sum("Too many open files" in line for line in s.log)
+    assert warnings <= 3 + 5 * elapsed, "%d warnings in %.1fs" % (warnings, elapsed)
