@@ -145,7 +145,8 @@ class Master:
                 except ChildProcessError:
                     pass
             self.children.clear()
-        if self.sel is not None:
+        started = self.sel is not None
+        if started:
             signal.set_wakeup_fd(-1)
             self.sel.close()
         for sock in (self.listener, self.api_listener, self.link_listener):
@@ -155,7 +156,8 @@ class Master:
             self.segment.close()
         if self.runtime_dir and self.own_runtime_dir:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
-        log.info("stopped")
+        if started:     # a startup error is reported by the CLI, in one line
+            log.info("stopped")
 
     def _loop(self) -> None:
         while True:
