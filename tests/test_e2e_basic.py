@@ -7,6 +7,7 @@ import email.utils
 import hashlib
 import json
 import os
+import select
 import shutil
 import subprocess
 
@@ -161,6 +162,21 @@ def test_chunked_upload(served):
     assert body == b"".join(chunks)
     assert env["CONTENT_LENGTH"] == str(len(body))
     assert "HTTP_TRANSFER_ENCODING" not in env
+
+
+def test_request_split_anywhere(served):
+    """A head and chunked body cut at every byte position parse the same."""
+    req = (b"POST /split?q=1 HTTP/1.1\r\nHost: x\r\nX-A: a\r\nTransfer-Encoding: chunked\r\n"
+           b"\r\n3\r\nabc\r\n2;e=1\r\nde\r\n0\r\nT: v\r\n\r\n")
+    with served.raw() as c:
+        for k in range(1, len(req)):
+            c.send(req[:k])
+            select.select([c.sock], [], [], 0.002)    # client pacing: two reads, mostly
+            c.send(req[k:])
+            r = c.read_response()
+            assert r.status == 200, (k, r)
+            env, body = echoed(r.body)
+            assert (env["PATH_INFO"], env["HTTP_X_A"], body) == ("/split", "a", b"abcde"), k
 
 
 def test_chunked_upload_raw_with_trailer_then_pipelined(served):

@@ -267,7 +267,7 @@ def test_port_in_use(tmp_path, which):
         out = run_server(tmp_path, *args, "-a", "1")
     assert out.returncode == 2, out.stderr
     lines = error_lines(out)
-    assert len(lines) == 1, out.stderr
+    assert len(lines) == 1 and out.stderr == lines[0] + "\n", out.stderr
     assert which in lines[0] and busy in lines[0], lines
     assert "in use" in lines[0].lower()
     assert out.stdout == ""
