@@ -492,3 +492,19 @@ def test_api_out_of_file_descriptors(start_server):
     elapsed = time.monotonic() - t0
     warnings = sum("Too many open files" in line for line in s.log)
     assert warnings <= 3 + 5 * elapsed, "%d warnings in %.1fs" % (warnings, elapsed)
+
+
+def test_api_request_too_large(start_server):
+    s = start_server(acceptors=1, api_max_request_size="1k")
+    client = queued(s)
+    job = pull(s)
+    big = json.dumps(answer(job["identifier"], body=b"x" * 2000)).encode()
+    with s.raw_api() as w:
+        w.send(b"POST /api/v1/response HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+               % len(big))
+        r = w.read_response()
+        assert r.status == 413 and "error" in r.json()
+        w.assert_closed()
+    # The identifier was never read: the request is still the worker's.
+    assert api(s, "POST", "/api/v1/response", answer(job["identifier"], body=b"small"))[0] == 200
+    assert client.read_response().body == b"small"

@@ -437,3 +437,18 @@ def test_curl_client(served):
     assert head.returncode == 0, head.stderr
     assert head.stdout.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"\r\nServer: Prack\r\n" in head.stdout
+
+
+def test_access_log_and_server_header(start_server, worker_factory):
+    s = start_server("--access-log", acceptors=1, api_poll_timeout=1, server_server_header="")
+    worker_factory(s.api)
+    with s.raw() as c:
+        c.send(b"GET /logged?x=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200
+        assert r.header("Server") is None           # server_header = "" leaves it out
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 400 and r.header("Server") is None
+    s.wait_log(r'prack\.access: 127\.0\.0\.1 - "GET /logged\?x=1 HTTP/1\.1" 200 \d+ ')
+    s.wait_log(r'prack\.access: 127\.0\.0\.1 - "- [^"]*" 400 \d+ ')

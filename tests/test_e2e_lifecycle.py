@@ -130,6 +130,19 @@ def test_sigint_stops_gracefully(start_server, worker_factory):
     s.wait_log(r"prack.master: stopped")
 
 
+def test_unsupported_signals_are_ignored(start_server, worker_factory):
+    s = start_server(api_poll_timeout=1)
+    worker_factory(s.api)
+    for sig in (signal.SIGHUP, signal.SIGUSR2):
+        s.proc.send_signal(sig)
+        s.wait_log(r"signal %s is not supported yet; ignored" % sig.name)
+    c = s.client()
+    c.request("GET", "/still-here")
+    r = c.getresponse()
+    assert r.status == 200 and b"/still-here" in r.read()
+    assert len(s.children()) == 3
+
+
 # -- children that die -----------------------------------------------------------------
 
 def test_acceptor_killed_is_respawned(start_server, worker_factory, recorder):
