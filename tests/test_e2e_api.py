@@ -481,7 +481,7 @@ def test_api_out_of_file_descriptors(start_server):
     s = start_server(acceptors=1, api_poll_timeout=1, nofile=40)
     t0 = time.monotonic()
     workers = [s.raw_api() for _ in range(60)]
-    s.wait_log(r"API accept: .*Too many open files")
+    s.wait_log(r"API process: accept: Too many open files")
     for w in workers[:5]:                       # the first ones were accepted
         for _ in range(10):
             w.send(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")

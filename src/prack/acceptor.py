@@ -13,14 +13,14 @@ import logging
 import os
 import random
 import selectors
-import signal
 import socket
 import time
 
 import msgspec
 
 from prack import http, wire
-from prack.sockets import drop_sent
+from prack.loop import ChildLoop
+from prack.sockets import send_pending
 from prack.ring import RecordTooBig, RingFull
 from prack.wire import SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
 
@@ -71,13 +71,11 @@ class Conn:
             self.remote_port = ""
 
 
-def _noop(signum, frame):
-    """Signals only wake the loop through the wakeup fd."""
-
-
-class Acceptor:
+class Acceptor(ChildLoop):
     def __init__(self, cfg, index: int, generation: int, listener: socket.socket,
                  segment, api_path: str, status_fd: int):
+        super().__init__()
+        self.what = "acceptor %d" % index
         self.cfg = cfg
         self.index = index
         self.generation = generation
@@ -107,7 +105,6 @@ class Acceptor:
         self.server_name = host
         self.server_port = str(port)
         self.encode = msgspec.json.Encoder().encode
-        self.sel = selectors.DefaultSelector()
         self.conns: dict[int, Conn] = {}
         self.slots: list[Conn | None] = [None] * self.nslots
         self.free_slots = list(range(self.nslots - 1, -1, -1))
@@ -115,90 +112,44 @@ class Acceptor:
         self.api_in = bytearray()
         self.api_out: list = []
         self.api_retry_at = 0.0
-        self.stopping = False
-        self.stop_deadline = 0.0
         self.rand = random.Random(os.urandom(16))
-        self.accept_paused = False
 
     # -- setup ---------------------------------------------------------------
 
     def run(self) -> int:
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        # Only the master's SIGTERM stops a child. A terminal's Ctrl-C or
-        # Ctrl-\ reaches the whole process group; the master alone acts on it
-        # and drains the children in order.
-        signal.signal(signal.SIGTERM, _noop)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
-        self.parent = os.getppid()
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        self.wake_r = wake_r
         # A new incarnation of this acceptor: nothing in the slot table is ours.
         for i in range(self.nslots):
             self.ring.slot_store(i, 0)
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept)
-        self.sel.register(wake_r, selectors.EVENT_READ, self._on_signal)
         self._connect_api()
-        os.write(self.status_fd, b"A%d\n" % self.index)
         log.debug("acceptor %d ready (pid %d)", self.index, os.getpid())
-        try:
-            self._loop()
-        finally:
-            signal.set_wakeup_fd(-1)
-        return 0
+        return self.serve(self.status_fd, b"A%d\n" % self.index)
 
-    def _loop(self) -> None:
-        sel = self.sel
-        tick = self.tick
-        next_scan = time.monotonic() + tick
-        while True:
-            now = time.monotonic()
-            timeout = max(0.0, next_scan - now)
-            for key, mask in sel.select(timeout):
-                data = key.data
-                if data.__class__ is Conn:
-                    self._on_conn(data, mask)
-                else:
-                    data(mask)
-            now = time.monotonic()
-            if now >= next_scan:
-                next_scan = now + tick
-                self._scan(now)
-                if self.stopping and (not self.conns or now >= self.stop_deadline):
-                    for conn in list(self.conns.values()):
-                        self._close(conn)
-                    return
+    def _on_event(self, data, mask: int) -> None:
+        if data.__class__ is Conn:
+            self._on_conn(data, mask)
+        else:
+            data(mask)
 
-    # -- signals -------------------------------------------------------------
-
-    def _on_signal(self, mask) -> None:
-        try:
-            data = self.wake_r.recv(64)
-        except BlockingIOError:
-            return
-        for signum in data:
-            if signum == signal.SIGTERM and not self.stopping:
-                self._begin_stop()
+    # -- stopping ----------------------------------------------------------------
 
     def _begin_stop(self) -> None:
         """Graceful stop: no new connections; finish what we hold."""
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.t_graceful
-        try:
-            self.sel.unregister(self.listener)
-        except (KeyError, ValueError):
-            pass
-        self.listener.close()
+        self._close_listener(self.listener)
         for conn in list(self.conns.values()):
             if conn.state == READING and conn.reader.idle:
                 self._close(conn)
         log.debug("acceptor %d draining %d connections", self.index, len(self.conns))
+
+    def _drained(self) -> bool:
+        return not self.conns
+
+    def _finish(self) -> None:
+        for conn in list(self.conns.values()):
+            self._close(conn)
 
     # -- the link to the API process -------------------------------------------
 
@@ -242,19 +193,13 @@ class Acceptor:
             self._flush_api()
 
     def _flush_api(self) -> None:
-        out = self.api_out
-        sock = self.api
-        while out:
-            try:
-                n = sock.sendmsg(out[:64])
-            except BlockingIOError:
-                break
-            except OSError:
-                self._api_lost()
-                return
-            drop_sent(out, n)
-        self.sel.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0),
-                        self._on_api)
+        try:
+            send_pending(self.api, self.api_out)
+        except OSError:
+            self._api_lost()
+            return
+        self.sel.modify(self.api, selectors.EVENT_READ |
+                        (selectors.EVENT_WRITE if self.api_out else 0), self._on_api)
 
     def _on_api(self, mask) -> None:
         if mask & selectors.EVENT_WRITE:
@@ -274,19 +219,13 @@ class Acceptor:
             return
         buf = self.api_in
         buf += data
-        pos = 0
-        end = len(buf)
-        unpack_len = wire.FRAME_LEN.unpack_from
-        while end - pos >= 4:
-            size = unpack_len(buf, pos)[0]
-            if end - pos - 4 < size:
-                break
-            start = pos + 4
-            pos = start + size
+        consumed = 0
+        for start, end in wire.complete_frames(buf):
             if buf[start] == wire.F_RESPONSE:
-                self._on_response_frame(buf, start, pos)
-        if pos:
-            del buf[:pos]
+                self._on_response_frame(buf, start, end)
+            consumed = end
+        if consumed:
+            del buf[:consumed]
 
     def _on_response_frame(self, buf, start: int, end: int) -> None:
         _, slot, key, status, flags, block_len, declared = wire.RESPONSE.unpack_from(buf, start)
@@ -309,12 +248,7 @@ class Acceptor:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # The listener stays readable: stop watching it until the
-                    # next tick, or the loop spins (and logs) without pause.
-                    log.warning("acceptor %d: accept: %s; pausing accepts", self.index,
-                                exc.strerror)
-                    self.sel.unregister(self.listener)
-                    self.accept_paused = True
+                    self._pause_accepting(self.listener, self._on_accept, exc)
                     return
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
@@ -518,18 +452,13 @@ class Acceptor:
 
     def _flush(self, conn: Conn) -> None:
         out = conn.out
-        sock = conn.sock
-        while out:
-            try:
-                n = sock.sendmsg(out[:64])
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self._close(conn)
-                return
-            drop_sent(out, n)
-            if conn.state == WRITING:
-                conn.deadline = time.monotonic() + self.t_send
+        try:
+            send_pending(conn.sock, out)
+        except OSError:
+            self._close(conn)
+            return
+        if conn.state == WRITING:
+            conn.deadline = time.monotonic() + self.t_send
         if out:
             self._set_events(conn, conn.events | selectors.EVENT_WRITE)
             return
@@ -603,12 +532,6 @@ class Acceptor:
     # -- deadlines ---------------------------------------------------------------
 
     def _scan(self, now: float) -> None:
-        if not self.stopping and os.getppid() != self.parent:
-            log.warning("acceptor %d: the master has gone; stopping", self.index)
-            self._begin_stop()
-        if self.accept_paused and not self.stopping:
-            self.accept_paused = False
-            self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept)
         if self.api is None and now >= self.api_retry_at:
             self._connect_api()
         ring = self.ring

@@ -13,14 +13,14 @@ import errno
 import logging
 import os
 import selectors
-import signal
 import socket
 import time
 
 import msgspec
 
 from prack import http, wire
-from prack.sockets import drop_sent
+from prack.loop import ChildLoop
+from prack.sockets import send_pending
 from prack.wire import SLOT_FREE, SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
 
 log = logging.getLogger("prack.api")
@@ -70,13 +70,12 @@ class WorkerConn:
         self.processing = False    # _process is running for this connection
 
 
-def _noop(signum, frame):
-    """Signals only wake the loop through the wakeup fd."""
+class ApiServer(ChildLoop):
+    what = "API process"
 
-
-class ApiServer:
     def __init__(self, cfg, generation: int, listener: socket.socket,
                  link_listener: socket.socket, segment, status_fd: int):
+        super().__init__()
         self.cfg = cfg
         self.generation = generation
         self.listener = listener
@@ -90,84 +89,40 @@ class ApiServer:
                                   lim.max_request_line, lim.max_headers)
         self.poll_timeout = cfg.api.poll_timeout
         self.server = cfg.server.server_header.encode("latin-1")
-        self.sel = selectors.DefaultSelector()
+        self.tick = min(0.5, max(0.05, self.poll_timeout / 4 if self.poll_timeout else 0.5))
         self.links: list[Link | None] = [None] * segment.nrings
         self.workers: dict[int, WorkerConn] = {}
         self.waiters: collections.deque[WorkerConn] = collections.deque()
         self.rr = 0
         self.encode = msgspec.json.Encoder().encode
         self.decode_response = msgspec.json.Decoder(wire.PostedResponse).decode
-        self.stopping = False
-        self.stop_deadline = 0.0
-        self.accept_paused = False
 
     # -- setup -------------------------------------------------------------------
 
     def run(self) -> int:
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        # Only the master's SIGTERM stops a child. A terminal's Ctrl-C or
-        # Ctrl-\ reaches the whole process group; the master alone acts on it
-        # and drains the children in order.
-        signal.signal(signal.SIGTERM, _noop)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
-        self.parent = os.getppid()
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        self.wake_r = wake_r
         for lst in (self.listener, self.link_listener):
             lst.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept_worker)
         self.sel.register(self.link_listener, selectors.EVENT_READ, self._on_accept_link)
-        self.sel.register(wake_r, selectors.EVENT_READ, self._on_signal)
-        os.write(self.status_fd, b"P\n")
         log.debug("API process ready (pid %d)", os.getpid())
-        try:
-            self._loop()
-        finally:
-            signal.set_wakeup_fd(-1)
-        return 0
+        return self.serve(self.status_fd, b"P\n")
 
-    def _loop(self) -> None:
-        sel = self.sel
-        tick = min(0.5, max(0.05, self.poll_timeout / 4 if self.poll_timeout else 0.5))
-        next_scan = time.monotonic() + tick
-        while True:
-            timeout = max(0.0, next_scan - time.monotonic())
-            for key, mask in sel.select(timeout):
-                data = key.data
-                if data.__class__ is WorkerConn:
-                    self._on_worker(data, mask)
-                elif data.__class__ is Link:
-                    self._on_link(data, mask)
-                else:
-                    data(mask)
-            now = time.monotonic()
-            if now >= next_scan:
-                next_scan = now + tick
-                self._scan(now)
-                if self.stopping and (now >= self.stop_deadline or
-                                      not any(w.busy or w.out for w in self.workers.values())):
-                    return
+    def _on_event(self, data, mask: int) -> None:
+        cls = data.__class__
+        if cls is WorkerConn:
+            self._on_worker(data, mask)
+        elif cls is Link:
+            self._on_link(data, mask)
+        else:
+            data(mask)
 
-    def _on_signal(self, mask) -> None:
-        try:
-            data = self.wake_r.recv(64)
-        except BlockingIOError:
-            return
-        if not self.stopping and signal.SIGTERM in data:
-            self._begin_stop()
+    def _drained(self) -> bool:
+        return not any(w.busy or w.out for w in self.workers.values())
 
     def _begin_stop(self) -> None:
         self.stopping = True
         self.stop_deadline = time.monotonic() + 2.0
-        if not self.accept_paused:
-            self.sel.unregister(self.listener)
-        self.listener.close()
+        self._close_listener(self.listener)
         while self.waiters:
             conn = self.waiters.popleft()
             if conn.waiting and conn.sock is not None:
@@ -184,6 +139,9 @@ class ApiServer:
             try:
                 sock, _ = self.link_listener.accept()
             except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._pause_accepting(self.link_listener, self._on_accept_link, exc)
                 return
             sock.setblocking(False)
             link = Link(sock)
@@ -207,15 +165,10 @@ class ApiServer:
             return
         buf = link.inbuf
         buf += data
-        pos = 0
-        end = len(buf)
+        consumed = 0
         woken = False
-        while end - pos >= 4:
-            size = wire.FRAME_LEN.unpack_from(buf, pos)[0]
-            if end - pos - 4 < size:
-                break
-            start = pos + 4
-            pos = start + size
+        for start, end in wire.complete_frames(buf):
+            consumed = end
             kind = buf[start]
             if kind == wire.F_WAKE:
                 woken = True
@@ -229,7 +182,7 @@ class ApiServer:
                     self.links[index] = link
                     log.debug("acceptor %d (pid %d) linked", index, pid)
                     woken = True
-        del buf[:pos]
+        del buf[:consumed]
         if woken:
             self._dispatch_waiters()
 
@@ -249,18 +202,13 @@ class ApiServer:
             self._flush_link(link)
 
     def _flush_link(self, link: Link) -> None:
-        out = link.out
-        while out:
-            try:
-                n = link.sock.sendmsg(out[:64])
-            except BlockingIOError:
-                break
-            except OSError:
-                self._drop_link(link)
-                return
-            drop_sent(out, n)
-        self.sel.modify(link.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0),
-                        link)
+        try:
+            send_pending(link.sock, link.out)
+        except OSError:
+            self._drop_link(link)
+            return
+        self.sel.modify(link.sock, selectors.EVENT_READ |
+                        (selectors.EVENT_WRITE if link.out else 0), link)
 
     # -- taking requests out of the rings ---------------------------------------------
 
@@ -333,12 +281,10 @@ class ApiServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("API accept: %s", exc)
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # The listener stays readable: stop watching it until the
-                    # next tick, or the loop spins (and logs) without pause.
-                    self.sel.unregister(self.listener)
-                    self.accept_paused = True
+                    self._pause_accepting(self.listener, self._on_accept_worker, exc)
+                else:
+                    log.warning("API process: accept: %s", exc)
                 return
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:
@@ -520,15 +466,11 @@ class ApiServer:
 
     def _flush_worker(self, conn: WorkerConn) -> None:
         out = conn.out
-        while out:
-            try:
-                n = conn.sock.sendmsg(out[:64])
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self._close_worker(conn)
-                return
-            drop_sent(out, n)
+        try:
+            send_pending(conn.sock, out)
+        except OSError:
+            self._close_worker(conn)
+            return
         want = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
         if want != conn.events:
             conn.events = want
@@ -546,12 +488,6 @@ class ApiServer:
         conn.sock = None
 
     def _scan(self, now: float) -> None:
-        if not self.stopping and os.getppid() != self.parent:
-            log.warning("the master has gone; stopping")
-            self._begin_stop()
-        if self.accept_paused and not self.stopping:
-            self.accept_paused = False
-            self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept_worker)
         # An expired waiter stays in the deque; when the same connection
         # polls again it is appended once more. Answer each one once, and
         # drop the stale entries before answering (which may poll again).

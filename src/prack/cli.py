@@ -9,7 +9,6 @@ the only module that ends the process: a PrackError becomes one
 from __future__ import annotations
 
 import inspect
-import sys
 from typing import Any, Optional
 
 import typer

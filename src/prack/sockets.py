@@ -70,3 +70,16 @@ def drop_sent(out: list, n: int) -> None:
         n -= size
         i += 1
     del out[:i]
+
+
+def send_pending(sock: socket.socket, out: list) -> None:
+    """Send as much of the buffer list `out` as the socket takes now, removing
+    what was sent. Returns when `out` is empty or the socket would block;
+    raises OSError when the peer is gone."""
+    while out:
+        try:
+            n = sock.sendmsg(out[:64])      # at most IOV_MAX-friendly batches
+        except (BlockingIOError, InterruptedError):
+            return
+        drop_sent(out, n)
+

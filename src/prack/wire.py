@@ -70,6 +70,21 @@ RF_HAS_SERVER = 4   # the worker sent its own Server
 RF_ERROR = 8        # Prack's own error page for `status` (e.g. 502)
 RF_DECLARED = 16    # declared length holds the worker's Content-Length (HEAD)
 
+
+def complete_frames(buf: bytearray):
+    """Yield (start, end) of each complete length-prefixed frame in buf (the
+    payload after the u32 length); the caller deletes buf[:end of the last]."""
+    pos = 0
+    end = len(buf)
+    unpack = FRAME_LEN.unpack_from
+    while end - pos >= 4:
+        size = unpack(buf, pos)[0]
+        if end - pos - 4 < size:
+            return
+        yield pos + 4, pos + 4 + size
+        pos += 4 + size
+
+
 NO_LENGTH = (1 << 64) - 1
 
 

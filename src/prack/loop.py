@@ -1,0 +1,128 @@
+"""The event loop shared by the two kinds of child process.
+
+Acceptors and the API process each run one selector loop with the same
+outline: signals only wake the loop (signal.set_wakeup_fd), a housekeeping
+tick runs deadlines, a child whose master has gone stops by itself, and a
+graceful stop ends as soon as nothing is left in flight.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+
+log = logging.getLogger("prack.loop")
+
+
+def _noop(signum, frame):
+    """Signals only wake the loop through the wakeup fd."""
+
+
+class ChildLoop:
+    """Subclasses provide _on_event, _scan, _begin_stop, _drained, _finish."""
+
+    tick = 1.0
+    what = "child"
+
+    def __init__(self) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.parent = os.getppid()
+        self._paused: list = []     # listeners not watched until the next tick
+
+    def serve(self, status_fd: int, ready: bytes) -> int:
+        """Install the signal handling, report `ready` to the master, loop."""
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        # Only the master's SIGTERM stops a child. A terminal's Ctrl-C or
+        # Ctrl-\ reaches the whole process group; the master alone acts on it
+        # and drains the children in order.
+        signal.signal(signal.SIGTERM, _noop)
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR2,
+                    signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_IGN)
+        self._wake_r = wake_r
+        self._wake_w = wake_w
+        self.sel.register(wake_r, selectors.EVENT_READ, self._on_signal)
+        os.write(status_fd, ready)
+        try:
+            self._loop()
+        finally:
+            signal.set_wakeup_fd(-1)
+        return 0
+
+    def _loop(self) -> None:
+        sel = self.sel
+        on_event = self._on_event
+        monotonic = time.monotonic
+        next_scan = monotonic() + self.tick
+        while True:
+            for key, mask in sel.select(max(0.0, next_scan - monotonic())):
+                on_event(key.data, mask)
+            if self.stopping and self._drained():
+                self._finish()
+                return
+            now = monotonic()
+            if now >= next_scan:
+                next_scan = now + self.tick
+                if self._paused and not self.stopping:
+                    for listener, callback in self._paused:
+                        self.sel.register(listener, selectors.EVENT_READ, callback)
+                    self._paused.clear()
+                if not self.stopping and os.getppid() != self.parent:
+                    log.warning("%s: the master has gone; stopping", self.what)
+                    self._begin_stop()
+                self._scan(now)
+                if self.stopping and now >= self.stop_deadline:
+                    self._finish()
+                    return
+
+    def _on_event(self, data, mask: int) -> None:
+        data(mask)
+
+    def _on_signal(self, mask: int) -> None:
+        try:
+            data = self._wake_r.recv(64)
+        except BlockingIOError:
+            return
+        if signal.SIGTERM in data and not self.stopping:
+            self._begin_stop()
+
+    def _pause_accepting(self, listener, callback, exc: OSError) -> None:
+        """accept() failed for want of descriptors or memory. The listener
+        stays readable, so stop watching it until the next tick, or the loop
+        would spin (and log) without pause."""
+        log.warning("%s: accept: %s; pausing accepts until the next tick", self.what,
+                    exc.strerror or exc)
+        self.sel.unregister(listener)
+        self._paused.append((listener, callback))
+
+    def _close_listener(self, listener) -> None:
+        """Stop watching a listener (paused or not) and close it."""
+        if any(lst is listener for lst, _ in self._paused):
+            self._paused = [(lst, cb) for lst, cb in self._paused if lst is not listener]
+        else:
+            try:
+                self.sel.unregister(listener)
+            except (KeyError, ValueError):
+                pass
+        listener.close()
+
+    # hooks
+    def _scan(self, now: float) -> None:
+        """Housekeeping: deadlines."""
+
+    def _begin_stop(self) -> None:
+        self.stopping = True
+
+    def _drained(self) -> bool:
+        return True
+
+    def _finish(self) -> None:
+        """Last act of a stop: drop whatever is left."""
