@@ -234,8 +234,8 @@ class Acceptor(ChildLoop):
             log.debug("acceptor %d: response for a connection that has gone", self.index)
             return
         at = start + wire.RESPONSE.size
-        block = bytes(buf[at:at + block_len])
-        body = bytes(buf[at + block_len:end])
+        block = buf[at:at + block_len]      # one copy each; sendmsg takes bytearrays
+        body = buf[at + block_len:end]
         self._respond(conn, status, flags, block, body, declared)
 
     # -- accepting -------------------------------------------------------------

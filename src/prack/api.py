@@ -34,7 +34,7 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "conte
                          "proxy-connection", "te", "trailer", "upgrade"})
 NO_REQUESTS = b'{"error":"There are no requests pending"}'
 THANK_YOU = b'{"message":"thank you"}'
-JSON = b"application/json"
+JSON_TYPE = b"Content-Type: application/json\r\n"
 
 
 class BadResponse(Exception):
@@ -449,10 +449,11 @@ class ApiServer(ChildLoop):
         keep = conn.keep_alive and not self.stopping
         if not keep:
             conn.close_after = True
-        data = http.simple_response(status, body, JSON, keep_alive=keep, server=self.server,
-                                    extra=extra, head_only=conn.head)
+        head = http.response_head(status, JSON_TYPE + extra, len(body), keep, self.server)
         conn.busy = False
-        self._write(conn, [data])
+        # Head and body leave in one sendmsg: a pulled request's JSON (up to
+        # max_body_size, base64) is not copied once more to join them.
+        self._write(conn, [head] if conn.head else [head, body])
         if conn.sock is not None and not conn.close_after:
             conn.reader.next()
             if conn.reader.buf:
