@@ -168,7 +168,8 @@ class Acceptor(ChildLoop):
         self.api_in.clear()
         self.api_out = [wire.FRAME_LEN.pack(wire.HELLO.size),
                         wire.HELLO.pack(wire.F_HELLO, self.index, self.generation, os.getpid())]
-        self.sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_api)
+        self.api_events = selectors.EVENT_READ | selectors.EVENT_WRITE
+        self.sel.register(sock, self.api_events, self._on_api)
 
     def _api_lost(self) -> None:
         sock = self.api
@@ -198,8 +199,10 @@ class Acceptor(ChildLoop):
         except OSError:
             self._api_lost()
             return
-        self.sel.modify(self.api, selectors.EVENT_READ |
-                        (selectors.EVENT_WRITE if self.api_out else 0), self._on_api)
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.api_out else 0)
+        if want != self.api_events:
+            self.api_events = want
+            self.sel.modify(self.api, want, self._on_api)
 
     def _on_api(self, mask) -> None:
         if mask & selectors.EVENT_WRITE:

@@ -43,10 +43,11 @@ class BadResponse(Exception):
 
 class Link:
     """The Unix-socket connection from one acceptor."""
-    __slots__ = ("sock", "index", "inbuf", "out")
+    __slots__ = ("sock", "index", "inbuf", "out", "events")
 
     def __init__(self, sock):
         self.sock = sock
+        self.events = selectors.EVENT_READ
         self.index = -1
         self.inbuf = bytearray()
         self.out: list = []
@@ -207,8 +208,12 @@ class ApiServer(ChildLoop):
         except OSError:
             self._drop_link(link)
             return
-        self.sel.modify(link.sock, selectors.EVENT_READ |
-                        (selectors.EVENT_WRITE if link.out else 0), link)
+        # Watch for writability only while something waits (one epoll_ctl
+        # per change, not per frame).
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.out else 0)
+        if want != link.events:
+            link.events = want
+            self.sel.modify(link.sock, want, link)
 
     # -- taking requests out of the rings ---------------------------------------------
 
