@@ -62,9 +62,15 @@ class ChildLoop:
         on_event = self._on_event
         monotonic = time.monotonic
         next_scan = monotonic() + self.tick
+        registered = sel.get_map()
         while True:
             for key, mask in sel.select(max(0.0, next_scan - monotonic())):
-                on_event(key.data, mask)
+                # An earlier event of this batch may have closed (or
+                # re-registered) this one's socket: skip its stale key. This
+                # also keeps kqueue's separate read and write events for one
+                # socket safe (CPython reports them as two entries).
+                if registered.get(key.fd) is key:
+                    on_event(key.data, mask)
             if self.stopping and self._drained():
                 self._finish()
                 return
