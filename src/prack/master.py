@@ -13,6 +13,7 @@ directory is removed in a `finally`.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import selectors
@@ -23,8 +24,12 @@ import sys
 import tempfile
 import time
 
+# Imported here, before any fork, so the children share these pages.
 from prack import sockets
+from prack.acceptor import Acceptor
+from prack.api import ApiServer
 from prack.errors import StartupError
+from prack.ring import Segment
 
 log = logging.getLogger("prack.master")
 
@@ -115,7 +120,6 @@ class Master:
         self.own_runtime_dir = True
         self.link_path = os.path.join(self.runtime_dir, "api.sock")
         self.link_listener = sockets.bind_unix(self.link_path, 128)
-        from prack.ring import Segment
         try:
             self.segment = Segment.create(cfg.server.acceptors, cfg.server.max_connections,
                                           cfg.limits.ring_size)
@@ -183,6 +187,9 @@ class Master:
     # -- children ------------------------------------------------------------------
 
     def _spawn_all(self) -> None:
+        # Children then leave the objects the master made alone in their
+        # collections, so those pages stay shared (copy-on-write).
+        gc.freeze()
         for i in range(self.cfg.server.acceptors):
             self._spawn(ACCEPTOR, i)
         self._spawn(API, 0)
@@ -204,13 +211,11 @@ class Master:
             self.wake_w.close()
             os.close(self.status_r)
             if role == ACCEPTOR:
-                from prack.acceptor import Acceptor
                 self.api_listener.close()
                 self.link_listener.close()
                 code = Acceptor(self.cfg, index, self.generation, self.listener, self.segment,
                                 self.link_path, self.status_w).run()
             else:
-                from prack.api import ApiServer
                 self.listener.close()
                 code = ApiServer(self.cfg, self.generation, self.api_listener,
                                  self.link_listener, self.segment, self.status_w).run()
