@@ -258,14 +258,7 @@ class Acceptor(ChildLoop):
                 raise
             if not self.free_slots:
                 # Over max_connections: refuse quickly rather than queue forever.
-                try:
-                    sock.setblocking(False)
-                    sock.send(http.simple_response(503, b"server busy\n",
-                                                   extra=b"Retry-After: 1\r\n",
-                                                   server=self.server))
-                except OSError:
-                    pass
-                sock.close()
+                self._refuse(sock)
                 continue
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:
@@ -277,6 +270,20 @@ class Acceptor(ChildLoop):
             self.slots[slot] = conn
             self.conns[conn.fd] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Over max_connections: answer 503 and close at once, rather than
+        leave the client queued. Reading what already arrived before closing
+        makes a reset (which could destroy the 503 in flight) less likely."""
+        try:
+            sock.setblocking(False)
+            sock.send(http.simple_response(503, b"server busy\n", extra=b"Retry-After: 1\r\n",
+                                           server=self.server))
+            sock.shutdown(socket.SHUT_WR)
+            sock.recv(RECV_SIZE)
+        except OSError:
+            pass
+        sock.close()
 
     # -- connection events -----------------------------------------------------
 
