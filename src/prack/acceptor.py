@@ -8,6 +8,7 @@ losing a queued request.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
@@ -107,7 +108,9 @@ class Acceptor(ChildLoop):
         self.encode = msgspec.json.Encoder().encode
         self.conns: dict[int, Conn] = {}
         self.slots: list[Conn | None] = [None] * self.nslots
-        self.free_slots = list(range(self.nslots - 1, -1, -1))
+        # First freed, first reused: a slot stays GONE as long as possible, so
+        # a late answer for it gets 410 rather than 404.
+        self.free_slots = collections.deque(range(self.nslots))
         self.api: socket.socket | None = None
         self.api_in = bytearray()
         self.api_out: list = []
@@ -263,7 +266,7 @@ class Acceptor(ChildLoop):
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            slot = self.free_slots.pop()
+            slot = self.free_slots.popleft()
             conn = Conn(sock, slot, http.RequestReader(self.limits), addr)
             conn.deadline = time.monotonic() + self.t_keepalive
             conn.events = selectors.EVENT_READ
@@ -537,7 +540,7 @@ class Acceptor(ChildLoop):
         conn.out = []
         del self.conns[conn.fd]
         self.slots[conn.slot] = None
-        self.free_slots.insert(0, conn.slot)
+        self.free_slots.append(conn.slot)
 
     # -- deadlines ---------------------------------------------------------------
 
