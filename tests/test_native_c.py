@@ -277,11 +277,21 @@ def test_ring_c(build):
     assert res["records"] == RING_RECORDS
     assert res["checks"] >= 1_000_000
     assert res["model_ops"] >= 100_000 and res["wraps"] >= 500 and res["markers"] >= 100
+    _check_threads(res)
+
+
+def _check_threads(res: dict[str, int]) -> None:
+    assert res["records"] == RING_RECORDS
     assert res["sleeps"] >= 1 and res["wakes"] >= 1
+    # ping-pong: both sides sleep on (almost) every round, no wake-up lost
+    assert res["pingpong_rounds"] == RING_RECORDS // 50
+    assert res["pingpong_sleeps"] >= res["pingpong_rounds"] // 4
+    # litmus: commit() racing sleep(); "asleep and not woken" never happens
+    assert res["litmus_rounds"] == RING_RECORDS // 5 and res["litmus_lost"] == 0
 
 
 def test_ring_threads_tsan(build):
     proc = _run([str(build["ring_tsan"]), "threads", str(RING_RECORDS)], 300)
     res = _assert_clean(proc, "test_ring (TSan)")
-    assert res["failures"] == 0 and res["records"] == RING_RECORDS
-    assert res["sleeps"] >= 1 and res["wakes"] >= 1
+    assert res["failures"] == 0
+    _check_threads(res)

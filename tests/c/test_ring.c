@@ -3,9 +3,16 @@
  * tests/test_native_c.py: once with -fsanitize=address,undefined (mode
  * "all") and once with -fsanitize=thread (mode "threads").
  *
- *   test_ring all [RECORDS]       single-process tests, then the two-thread test
- *   test_ring threads [RECORDS]   only the two-thread producer/consumer test
+ *   test_ring all [RECORDS]       single-process tests, then the threaded ones
+ *   test_ring threads [RECORDS]   only the threaded tests
  *   test_ring --guard-selftest    must crash: proves the guard page works
+ *
+ * Threaded tests (pthreads): a producer and a consumer moving RECORDS
+ * records of 16 bytes to max_record through a 64 KiB ring, with checksums
+ * and the sleep/wake-up protocol over a pipe; a ping-pong through two rings
+ * (RECORDS / 50 rounds) in which both sides sleep on every round; and a
+ * store-buffering litmus test (RECORDS / 5 rounds) that races
+ * prk_ring_commit() against prk_ring_sleep() and counts lost wake-ups.
  *
  * The single-process tests run twice: with segments that end exactly at a
  * PROT_NONE page (and start one page after another when their size is a
@@ -23,6 +30,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -1085,6 +1094,245 @@ static void t_threads(unsigned long long records)
     seg_free(&s);
 }
 
+/* ------------------------------------------------------------------------
+ * ping-pong: one record each way per round, through two rings, so that
+ * both consumers go to sleep on every round and every commit races with a
+ * prk_ring_sleep() on the other side. A lost wake-up leaves both threads
+ * waiting: detected by a timeout.
+ */
+typedef struct {
+    seg *s;
+    prk_ring *in, *out;
+    int in_fd, out_fd;              /* wake-ups received / sent */
+    unsigned long long rounds, sleeps, wakes;
+    long long failed_round;         /* -1: none */
+} pp_side;
+
+static int pp_send(pp_side *p, uint64_t v)
+{
+    long long off = prk_ring_reserve(p->out, 8);
+    int rc;
+
+    if (off < 0)
+        return -1;
+    memcpy(p->s->m.base + off, &v, 8);
+    rc = prk_ring_commit(p->out);
+    if (rc == 1) {
+        p->wakes++;
+        if (write(p->out_fd, "!", 1) != 1)
+            return -1;
+    }
+    return rc < 0 ? -1 : 0;
+}
+
+static int pp_recv(pp_side *p, uint64_t *v)
+{
+    for (;;) {
+        uint32_t len;
+        long long off = prk_ring_peek(p->in, &len);
+
+        if (off >= 0) {
+            if (len != 8)
+                return -1;
+            memcpy(v, p->s->m.base + off, 8);
+            return prk_ring_release(p->in) == 0 ? 0 : -1;
+        }
+        if (off != PRK_RING_EMPTY)
+            return -1;
+        if (prk_ring_sleep(p->in)) {
+            struct pollfd pfd = {p->in_fd, POLLIN, 0};
+            char buf[64];
+
+            p->sleeps++;
+            if (poll(&pfd, 1, 3000) != 1)
+                return -2;                  /* asleep 3 s: lost wake-up */
+            if (read(p->in_fd, buf, sizeof buf) <= 0)
+                return -1;
+        }
+    }
+}
+
+static void *pp_echo(void *arg)
+{
+    pp_side *p = arg;
+    uint64_t v;
+
+    for (unsigned long long i = 0; i < p->rounds; i++) {
+        if (pp_recv(p, &v) != 0 || v != 2 * i || pp_send(p, v + 1) != 0) {
+            p->failed_round = (long long)i;
+            break;
+        }
+    }
+    return NULL;
+}
+
+static unsigned long long pp_rounds, pp_sleeps, pp_wakes;
+
+static void t_pingpong(unsigned long long rounds)
+{
+    seg s = seg_new(2, 1, 256);
+    pp_side a, b;
+    int ab[2], ba[2];
+    pthread_t t;
+    uint64_t v = 0;
+    unsigned long long i;
+    int rc = 0;
+
+    cur_test = "ping-pong";
+    if (pipe(ab) || pipe(ba))
+        die("pipe");
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    a.s = b.s = &s;
+    a.out = b.in = ring_of(&s, 0);
+    a.in = b.out = ring_of(&s, 1);
+    a.out_fd = ab[1];
+    b.in_fd = ab[0];
+    b.out_fd = ba[1];
+    a.in_fd = ba[0];
+    a.rounds = b.rounds = rounds;
+    a.failed_round = b.failed_round = -1;
+    if (pthread_create(&t, NULL, pp_echo, &b))
+        die("pthread_create");
+    for (i = 0; i < rounds; i++) {
+        if (pp_send(&a, 2 * i) != 0 || (rc = pp_recv(&a, &v)) != 0 || v != 2 * i + 1) {
+            a.failed_round = (long long)i;
+            break;
+        }
+    }
+    pthread_join(t, NULL);
+    CHECK(a.failed_round < 0 && b.failed_round < 0,
+          "round %lld / %lld failed%s (value %llu)", a.failed_round, b.failed_round,
+          rc == -2 ? ": lost wake-up, asleep 3 s with a record queued" : "",
+          (unsigned long long)v);
+    CHECK(prk_ring_used(a.in) == 0 && prk_ring_used(a.out) == 0, "drained");
+    /* the race between a commit and a sleep() was actually exercised */
+    CHECK(a.sleeps + b.sleeps >= rounds / 4, "only %llu sleeps in %llu rounds",
+          a.sleeps + b.sleeps, rounds);
+    printf("ping-pong: %llu rounds, %llu sleeps, %llu wake-ups\n", i, a.sleeps + b.sleeps,
+           a.wakes + b.wakes);
+    pp_rounds = i;
+    pp_sleeps = a.sleeps + b.sleeps;
+    pp_wakes = a.wakes + b.wakes;
+    close(ab[0]);
+    close(ab[1]);
+    close(ba[0]);
+    close(ba[1]);
+    seg_free(&s);
+}
+
+/* ------------------------------------------------------------------------
+ * store-buffering litmus test of the sleep/wake handshake: in each round
+ * the two threads leave a spin barrier together and run, at the same time,
+ * prk_ring_commit() (producer) and prk_ring_sleep() (consumer) on an empty
+ * ring. Allowed outcomes: the consumer does not sleep, or the producer
+ * reports the sleeping consumer (or both). "Asleep and not woken" is a
+ * lost wake-up. Without the seq_cst fence / seq_cst flag store, x86's store
+ * buffer produces exactly that outcome.
+ */
+static _Atomic unsigned bar_count, bar_gen;
+
+static void barrier2(void)
+{
+    unsigned g = atomic_load(&bar_gen), spins = 0;
+
+    if (atomic_fetch_add(&bar_count, 1) == 1) {
+        atomic_store(&bar_count, 0);
+        atomic_store(&bar_gen, g + 1);
+        return;
+    }
+    while (atomic_load(&bar_gen) == g)
+        if (++spins % 4096 == 0)
+            sched_yield();
+}
+
+/* A few nanoseconds to a few hundred, varying per round and side, so that
+ * each call overtakes the other in some rounds and they overlap in others. */
+static void jitter(unsigned long long i, unsigned side)
+{
+    volatile unsigned sink = 0;
+    unsigned n = (unsigned)(((i + 1) * 2654435761u) >> (7 + side * 5)) % 128;
+
+    while (n--)
+        sink++;
+}
+
+typedef struct {
+    seg *s;
+    prk_ring *r;
+    unsigned long long rounds;
+    int woke;              /* this round's commit result; read after barrier */
+    int failed;
+} litmus_args;
+
+static void *litmus_producer(void *arg)
+{
+    litmus_args *a = arg;
+
+    for (unsigned long long i = 0; i < a->rounds; i++) {
+        long long off = prk_ring_reserve(a->r, 8); /* private: before the race */
+
+        if (off < 0) {
+            a->failed = 1;
+            off = 0;
+        } else {
+            memcpy(a->s->m.base + off, &i, 8);
+        }
+        barrier2();
+        jitter(i, 0);
+        a->woke = off ? prk_ring_commit(a->r) : 0;
+        barrier2();
+    }
+    return NULL;
+}
+
+static unsigned long long lit_rounds, lit_outcomes[4]; /* [slept * 2 + woke] */
+
+static void t_litmus(unsigned long long rounds)
+{
+    seg s = seg_new(1, 1, 4096);
+    litmus_args a;
+    pthread_t t;
+
+    cur_test = "sleep/commit litmus";
+    memset(&a, 0, sizeof a);
+    a.s = &s;
+    a.r = ring_of(&s, 0);
+    a.rounds = rounds;
+    atomic_store(&bar_count, 0);
+    if (pthread_create(&t, NULL, litmus_producer, &a))
+        die("pthread_create");
+    for (unsigned long long i = 0; i < rounds; i++) {
+        int slept;
+        uint32_t len;
+        uint64_t v = ~0ULL;
+        long long off;
+
+        barrier2();
+        jitter(i, 1);
+        slept = prk_ring_sleep(a.r);
+        barrier2();
+        lit_outcomes[slept * 2 + (a.woke == 1)]++;
+        off = prk_ring_peek(a.r, &len);
+        if (off >= 0)
+            memcpy(&v, s.m.base + off, 8);
+        if (off < 0 || v != i || prk_ring_release(a.r) != 0) {
+            CHECK(0, "round %llu: record %lld", i, off);
+            break;
+        }
+        prk_ring_wake(a.r);
+    }
+    pthread_join(t, NULL);
+    lit_rounds = rounds;
+    CHECK(!a.failed, "producer");
+    CHECK(lit_outcomes[2] == 0, "%llu lost wake-ups in %llu rounds (asleep, not woken)",
+          lit_outcomes[2], rounds);
+    printf("litmus: %llu rounds: consumer awake %llu (+%llu spurious wake-ups), "
+           "asleep and woken %llu, lost %llu\n", rounds, lit_outcomes[0], lit_outcomes[1],
+           lit_outcomes[3], lit_outcomes[2]);
+    seg_free(&s);
+}
+
 /* ------------------------------------------------------------------------ */
 static void single_process_suite(void)
 {
@@ -1131,12 +1379,17 @@ int main(int argc, char **argv)
     } else if (strcmp(mode, "threads") != 0) {
         die("usage: test_ring all|threads|--guard-selftest [RECORDS]");
     }
-    if (records)
+    if (records) {
         t_threads(records);
+        t_pingpong(records / 50);
+        t_litmus(records / 5);
+    }
     printf("RESULT checks=%llu failures=%llu deviations=%llu model_ops=%llu wraps=%llu "
            "markers=%llu corrupt_ops=%llu records=%llu sleeps=%llu sleep_calls=%llu "
-           "wakes=%llu fulls=%llu\n",
+           "wakes=%llu fulls=%llu pingpong_rounds=%llu pingpong_sleeps=%llu pingpong_wakes=%llu "
+           "litmus_rounds=%llu litmus_lost=%llu litmus_spurious=%llu\n",
            n_checks, n_failures, n_deviations, model_ops, model_wraps, model_markers,
-           corrupt_ops, th_records, th_sleeps, th_sleep_calls, th_wakes, th_fulls);
+           corrupt_ops, th_records, th_sleeps, th_sleep_calls, th_wakes, th_fulls, pp_rounds,
+           pp_sleeps, pp_wakes, lit_rounds, lit_outcomes[2], lit_outcomes[1]);
     return n_failures ? 1 : 0;
 }
