@@ -49,6 +49,13 @@ KNOWN_RING_DEVIATIONS = {
         "PRK_RING_TOO_BIG before touching it, so reserve(10); reserve(max_record + 1); "
         "commit() publishes the 10-byte record. Harmless for prack.ring (push() never "
         "commits after a failed reserve, and checks max_record itself first).",
+    "segment-size-overflow":
+        "geometry() computes 128 + nrings * stride in 64 bits (its comment says it "
+        "'fits easily'; it does not: stride reaches ~2^40, nrings 2^32 - 1), so "
+        "prk_segment_size(2**24, 0, 2**40 - 256) == 128. Segment.create() with those "
+        "arguments then crashes in prk_segment_init(), and prk_segment_check() on a "
+        "4 KiB segment whose header claims them (with a valid ring 0) reads 1 TiB past "
+        "it. Needs absurd geometries (>= 2^23 rings), so no practical effect.",
 }
 
 # Mutation counts: the whole module stays well under a minute on 2 cores.

@@ -340,6 +340,17 @@ static void t_geometry(void)
         seg_free(&s);
     }
     CHECK(doc_max_record(65536) == 32760 && doc_max_record(64) == 24, "doc example");
+
+    /* size = 128 + nrings * stride must not wrap around 2^64: with
+     * stride = 2^40 and 2^24 rings it is 2^64 + 128. */
+    {
+        uint64_t cap = (1ULL << 40) - 256, sz = prk_segment_size(1u << 24, 0, cap);
+
+        deviation("segment-size-overflow", sz != 0 && sz < 128 + doc_stride(0, cap),
+                  "prk_segment_size(2^24, 0, 2^40 - 256) wraps around 2^64 and answers a "
+                  "tiny size; prk_segment_init() then writes and prk_segment_check() "
+                  "reads far outside the segment");
+    }
 }
 
 static void t_init_and_check(void)
