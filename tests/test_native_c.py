@@ -78,13 +78,12 @@ def _cc() -> str:
 
 
 def _compile(out: pathlib.Path, sources: list[pathlib.Path], flags: list[str],
-             libs: tuple[str, ...] = ()) -> pathlib.Path:
+             libs: tuple[str, ...] = (), why: str = "compilation failed") -> pathlib.Path:
     cmd = [_cc(), *WARN, *flags, "-I", str(NATIVE), "-o", str(out),
            *map(str, sources), *libs]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     if proc.returncode != 0:
-        pytest.fail("compilation failed:\n%s\n%s%s" % (" ".join(cmd), proc.stdout,
-                                                        proc.stderr))
+        pytest.fail("%s:\n%s\n%s%s" % (why, " ".join(cmd), proc.stdout, proc.stderr))
     return out
 
 
@@ -145,16 +144,31 @@ int main(int argc, char **argv)
 """
 
 
+def _probe_runs(exe: pathlib.Path, name: str) -> None:
+    ok = _run([str(exe), "0", "none"], 60)
+    if ok.returncode != 0 or "probe ok" not in ok.stdout:
+        pytest.fail(f"{name} cannot run in this environment (a trivial probe program "
+                    f"exited with {ok.returncode}; e.g. ptrace/personality or address-space "
+                    f"restrictions). The C unit tests need it. Output:\n{ok.stdout}\n{ok.stderr}")
+
+
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    """Compile everything once; returns {name: path}."""
+    """Compile everything once (after checking that the sanitizers can build
+    and run a trivial program here); returns {name: path}."""
     tmp = tmp_path_factory.mktemp("native_c")
     probe = tmp / "probe.c"
     probe.write_text(PROBE)
+    missing = "cannot build with %s (is the gcc sanitizer runtime, %s, installed?)"
     out = {
-        "probe_asan": _compile(tmp / "probe_asan", [probe], ASAN),
+        "probe_asan": _compile(tmp / "probe_asan", [probe], ASAN, why=missing % (
+            "-fsanitize=address,undefined", "libasan/libubsan")),
         "probe_tsan": _compile(tmp / "probe_tsan", [probe], TSAN + ["-DPROBE_THREADS"],
-                               ("-pthread",)),
+                               ("-pthread",), why=missing % ("-fsanitize=thread", "libtsan")),
+    }
+    _probe_runs(out["probe_asan"], "AddressSanitizer/UndefinedBehaviorSanitizer")
+    _probe_runs(out["probe_tsan"], "ThreadSanitizer")
+    out.update({
         "parser": _compile(tmp / "test_parser", [CDIR / "test_parser.c",
                                                  NATIVE / "parser.c"], ASAN),
         "ring": _compile(tmp / "test_ring", [CDIR / "test_ring.c", NATIVE / "ring.c"],
@@ -162,16 +176,12 @@ def build(tmp_path_factory):
         "ring_tsan": _compile(tmp / "test_ring_tsan", [CDIR / "test_ring.c",
                                                        NATIVE / "ring.c"],
                               TSAN, ("-pthread",)),
-    }
+    })
     out["tmp"] = tmp
     return out
 
 
 def _probe(exe: pathlib.Path, name: str, bad: str, expect: str) -> None:
-    ok = _run([str(exe), "0", "none"], 60)
-    if ok.returncode != 0 or "probe ok" not in ok.stdout:
-        pytest.fail(f"{name} cannot run in this environment (exit {ok.returncode}); "
-                    f"the C unit tests need it. Output:\n{ok.stdout}\n{ok.stderr}")
     broken = _run([str(exe), "8", bad], 60)
     assert broken.returncode != 0 and expect in broken.stderr, (
         f"{name} did not report a deliberate {bad}:\n{broken.stdout}\n{broken.stderr}")
