@@ -762,7 +762,7 @@ static void t_slots(void)
     static const uint32_t BAD[] = {8, 9, 100, UINT32_MAX - 1, UINT32_MAX};
     for (size_t i = 0; i < sizeof BAD / sizeof BAD[0]; i++)
         for (int k = 0; k < 2; k++) {
-            prk_ring *r = k ? r1 : r0; /* r1's slot 8 would be past the guard page */
+            prk_ring *r = k ? r1 : r0; /* slot 8 would be the first data word */
             prk_slot_store(r, BAD[i], 0xDEADBEEF);
             CHECK(prk_slot_load(r, BAD[i]) == 0, "load %u", BAD[i]);
             CHECK(prk_slot_cas(r, BAD[i], 0, 1) == 0, "cas %u", BAD[i]);
