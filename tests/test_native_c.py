@@ -42,20 +42,10 @@ SANITIZER_OUTPUT = re.compile(r"Sanitizer|runtime error:|==\d+==ERROR")
 # Known differences between ring.c and docs/ring.md, with the reason they are
 # tolerated. test_ring.c prints "DEVIATION <name>" for each one it sees; the
 # set must match exactly, so a fixed entry fails the test until removed here.
-KNOWN_RING_DEVIATIONS = {
-    "too-big-keeps-reservation":
-        "docs/ring.md: 'a second reserve replaces the first; a failed one cancels "
-        "it'. prk_ring_reserve() clears the reservation on PRK_RING_FULL but returns "
-        "PRK_RING_TOO_BIG before touching it, so reserve(10); reserve(max_record + 1); "
-        "commit() publishes the 10-byte record. Harmless for prack.ring (push() never "
-        "commits after a failed reserve, and checks max_record itself first).",
-    "segment-size-overflow":
-        "geometry() computes 128 + nrings * stride in 64 bits (its comment says it "
-        "'fits easily'; it does not: stride reaches ~2^40, nrings 2^32 - 1), so "
-        "prk_segment_size(2**24, 0, 2**40 - 256) == 128. Segment.create() with those "
-        "arguments then crashes in prk_segment_init(), and prk_segment_check() on a "
-        "4 KiB segment whose header claims them (with a valid ring 0) reads 1 TiB past "
-        "it. Needs absurd geometries (>= 2^23 rings), so no practical effect.",
+KNOWN_RING_DEVIATIONS: dict[str, str] = {
+    # Both deviations this list once held (a TOO_BIG reserve that kept the
+    # previous reservation; prk_segment_size overflowing for absurd
+    # geometries) are fixed in ring.c; the C test keeps checking both.
 }
 
 # Mutation counts: the whole module stays well under a minute on 2 cores.

@@ -136,7 +136,10 @@ static int geometry(uint32_t nrings, uint32_t nslots, uint64_t capacity,
     uint64_t cap = align_up(capacity, 8);
     uint64_t slots = align_up((uint64_t)nslots * 8u, CACHE_LINE);
     uint64_t stride = RING_HEADER_SIZE + slots + align_up(cap, CACHE_LINE);
-    /* stride < 2^41 and nrings < 2^32: the product fits easily in 64 bits */
+    /* stride can reach ~2^41 and nrings 2^32 - 1: refuse a product that
+     * would not fit in 64 bits (or in an address space) instead of wrapping. */
+    if ((uint64_t)nrings > (UINT64_MAX - SEG_HEADER_SIZE) / stride)
+        return 0;
     uint64_t size = SEG_HEADER_SIZE + (uint64_t)nrings * stride;
     *cap_out = cap;
     *stride_out = stride;
@@ -260,8 +263,10 @@ long long prk_ring_reserve(prk_ring *r, uint32_t len)
 {
     if (!r)
         return PRK_RING_BAD;
-    if (len > r->max_record)
+    if (len > r->max_record) {
+        r->res_state = 0;                     /* a failed reserve cancels */
         return PRK_RING_TOO_BIG;
+    }
 
     const uint64_t cap = r->capacity;
     const uint64_t need = rec_need(len);
