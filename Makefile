@@ -6,8 +6,17 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .PHONY: run test install native bench clean
 
+# Python >= 3.11 with venv, its C headers and a C compiler are all the build
+# needs; say which one is missing rather than fail deep inside pip.
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "Prack needs Python 3.11 or newer ($(PYTHON) is older); try make PYTHON=python3.11"; exit 1; }
+	@$(PYTHON) -c 'import os, sysconfig; p = sysconfig.get_paths()["include"]; os.stat(os.path.join(p, "Python.h"))' 2>/dev/null || \
+	  { echo "Python's C headers are missing (Debian/Ubuntu: apt-get install python3-dev)"; exit 1; }
+	@command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || \
+	  { echo "a C compiler is needed (Debian/Ubuntu: apt-get install gcc)"; exit 1; }
+	$(PYTHON) -m venv $(VENV) || \
+	  { echo "python -m venv failed (Debian/Ubuntu: apt-get install python3-venv)"; exit 1; }
 	$(PIP) install --upgrade pip
 
 # Installs the package (compiling the C core through cffi) into .venv.
