@@ -242,3 +242,17 @@ def test_response_head():
     assert b"\r\nServer: Prack\r\nX-A: 1\r\nContent-Length: 5\r\n\r\n" in head
     head = http.response_head(299, b"", None, False, b"", add_date=False)
     assert head == b"HTTP/1.1 299 \r\nConnection: close\r\n\r\n"
+
+
+def test_errors_know_a_head_request():
+    """A HEAD that fails after its request line is answered without a body."""
+    reader = http.RequestReader(LIMITS)
+    reader.feed(b"HEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    with pytest.raises(http.ProtocolError) as info:
+        reader.maybe_read_request()
+    assert info.value.head and info.value.status == 400
+    reader = http.RequestReader(LIMITS)
+    reader.feed(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    with pytest.raises(http.ProtocolError) as info:
+        reader.maybe_read_request()
+    assert not info.value.head

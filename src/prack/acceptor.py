@@ -354,7 +354,7 @@ class Acceptor(ChildLoop):
         try:
             req = reader.maybe_read_request()
         except http.ProtocolError as exc:
-            self._fail(conn, exc.status, exc.message)
+            self._fail(conn, exc.status, exc.message, exc.head)
             return
         if req is None:
             if reader.in_body:
@@ -445,7 +445,7 @@ class Acceptor(ChildLoop):
         conn.deadline = time.monotonic() + self.t_send
         self._write(conn, buffers)
 
-    def _fail(self, conn: Conn, status: int, message: str) -> None:
+    def _fail(self, conn: Conn, status: int, message: str, head: bool = False) -> None:
         """The client broke the protocol: answer, then close (no more requests
         are read from this connection)."""
         log.debug("acceptor %d: %d %s from %s", self.index, status, message, conn.remote_addr)
@@ -453,7 +453,7 @@ class Acceptor(ChildLoop):
         if not conn.method:
             conn.method = "-"
         data = http.simple_response(status, message.encode() + b"\n", keep_alive=False,
-                                    server=self.server)
+                                    server=self.server, head_only=head)
         conn.started = time.monotonic()
         self._start_response(conn, status, False, [data])
 

@@ -340,7 +340,7 @@ class ApiServer(ChildLoop):
         except http.ProtocolError as exc:
             conn.keep_alive = False
             conn.busy = True
-            conn.head = False
+            conn.head = exc.head
             self._reply(conn, exc.status, self.encode(wire.Error(exc.message)))
             return False
         if req is None:

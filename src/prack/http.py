@@ -27,10 +27,11 @@ class ProtocolError(PrackError):
     the connection is always closed afterwards (RFC 9112 section 9.6: after a
     framing error we cannot know where the next request starts)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, head: bool = False):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.head = head      # the failed request was a HEAD: answer without a body
 
 
 # Parser result -> (status, message). Everything the grammar rejects is a 400.
@@ -164,7 +165,8 @@ class RequestReader:
 
     def _fail(self, status: int, message: str) -> ProtocolError:
         self.state = _ERROR
-        return ProtocolError(status, message)
+        req = self._req
+        return ProtocolError(status, message, req is not None and req.method == "HEAD")
 
     def _read_head(self) -> bool:
         buf = self.buf
@@ -219,6 +221,7 @@ class RequestReader:
         target = head[r[2]:r[2] + r[3]].decode("ascii")
         req.method = method
         req.target = target
+        self._req = req           # from here on, errors know the method
         # RFC 9112 2.3: a 1.x minor version above 1 is answered as 1.1.
         req.version_minor = 1 if r[5] >= 1 else 0
         form = r[6]
@@ -359,7 +362,6 @@ class RequestReader:
             self.state = _BODY_LENGTH
         if self.state == _BODY_LENGTH and self._remaining == 0:
             self.wants_continue = False
-        self._req = req
 
     def _read_length_body(self) -> Request | None:
         need = self._remaining
