@@ -101,6 +101,11 @@ def test_asterisk_form_only_for_options():
     (b"GET / HTTP/1.1\r\n\r\n", 400),                                    # no Host
     (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),              # two Hosts
     (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),                       # bad Host
+    (b"GET / HTTP/1.1\r\nHost: h:8x\r\n\r\n", 400),                      # port not digits
+    (b"GET / HTTP/1.1\r\nHost: h:1:2\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", 400),
+    (b"GET http://h:8x/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),
     (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505),
     (b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n", 501),
     (b"GET h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 400),                     # authority-form
@@ -217,6 +222,12 @@ def test_environ():
     assert env["HTTP_ACCEPT"] == "\xe9"
     assert env["rack.url_scheme"] == "http"
     assert all(type(v) is str for v in env.values())
+
+
+def test_valid_hosts():
+    for host in [b"example.com", b"example.com:8080", b"127.0.0.1:80", b"[::1]:9000", b"[::1]",
+                 b"", b"xn--bcher-kva.example", b"h:"]:
+        one(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
 
 
 def test_environ_ipv6_host_and_default_port():

@@ -9,6 +9,7 @@ RFC 9112 section 6 on top of it.
 """
 from __future__ import annotations
 
+import re
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -92,10 +93,10 @@ _names: dict[bytes, bytes] = {}
 # States of the reader.
 _HEAD, _BODY_LENGTH, _BODY_CHUNKED, _DONE, _ERROR = range(5)
 
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-# RFC 3986 reg-name / IP-literal / port characters accepted in Host.
-_HOST_CHARS = frozenset(
-    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%:[]")
+# Host and authority syntax (RFC 9110 7.2, RFC 3986 3.2.2-3.2.3): an
+# IP-literal in brackets or a reg-name (which covers IPv4), then an optional
+# ":" port of digits. RFC 9112 3.2: an invalid Host value is a 400.
+_HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
 
 class RequestReader:
@@ -280,7 +281,7 @@ class RequestReader:
             if "@" in authority:
                 raise self._fail(400, "userinfo in request target")
             # RFC 9110 4.2.1: an http URI with an empty host is invalid.
-            if not authority or not _HOST_CHARS.issuperset(authority.encode("ascii")):
+            if not authority or not _HOST_RE.fullmatch(authority.encode("ascii")):
                 raise self._fail(400, "invalid authority in request target")
             if not path_part.startswith("/"):
                 path_part = "/" + path_part
@@ -299,7 +300,7 @@ class RequestReader:
             raise self._fail(400, "more than one Host header field")
         if req.version_minor and host_count == 0:
             raise self._fail(400, "missing Host header field")
-        if host is not None and not _HOST_CHARS.issuperset(host):
+        if host is not None and not _HOST_RE.fullmatch(host):
             raise self._fail(400, "invalid Host header field")
         req.host = authority if authority is not None else (
             host.decode("latin-1") if host is not None else "")
