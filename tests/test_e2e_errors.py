@@ -6,6 +6,7 @@ the tests read the status and then expect EOF."""
 from __future__ import annotations
 
 import select
+import socket
 import time
 
 import pytest
@@ -393,6 +394,42 @@ def test_idle_keepalive_closed(start_server, worker_factory):
         t0 = time.monotonic()
         c.assert_closed()
         assert 0.4 <= time.monotonic() - t0 < 5
+
+
+def test_refused_client_that_keeps_uploading_reads_its_503(start_server, worker_factory):
+    """Over the cap, the 503 survives a client that goes on sending its body
+    after the answer arrived (without reading it yet): the refused connection
+    lingers and drains instead of being closed, whose reset would discard the
+    503 from the client's receive buffer."""
+    s = start_server(acceptors=1, server_max_connections=1, api_poll_timeout=1)
+    worker_factory(s.api)
+    held = s.raw()
+    held.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert held.read_response().status == 200
+    for _ in range(5):
+        sock = socket.create_connection((s.host, s.port), timeout=10)
+        try:
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+            # The 503 is in our receive buffer now (not read yet) ...
+            readable, _, _ = select.select([sock], [], [], 10)
+            assert readable
+            # ... and we keep uploading, as a client that writes its whole
+            # request before reading does.
+            try:
+                for _ in range(10):
+                    sock.sendall(b"x" * 10_000)
+            except OSError:
+                pass        # the server may stop reading; what matters is the 503
+            data = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 503 "), data[:80]
+        finally:
+            sock.close()
+    held.close()
 
 
 def test_max_connections(start_server, worker_factory):
