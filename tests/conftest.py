@@ -313,8 +313,8 @@ class Worker:
             conn.close()
 
 
-@pytest.fixture
-def worker_factory():
+def _workers():
+    """Yields make(api, app, **kw) -> a started Worker; stops them all after."""
     workers: list[Worker] = []
 
     def make(api: str, app=echo_app, **kw) -> Worker:
@@ -325,21 +325,17 @@ def worker_factory():
     yield make
     for w in workers:
         w.stop()
+
+
+@pytest.fixture
+def worker_factory():
+    yield from _workers()
 
 
 @pytest.fixture(scope="module")
 def module_worker_factory():
     """worker_factory for workers of a start_module_server server."""
-    workers: list[Worker] = []
-
-    def make(api: str, app=echo_app, **kw) -> Worker:
-        w = Worker(api, app, **kw).__enter__()
-        workers.append(w)
-        return w
-
-    yield make
-    for w in workers:
-        w.stop()
+    yield from _workers()
 
 
 class Recorder:

@@ -449,13 +449,9 @@ class Acceptor(ChildLoop):
         """The client broke the protocol: answer, then close (no more requests
         are read from this connection)."""
         log.debug("acceptor %d: %d %s from %s", self.index, status, message, conn.remote_addr)
-        conn.keep_alive = False
-        if not conn.method:
-            conn.method = "-"
-        data = http.simple_response(status, message.encode() + b"\n", keep_alive=False,
-                                    server=self.server, head_only=head)
+        conn.method = "HEAD" if head else (conn.method or "-")
         conn.started = time.monotonic()
-        self._start_response(conn, status, False, [data])
+        self._respond_local(conn, status, message.encode() + b"\n", b"", close=True)
 
     def _write(self, conn: Conn, buffers: list) -> None:
         was_empty = not conn.out

@@ -393,20 +393,20 @@ class ApiServer(ChildLoop):
         try:
             msg = self.decode_response(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            ident = _identifier_of(body)
+            parsed = wire.parse_identifier(_identifier_of(body))
             reason = _describe(exc)
-            if ident is not None:
-                self._give_up(ident)
+            if parsed is not None and self._known(parsed):
+                self._answer_502(*parsed[1:])
             self._reply(conn, 400, self.encode(wire.Error(reason)))
             return
         parsed = wire.parse_identifier(msg.identifier)
         if parsed is None:
             self._reply(conn, 400, b'{"error":"identifier: malformed"}')
             return
-        generation, acceptor, slot, key = parsed
-        if generation != self.generation or acceptor >= len(self.rings) or slot >= self.nslots:
+        if not self._known(parsed):
             self._reply(conn, 404, b'{"error":"identifier: unknown"}')
             return
+        _, acceptor, slot, key = parsed
         ring = self.rings[acceptor]
         word = ring.slot_load(slot)
         if word >> 2 != key or word & 3 in (SLOT_FREE, SLOT_QUEUED):
@@ -419,8 +419,7 @@ class ApiServer(ChildLoop):
         try:
             status, flags, block, declared = _check_response(msg)
         except BadResponse as exc:
-            if ring.slot_cas(slot, (key << 2) | SLOT_TAKEN, (key << 2) | SLOT_FREE):
-                self._send_link(link, wire.response_frame(slot, key, 502, wire.RF_ERROR, b"", b""))
+            self._answer_502(acceptor, slot, key)
             log.warning("worker posted an invalid response: %s", exc)
             self._reply(conn, 400, self.encode(wire.Error(str(exc))))
             return
@@ -432,18 +431,17 @@ class ApiServer(ChildLoop):
                                                   msg.body or b"", declared))
         self._reply(conn, 200, THANK_YOU)
 
-    def _give_up(self, ident: str) -> None:
-        """A garbage post for a live request: the client gets a 502 now."""
-        parsed = wire.parse_identifier(ident)
-        if parsed is None:
-            return
-        generation, acceptor, slot, key = parsed
-        if generation != self.generation or acceptor >= len(self.rings) or slot >= self.nslots:
-            return
+    def _known(self, parsed: tuple[int, int, int, int]) -> bool:
+        """The identifier names a slot of this generation's rings."""
+        generation, acceptor, slot, _ = parsed
+        return generation == self.generation and acceptor < len(self.rings) and slot < self.nslots
+
+    def _answer_502(self, acceptor: int, slot: int, key: int) -> None:
+        """The worker's answer is unusable: if the request is still waiting
+        for it, its client gets a 502 now (nothing hangs)."""
         link = self.links[acceptor]
-        if link is None:
-            return
-        if self.rings[acceptor].slot_cas(slot, (key << 2) | SLOT_TAKEN, (key << 2) | SLOT_FREE):
+        if link is not None and self.rings[acceptor].slot_cas(
+                slot, (key << 2) | SLOT_TAKEN, (key << 2) | SLOT_FREE):
             self._send_link(link, wire.response_frame(slot, key, 502, wire.RF_ERROR, b"", b""))
 
     # -- writing to workers ----------------------------------------------------------
