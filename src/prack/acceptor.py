@@ -34,6 +34,7 @@ READING, QUEUED, TAKEN, WRITING, LINGER = range(5)
 LINGER_SECONDS = 2.0      # drain time after an error before closing (RFC 9112 9.6)
 LINGER_MAX_BYTES = 1 << 20
 RECV_SIZE = 65536
+BODY_RATE_GRACE = 5.0     # seconds of body before min_body_rate is enforced
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -41,7 +42,8 @@ class Conn:
     __slots__ = ("sock", "fd", "slot", "key", "state", "reader", "out", "events",
                  "deadline", "keep_alive", "version_minor", "method", "target",
                  "remote_addr", "remote_port", "started", "sent_continue",
-                 "lingered", "status", "sent", "processing", "again")
+                 "lingered", "status", "sent", "processing", "again",
+                 "body_since", "body_read")
 
     def __init__(self, sock, slot, reader, addr):
         self.sock = sock
@@ -64,6 +66,8 @@ class Conn:
         self.sent = 0
         self.processing = False   # _process is running for this connection
         self.again = False        # ...and was asked to look at the buffer again
+        self.body_since = 0.0     # when the current request's head completed
+        self.body_read = 0        # body bytes received since then
         if isinstance(addr, tuple):
             self.remote_addr = addr[0]
             self.remote_port = str(addr[1])
@@ -88,8 +92,10 @@ class Acceptor(ChildLoop):
         lim = cfg.limits
         self.limits = http.Limits(lim.max_body_size, lim.max_header_size,
                                   lim.max_request_line, lim.max_headers)
-        # Bytes we accept to hold for a connection whose request is in flight.
+        # What we accept to hold for a connection whose request is in flight:
+        # at most max_header_size bytes and max_pipelined complete heads.
         self.pipeline_cap = lim.max_header_size
+        self.max_pipelined = lim.max_pipelined
         t = cfg.timeouts
         self.t_header = t.header_timeout
         self.t_body = t.body_timeout
@@ -98,6 +104,7 @@ class Acceptor(ChildLoop):
         self.t_queue = t.queue_timeout
         self.t_response = t.response_timeout
         self.t_graceful = t.graceful_timeout
+        self.min_body_rate = t.min_body_rate
         self.tick = min(1.0, max(0.05, min(self.t_header, self.t_body, self.t_keepalive,
                                             self.t_send, self.t_queue, self.t_response) / 4))
         self.server = cfg.server.server_header.encode("latin-1")
@@ -120,6 +127,7 @@ class Acceptor(ChildLoop):
     # -- setup ---------------------------------------------------------------
 
     def run(self) -> int:
+        _raise_fd_limit(self.cfg.server.max_connections + 64)
         # A new incarnation of this acceptor: nothing in the slot table is ours.
         for i in range(self.nslots):
             self.ring.slot_store(i, 0)
@@ -322,13 +330,18 @@ class Acceptor(ChildLoop):
                 conn.deadline = now + self.t_header
             elif reader.in_body:
                 conn.deadline = now + self.t_body
+                conn.body_read += len(data)
             reader.feed(data)
             self._process(conn)
         else:
             # Pipelined bytes while a request is in flight: keep them, but no
-            # more than pipeline_cap (then stop reading until our turn).
+            # more than pipeline_cap bytes or max_pipelined heads (then stop
+            # reading; TCP pushes back on the client until our turn). Line
+            # ends other than CRLF are refused, so counting blank lines counts
+            # heads (a body containing one only makes us stop sooner).
             reader.feed(data)
-            if len(reader.buf) > self.pipeline_cap:
+            buf = reader.buf
+            if len(buf) > self.pipeline_cap or buf.count(b"\r\n\r\n") > self.max_pipelined:
                 self._set_events(conn, conn.events & ~selectors.EVENT_READ)
 
     def _process(self, conn: Conn) -> None:
@@ -357,10 +370,13 @@ class Acceptor(ChildLoop):
             self._fail(conn, exc.status, exc.message, exc.head)
             return
         if req is None:
-            if reader.in_body:
+            if reader.in_body and not conn.body_since:
                 # The head is complete: from now on body_timeout counts,
-                # from this read (header_timeout was armed for the head).
-                conn.deadline = time.monotonic() + self.t_body
+                # from this read (header_timeout was armed for the head), and
+                # the body's average rate is measured from here.
+                conn.deadline = conn.body_since = time.monotonic()
+                conn.deadline += self.t_body
+                conn.body_read = 0
             if reader.wants_continue and not conn.sent_continue:
                 conn.sent_continue = True
                 conn.deadline = time.monotonic() + self.t_body
@@ -369,6 +385,7 @@ class Acceptor(ChildLoop):
         self._dispatch(conn, req)
 
     def _dispatch(self, conn: Conn, req: http.Request) -> None:
+        conn.body_since = 0.0
         conn.keep_alive = req.keep_alive and not self.stopping
         conn.version_minor = req.version_minor
         conn.method = req.method
@@ -552,6 +569,14 @@ class Acceptor(ChildLoop):
                     conn.state = TAKEN
                     conn.deadline = now + self.t_response
                     continue
+            elif state == READING and conn.body_since and self.min_body_rate:
+                elapsed = now - conn.body_since
+                if elapsed > BODY_RATE_GRACE and conn.body_read < self.min_body_rate * elapsed:
+                    log.info("acceptor %d: request body from %s arriving at %.0f bytes/s, "
+                             "under min_body_rate: 408", self.index, conn.remote_addr or "-",
+                             conn.body_read / elapsed)
+                    self._fail(conn, 408, "request body too slow")
+                    continue
             if now < conn.deadline:
                 continue
             if state == READING:
@@ -576,3 +601,19 @@ class Acceptor(ChildLoop):
                 self._respond_local(conn, 504, b"the worker did not answer in time\n", b"")
             else:  # WRITING to a client that does not read, or LINGER done
                 self._close(conn)
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    """Lift this process's soft limit on open files towards `wanted` (never
+    past the hard limit), so max_connections is not cut short by a low
+    default. Where the limit cannot be read or raised, accept() reports
+    EMFILE and the acceptor pauses accepting instead."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY:
+            wanted = min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ImportError, ValueError, OSError) as exc:
+        log.debug("could not raise the open-file limit: %s", exc)

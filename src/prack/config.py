@@ -214,6 +214,14 @@ SETTINGS: tuple[Setting, ...] = (
         min=1, max=1000,
     ),
     Setting(
+        "limits", "max_pipelined", "int", 16,
+        "Complete requests a connection may have waiting behind the one in "
+        "flight (HTTP/1.1 pipelining); beyond it, or beyond max_header_size "
+        "buffered bytes, the acceptor stops reading that connection until its "
+        "turn comes.",
+        min=1, max=1000,
+    ),
+    Setting(
         "limits", "ring_size", "size", "8M",
         "Shared-memory ring per acceptor; must be at least "
         "2 * (max_body_size + 2 * max_header_size) + 64k.",
@@ -227,6 +235,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "timeouts", "body_timeout", "duration", 60.0,
         "Time allowed between two reads of a request body.",
+    ),
+    Setting(
+        "timeouts", "min_body_rate", "size", "1k",
+        "Slowest average rate, in bytes per second, at which a request body "
+        "may arrive once it has been arriving for 5 seconds; a slower client "
+        "gets 408. 0 turns the check off (body_timeout still applies).",
+        min=0,
     ),
     Setting(
         "timeouts", "keepalive_timeout", "duration", 75.0,
