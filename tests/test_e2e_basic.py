@@ -84,6 +84,8 @@ def test_host_header_gives_server_name_and_port(served):
         env, _ = echoed(c.read_response().body)
         assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("proxy.example", "9")
         assert (env["PATH_INFO"], env["QUERY_STRING"]) == ("/abs", "q=1")
+        # The received Host is ignored (RFC 9112 3.2.2): apps see the target's.
+        assert env["HTTP_HOST"] == "proxy.example:9"
 
 
 def test_repeated_headers_joined(served):

@@ -188,4 +188,8 @@ def environ(req, server_name: str, server_port: str, remote_addr: str,
         else:
             # RFC 9110 5.3 joins repeats with ", "; cookies use "; " (RFC 6265 5.4).
             env[key] = old + ("; " if key == "HTTP_COOKIE" else ", ") + text
+    if req.host and env.get("HTTP_HOST") != req.host:
+        # An absolute-form target's authority replaces the Host field, which
+        # the server must ignore (RFC 9112 3.2.2): apps build URLs from it.
+        env["HTTP_HOST"] = req.host
     return env
