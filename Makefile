@@ -40,8 +40,14 @@ test: install
 native:
 	flock /tmp/prack-native-build.lock $(PYTHON) src/prack/_native/build.py
 
+# Prack against nginx, uvicorn, gunicorn and Mongrel2 on loopback, side by
+# side (bench/run.py), then docs/benchmarks.md and its plots (bench/report.py).
+# BENCH_ARGS="--quick" tries the harness in a minute.
 bench: install
-	$(BIN)/python bench/run.py
+	bash bench/install-peers.sh
+	$(PIP) install '.[bench]'
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,9 @@
+"""Hello world as a WSGI app (gunicorn, and nginx -> gunicorn)."""
+
+BODY = b"Hello, World!"
+HEADERS = [("Content-Type", "text/plain"), ("Content-Length", str(len(BODY)))]
+
+
+def app(environ, start_response):
+    start_response("200 OK", HEADERS)
+    return [BODY]

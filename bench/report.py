@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Turns a results file of bench/run.py into docs/benchmarks.md and PNG
+plots under docs/img/. Figures are medians of the run's rounds with the
+min-max spread, and ratios against each peer measured in the same run.
+
+    python bench/report.py [bench/results/<date>.json]
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DOCS = os.path.join(ROOT, "docs")
+IMG = os.path.join(DOCS, "img")
+
+INTRO = """\
+# Benchmarks
+
+Measured with `make bench` (`bench/run.py`, then `bench/report.py`), which
+installs the peers, writes their configurations and hello apps itself and
+runs every configuration on loopback, in turn, round-robin. The machine is
+noisy (figures move 25-40 % between runs), so what counts are the **ratios
+between configurations measured in the same run**; absolute numbers are only
+for orientation. CPU is the user + system time of every process of the
+configuration (server, proxies, app processes) over the run, read from
+`/proc/PID/stat`, divided by the requests served. Memory is PSS from
+`/proc/PID/smaps_rollup`.
+"""
+
+
+def fmt(x, scale=1.0, digits=0) -> str:
+    if x is None:
+        return "—"
+    return "{:,.{}f}".format(x * scale, digits)
+
+
+def spread(s: dict, scale=1.0, digits=0) -> str:
+    if not s:
+        return "—"
+    return "%s (%s–%s)" % (fmt(s["median"], scale, digits), fmt(s["min"], scale, digits),
+                           fmt(s["max"], scale, digits))
+
+
+def plot_hello(res: dict, path: str) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    summary = res["hello"]["summary"]
+    names = list(summary)
+    conns = sorted({c for s in summary.values() for c in s}, key=int)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(1, len(conns))
+    for i, c in enumerate(conns):
+        med = [summary[n][c]["requests_per_s"].get("median", 0) for n in names]
+        lo = [m - summary[n][c]["requests_per_s"].get("min", m) for n, m in zip(names, med)]
+        hi = [summary[n][c]["requests_per_s"].get("max", m) - m for n, m in zip(names, med)]
+        xs = [x + i * width for x in range(len(names))]
+        axes[0].bar(xs, med, width, yerr=[lo, hi], label="%s connections" % c, capsize=2)
+        cpu = [summary[n][c]["cpu_us_per_request"].get("median", 0) for n in names]
+        axes[1].bar(xs, cpu, width, label="%s connections" % c)
+    for ax, title in ((axes[0], "requests/s (median, min–max)"),
+                      (axes[1], "server-side CPU µs per request (log)")):
+        ax.set_xticks([x + width * (len(conns) - 1) / 2 for x in range(len(names))])
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    axes[1].set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def plot_sizes(res: dict, path: str) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    sizes = res["sizes"]
+    labels = list(sizes)
+    names = list(next(iter(sizes.values())))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in names:
+        ax.plot(labels, [sizes[l][name]["requests_per_s"].get("median") for l in labels],
+                marker="o", label=name)
+    ax.set_yscale("log")
+    ax.set_title("echo, requests/s by body size (log)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def render(res: dict) -> str:
+    out = [INTRO]
+    m = res["machine"]
+    out.append("## This run\n")
+    out.append("- Date: %s; machine: %s, %d cores, Linux %s, Python %s" % (
+        res["date"], m["cpu"], m["cores"], m.get("kernel", "?"), m["python"]))
+    out.append("- Versions: " + ", ".join("%s %s" % kv for kv in res["versions"].items()))
+    st = res["settings"]
+    out.append("- %s; %d rounds of %g s per configuration and connection count\n" % (
+        st["client"], st["rounds"], st["seconds"]))
+    out.append("| configuration | what |\n|---|---|")
+    for name, c in res["configs"].items():
+        out.append("| %s | %s |" % (name, c["what"]))
+    out.append("")
+    if "hello" in res:
+        h = res["hello"]["summary"]
+        out.append("## Hello, end to end\n")
+        out.append("`200 text/plain \"Hello, World!\"`, keep-alive. Median (min–max) of the "
+                   "rounds.\n")
+        out.append("| configuration | connections | requests/s | CPU µs/request | p50 ms | "
+                   "p99 ms | errors |")
+        out.append("|---|---|---|---|---|---|---|")
+        for name, per in h.items():
+            for c, s in per.items():
+                out.append("| %s | %s | %s | %s | %s | %s | %d |" % (
+                    name, c, spread(s["requests_per_s"]), spread(s["cpu_us_per_request"], 1, 1),
+                    fmt(s["p50"].get("median"), 1e3, 2), fmt(s["p99"].get("median"), 1e3, 2),
+                    s["errors"]))
+        if plot_hello(res, os.path.join(IMG, "bench-hello.png")):
+            out.append("\n![hello requests/s and CPU per request](img/bench-hello.png)\n")
+        out.append("### Ratios (same run)\n")
+        out.append("Throughput: Prack's median requests/s over the peer's. CPU efficiency: "
+                   "the peer's CPU per request over Prack's. Above 1.0, Prack is ahead.\n")
+        for mine, per in res["hello"]["ratios"].items():
+            out.append("| %s vs | connections | throughput | CPU efficiency |" % mine)
+            out.append("|---|---|---|---|")
+            for c, row in per.items():
+                for peer, r in row.items():
+                    out.append("| %s | %s | %s | %s |" % (peer, c, fmt(r["throughput"], 1, 2),
+                                                         fmt(r["cpu_efficiency"], 1, 2)))
+            out.append("")
+    if "memory" in res:
+        mm = res["memory"]
+        out.append("## Memory\n")
+        out.append("PSS of Prack's own tree (master, acceptors, API process; workers not "
+                   "counted): %d processes.\n" % mm["processes"])
+        out.append("| state | PSS |\n|---|---|")
+        out.append("| idle after start | %s MB |" % fmt(mm["idle_pss"], 1e-6, 1))
+        out.append("| after a load run | %s MB |" % fmt(mm["after_load_pss"], 1e-6, 1))
+        out.append("| holding %d idle keep-alive connections | %s MB |" % (
+            mm["idle_connections"], fmt(mm["with_idle_connections_pss"], 1e-6, 1)))
+        out.append("| per idle connection | %s bytes |\n" % fmt(mm["bytes_per_idle_connection"]))
+    if "latency" in res:
+        lat = res["latency"]
+        out.append("## Latency at a fixed rate\n")
+        out.append("Offered %s req/s over %d connections (half of Prack's saturation, %s "
+                   "req/s), paced by wrk's `delay()` per connection.\n" % (
+                       fmt(lat["offered_rate"]), lat["connections"],
+                       fmt(lat["prack_saturation"])))
+        out.append("| configuration | achieved req/s | p50 ms | p99 ms | p99.9 ms |")
+        out.append("|---|---|---|---|---|")
+        for name, s in lat["configs"].items():
+            out.append("| %s | %s | %s | %s | %s |" % (
+                name, fmt(s["requests_per_s"].get("median")),
+                fmt(s["p50"].get("median"), 1e3, 2), fmt(s["p99"].get("median"), 1e3, 2),
+                fmt(s["p99_9"].get("median"), 1e3, 2)))
+        out.append("")
+    if "sizes" in res:
+        out.append("## Body sizes (echo)\n")
+        out.append("POST of the given size; the app answers with the same bytes. 32 "
+                   "connections.\n")
+        out.append("| body | configuration | requests/s | MiB/s both ways | CPU µs/request |")
+        out.append("|---|---|---|---|---|")
+        for label, per in res["sizes"].items():
+            for name, s in per.items():
+                out.append("| %s | %s | %s | %s | %s |" % (
+                    label, name, spread(s["requests_per_s"]), fmt(s["mib_per_s"].get("median"),
+                                                                  1, 1),
+                    fmt(s["cpu_us_per_request"].get("median"), 1, 0)))
+        if plot_sizes(res, os.path.join(IMG, "bench-sizes.png")):
+            out.append("\n![requests/s by body size](img/bench-sizes.png)\n")
+    if "parser" in res:
+        p, r = res["parser"], res["ring"]
+        out.append("## Micro\n")
+        out.append("| what | Prack | peer | ratio |\n|---|---|---|---|")
+        out.append("| parse a browser request (ns) | %s (C) / %s (whole reader) | %s (httptools) "
+                   "| %s× / %s× |" % (fmt(p["prack_c_ns"]), fmt(p["prack_reader_ns"]),
+                                     fmt(p.get("httptools_ns")),
+                                     fmt(p.get("ratio_c_vs_httptools"), 1, 2),
+                                     fmt(p.get("ratio_reader_vs_httptools"), 1, 2)))
+        out.append("| ring, %d-byte records between two processes (records/s) | %s | %s "
+                   "(plain copy) | %s |\n" % (r["record_bytes"], fmt(r["records_per_s"]),
+                                              fmt(r["copy_per_s"]),
+                                              fmt(r["ratio_ring_vs_copy"], 1, 2)))
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    path = sys.argv[1] if len(sys.argv) > 1 else sorted(
+        glob.glob(os.path.join(HERE, "results", "*.json")))[-1]
+    with open(path) as f:
+        res = json.load(f)
+    os.makedirs(IMG, exist_ok=True)
+    text = render(res)
+    with open(os.path.join(DOCS, "benchmarks.md"), "w") as f:
+        f.write(text)
+    print("docs/benchmarks.md written from", os.path.relpath(path, ROOT))
+
+
+if __name__ == "__main__":
+    main()
