@@ -68,7 +68,7 @@ def test_stored_types():
     for s in config.SETTINGS:
         value = getattr(getattr(cfg, s.section), s.key)
         expected = {
-            "address": str, "str": str, "header": str, "choice": str,
+            "address": str, "str": str, "header": str, "choice": str, "urlprefix": str,
             "int": int, "size": int, "duration": float, "bool": bool,
         }[s.kind]
         assert type(value) is expected, s.name
@@ -507,3 +507,19 @@ def test_module_main_prints_markdown():
 def test_config_struct_rejects_unknown_fields():
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"server": {"nope": 1}}, config.Config)
+
+
+@pytest.mark.parametrize("prefix", ["static/", "/static", "/a b/", "/a?b/", "/x#/"])
+def test_static_prefix_must_be_a_slashed_url_path(prefix):
+    with pytest.raises(ConfigError, match="starts and ends with /"):
+        load(env={"PRACK_STATIC_PREFIX": prefix})
+
+
+def test_static_root_must_be_a_directory(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="static.root: .* is not a directory"):
+        load(env={"PRACK_STATIC_ROOT": str(f)})
+    with pytest.raises(ConfigError, match="static.root: .* does not exist"):
+        load(env={"PRACK_STATIC_ROOT": str(tmp_path / "nope")})
+    assert load(env={"PRACK_STATIC_ROOT": str(tmp_path)}).static.root == str(tmp_path)

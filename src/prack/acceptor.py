@@ -19,13 +19,15 @@ import time
 
 import msgspec
 
-from prack import http, wire
+from prack import http, static, wire
 from prack.loop import ChildLoop
 from prack.sockets import send_pending
 from prack.ring import RecordTooBig, RingFull
 from prack.wire import SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
 
 log = logging.getLogger("prack.acceptor")
+# sendfile(2) where the platform has it (Linux, BSD, macOS); else pread + send.
+_sendfile = getattr(os, "sendfile", None)
 access_log = logging.getLogger("prack.access")
 
 # Connection states.
@@ -43,7 +45,7 @@ class Conn:
                  "deadline", "keep_alive", "version_minor", "method", "target",
                  "remote_addr", "remote_port", "started", "sent_continue",
                  "lingered", "status", "sent", "processing", "again",
-                 "body_since", "body_read")
+                 "body_since", "body_read", "file")
 
     def __init__(self, sock, slot, reader, addr):
         self.sock = sock
@@ -68,6 +70,7 @@ class Conn:
         self.again = False        # ...and was asked to look at the buffer again
         self.body_since = 0.0     # when the current request's head completed
         self.body_read = 0        # body bytes received since then
+        self.file = None          # static file being sent: [fd, offset, remaining]
         if isinstance(addr, tuple):
             self.remote_addr = addr[0]
             self.remote_port = str(addr[1])
@@ -109,6 +112,9 @@ class Acceptor(ChildLoop):
                                             self.t_send, self.t_queue, self.t_response) / 4))
         self.server = cfg.server.server_header.encode("latin-1")
         self.access = cfg.logging.access_log
+        st = cfg.static
+        self.static = (static.StaticFiles(st.root, st.prefix, st.index, st.cache_control)
+                       if st.root else None)
         host, port = listener.getsockname()[:2] if listener.family != socket.AF_UNIX else ("", 0)
         self.server_name = host
         self.server_port = str(port)
@@ -392,6 +398,9 @@ class Acceptor(ChildLoop):
         conn.target = req.target
         conn.started = time.monotonic()
         conn.sent_continue = False
+        if self.static is not None and self.static.wants(req.path):
+            self._serve_static(conn, req)
+            return
         env = wire.environ(req, self.server_name, self.server_port,
                            conn.remote_addr, conn.remote_port)
         env_json = self.encode(env)
@@ -454,6 +463,54 @@ class Acceptor(ChildLoop):
                                     extra=extra, head_only=conn.method == "HEAD")
         self._start_response(conn, status, keep, [data])
 
+    def _serve_static(self, conn: Conn, req: http.Request) -> None:
+        """A file under static.prefix, answered here without a worker."""
+        ans = self.static.answer(req.method, req.path, req.headers)
+        keep = conn.keep_alive
+        head_only = req.method == "HEAD"
+        if ans.__class__ is static.SimpleAnswer:
+            if ans.status == 304:
+                head = http.response_head(304, ans.header_block, None, keep, self.server)
+                self._start_response(conn, 304, keep, [head])
+            else:
+                self._respond_local(conn, ans.status, ans.body, ans.header_block)
+            return
+        head = http.response_head(ans.status, ans.header_block, ans.length, keep, self.server)
+        if head_only or not ans.length:
+            os.close(ans.fd)
+            self._start_response(conn, ans.status, keep, [head])
+            return
+        conn.file = [ans.fd, ans.offset, ans.length]
+        self._start_response(conn, ans.status, keep, [head])
+        conn.sent += ans.length
+
+    def _send_file(self, conn: Conn) -> None:
+        """Send the static file after its head, until the socket is full.
+        Raises OSError when the client has gone or the file shrank."""
+        job = conn.file
+        fd = job[0]
+        while job[2]:
+            if _sendfile is not None:
+                try:
+                    n = _sendfile(conn.fd, fd, job[1], min(job[2], 1 << 20))
+                except (BlockingIOError, InterruptedError):
+                    return
+            else:
+                data = os.pread(fd, min(job[2], RECV_SIZE), job[1])
+                n = len(data)
+                if n:
+                    conn.out.append(data)
+            if n == 0:
+                raise OSError("static file shrank while being sent")
+            job[1] += n
+            job[2] -= n
+            if conn.out:            # the pread fallback: send what was read
+                send_pending(conn.sock, conn.out)
+                if conn.out:
+                    return
+        conn.file = None
+        os.close(fd)
+
     def _start_response(self, conn: Conn, status: int, keep: bool, buffers: list) -> None:
         conn.keep_alive = keep
         conn.state = WRITING
@@ -480,12 +537,14 @@ class Acceptor(ChildLoop):
         out = conn.out
         try:
             send_pending(conn.sock, out)
+            if conn.file is not None and not out:
+                self._send_file(conn)
         except OSError:
             self._close(conn)
             return
         if conn.state == WRITING:
             conn.deadline = time.monotonic() + self.t_send
-        if out:
+        if out or conn.file is not None:
             self._set_events(conn, conn.events | selectors.EVENT_WRITE)
             return
         if conn.events & selectors.EVENT_WRITE:
@@ -551,6 +610,9 @@ class Acceptor(ChildLoop):
         sock.close()
         conn.sock = None
         conn.out = []
+        if conn.file is not None:
+            os.close(conn.file[0])
+            conn.file = None
         del self.conns[conn.fd]
         self.slots[conn.slot] = None
         self.free_slots.append(conn.slot)

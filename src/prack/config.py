@@ -77,6 +77,7 @@ SECTIONS: dict[str, str] = {
     "api": "The worker API that application workers pull requests from.",
     "limits": "Request size limits; a request over a limit gets the status shown.",
     "timeouts": "Timeouts, in seconds.",
+    "static": "Static files served by the acceptors themselves, without a worker.",
     "logging": "Logging.",
 }
 
@@ -263,6 +264,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "timeouts", "graceful_timeout", "duration", 30.0,
         "How long a graceful stop waits for requests in flight.",
+    ),
+    # -- static ----------------------------------------------------------
+    Setting(
+        "static", "root", "str", "",
+        "Directory whose files the acceptors serve themselves under "
+        "static.prefix (sendfile, ETag/Last-Modified, 304, Range); empty "
+        "turns static serving off and every request goes to the workers.",
+    ),
+    Setting(
+        "static", "prefix", "urlprefix", "/static/",
+        "URL path prefix mapped to static.root; requests under it never "
+        "reach a worker.",
+    ),
+    Setting(
+        "static", "index", "str", "index.html",
+        "File served for a request naming a directory (with a trailing "
+        "slash); empty means a directory gives 404.",
+    ),
+    Setting(
+        "static", "cache_control", "header", "",
+        "Cache-Control value sent with static files; empty sends none.",
     ),
     # -- logging ---------------------------------------------------------
     Setting(
@@ -452,6 +474,23 @@ class _Header(_Kind):
         return "string, printable ASCII"
 
 
+class _UrlPrefix(_Kind):
+    """A URL path prefix such as /static/: starts and ends with a slash."""
+
+    def check(self, s: Setting, value: Any) -> Any:
+        value = super().check(s, value)
+        if not (value.startswith("/") and value.endswith("/")
+                and all("!" <= c <= "~" and c not in "?#" for c in value)):
+            raise ValueError(self.fail(s, value))
+        return value
+
+    def expected(self, s: Setting) -> str:
+        return "a URL path that starts and ends with / (no spaces, ? or #)"
+
+    def doc_type(self, s: Setting) -> str:
+        return "URL path prefix"
+
+
 class _Address(_Kind):
     doc_name = "address"
     metavar = "HOST:PORT"
@@ -613,6 +652,7 @@ _KINDS: dict[str, _Kind] = {
     "int": _Int(),
     "str": _Str(),
     "header": _Header(),
+    "urlprefix": _UrlPrefix(),
     "size": _Size(),
     "duration": _Duration(),
     "choice": _Choice(),
@@ -909,6 +949,11 @@ def _cross_check(
             f"these limits (2 * (max_body_size + 2 * max_header_size) + 64k), "
             f"got {_bytes(ring)}"
         )
+    root = values["static.root"]
+    if root and not os.path.isdir(root):
+        source = origin.get("static.root", (0, "defaults"))[1]
+        why = "does not exist" if not os.path.exists(root) else "is not a directory"
+        raise ConfigError(f"{source}: static.root: {root!r} {why}")
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,228 @@
+"""Static files served by the acceptors themselves (`[static]`).
+
+This module decides; the acceptor sends. `StaticFiles.answer(req)` maps a
+request under the configured prefix to either a ready response (404, 405,
+304, 416 ...) or an open file plus the byte range to send after the head,
+which the acceptor streams with sendfile(2) (or reads, where there is no
+sendfile). Validators and ranges follow RFC 9110 sections 8.8, 13 and 14:
+strong ETags from size and modification time, Last-Modified, If-None-Match
+before If-Modified-Since, If-Range, and a single byte range (a request for
+several ranges gets the whole file, which the RFC allows).
+"""
+from __future__ import annotations
+
+import mimetypes
+import os
+import stat
+from email.utils import formatdate, parsedate_to_datetime
+from urllib.parse import unquote_to_bytes
+
+
+_TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml",
+               "application/xml")
+_ALLOW = b"Allow: GET, HEAD\r\n"
+# Non-blocking: opening a FIFO someone placed under the root must not hang.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+class FileAnswer:
+    """An open file to send: the head, then `length` bytes from `offset`."""
+
+    __slots__ = ("status", "fd", "offset", "length", "header_block")
+
+    def __init__(self, status: int, fd: int, offset: int, length: int, header_block: bytes):
+        self.status = status
+        self.fd = fd
+        self.offset = offset
+        self.length = length
+        self.header_block = header_block
+
+
+class SimpleAnswer:
+    """A response Prack makes without a file (errors, 304, redirects)."""
+
+    __slots__ = ("status", "header_block", "body")
+
+    def __init__(self, status: int, body: bytes = b"", header_block: bytes = b""):
+        self.status = status
+        self.body = body
+        self.header_block = header_block
+
+
+def _etag(st: os.stat_result) -> bytes:
+    return b'"%x-%x"' % (st.st_size, st.st_mtime_ns)
+
+
+def _content_type(path: bytes) -> bytes:
+    ctype, encoding = mimetypes.guess_type(os.fsdecode(path), strict=False)
+    if ctype is None or encoding is not None:
+        # A .gz or an unknown kind: the bytes as they are.
+        return b"application/octet-stream"
+    if ctype.startswith(_TEXT_TYPES):
+        ctype += "; charset=utf-8"
+    return ctype.encode("ascii")
+
+
+def _parse_http_date(value: bytes) -> float | None:
+    try:
+        return parsedate_to_datetime(value.decode("latin-1")).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _etag_list_matches(value: bytes, etag: bytes, weak: bool) -> bool:
+    """If-None-Match (weak comparison) or If-Match style list matching."""
+    value = value.strip()
+    if value == b"*":
+        return True
+    bare = etag[2:] if etag.startswith(b"W/") else etag
+    for item in value.split(b","):
+        item = item.strip()
+        if weak and item.startswith(b"W/"):
+            item = item[2:]
+        if item == bare:
+            return True
+    return False
+
+
+def parse_range(value: bytes, size: int) -> tuple[int, int] | None | bool:
+    """One `bytes=` range of a file of `size` bytes: (first, last) inclusive;
+    None when the header is to be ignored (other units, several ranges,
+    malformed); False when it is valid but unsatisfiable (416)."""
+    unit, _, spec = value.partition(b"=")
+    if unit.strip().lower() != b"bytes" or b"," in spec:
+        return None
+    first, dash, last = spec.strip().partition(b"-")
+    if not dash:
+        return None
+    first, last = first.strip(), last.strip()
+    if not (first.isdigit() or not first) or not (last.isdigit() or not last) or \
+            (not first and not last):
+        return None
+    if not first:                       # suffix: the last N bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            return False
+        return max(0, size - n), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None                     # invalid range-spec: ignore the header
+    if start >= size:
+        return False
+    return start, min(end, size - 1)
+
+
+class StaticFiles:
+    def __init__(self, root: str, prefix: str, index: str = "index.html",
+                 cache_control: str = ""):
+        self.root = os.path.realpath(root).encode() if root else b""
+        self.prefix = prefix.encode("latin-1")
+        self.index = index.encode() if index else b""
+        self.extra = (b"Cache-Control: " + cache_control.encode("latin-1") + b"\r\n"
+                      if cache_control else b"")
+
+    def wants(self, path: str) -> bool:
+        return bool(self.root) and path.encode("latin-1").startswith(self.prefix)
+
+    def _resolve(self, raw_path: str) -> bytes | None:
+        """The file a request path names, or None when it is not one we
+        serve (outside the root, a dot file, not decodable)."""
+        rel = unquote_to_bytes(raw_path.encode("latin-1")[len(self.prefix):])
+        if b"\0" in rel or b"\\" in rel:
+            return None
+        parts = []
+        for seg in rel.split(b"/"):
+            if not seg or seg == b".":
+                continue
+            if seg.startswith(b"."):    # "..", and hidden files such as .git or .env
+                return None
+            parts.append(seg)
+        full = os.path.join(self.root, *parts) if parts else self.root
+        real = os.path.realpath(full)
+        # A symlink may not lead out of the root.
+        if real != self.root and not real.startswith(self.root + b"/"):
+            return None
+        return real
+
+    def answer(self, method: str, raw_path: str, headers: list) -> FileAnswer | SimpleAnswer:
+        if method not in ("GET", "HEAD"):
+            return SimpleAnswer(405, b"method not allowed\n", _ALLOW)
+        path = self._resolve(raw_path)
+        if path is None:
+            return SimpleAnswer(404, b"not found\n")
+        fd = -1
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode) and self.index:
+                os.close(fd)
+                fd = -1
+                if not raw_path.endswith("/"):
+                    location = raw_path + "/"
+                    return SimpleAnswer(301, b"moved\n",
+                                        b"Location: " + location.encode("latin-1") + b"\r\n")
+                path = os.path.realpath(os.path.join(path, self.index))
+                if not path.startswith(self.root + b"/"):
+                    raise PermissionError(path)
+                fd = os.open(path, _OPEN_FLAGS)
+                st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise IsADirectoryError(path)
+        except OSError:
+            if fd >= 0:
+                os.close(fd)
+            return SimpleAnswer(404, b"not found\n")
+        return self._answer_file(fd, path, st, headers)
+
+    def _answer_file(self, fd: int, path: bytes, st, headers: list) -> FileAnswer | SimpleAnswer:
+        etag = _etag(st)
+        mtime = int(st.st_mtime)
+        last_modified = formatdate(mtime, usegmt=True).encode("ascii")
+        validators = b"ETag: " + etag + b"\r\nLast-Modified: " + last_modified + b"\r\n"
+        inm = ims = rng = if_range = None
+        for name, value in headers:
+            if name == b"if-none-match":
+                inm = value if inm is None else inm + b"," + value
+            elif name == b"if-modified-since":
+                ims = value
+            elif name == b"range":
+                rng = value
+            elif name == b"if-range":
+                if_range = value
+        # RFC 9110 13.2.2: If-None-Match first; If-Modified-Since only without it.
+        if inm is not None:
+            not_modified = _etag_list_matches(inm, etag, weak=True)
+        elif ims is not None:
+            since = _parse_http_date(ims)
+            not_modified = since is not None and mtime <= since
+        else:
+            not_modified = False
+        if not_modified:
+            os.close(fd)
+            return SimpleAnswer(304, b"", validators + self.extra)
+        size = st.st_size
+        block = (b"Content-Type: " + _content_type(path) + b"\r\n" + validators +
+                 b"Accept-Ranges: bytes\r\n" + self.extra)
+        if rng is not None and if_range is not None:
+            # 13.1.5: the range only applies if the representation is the one
+            # the client has (strong ETag match, or the exact date).
+            if if_range.startswith(b'"'):
+                ok = if_range.strip() == etag
+            else:
+                when = _parse_http_date(if_range)
+                ok = when is not None and int(when) == mtime
+            if not ok:
+                rng = None
+        if rng is not None:
+            r = parse_range(rng, size)
+            if r is False:
+                os.close(fd)
+                return SimpleAnswer(416, b"range not satisfiable\n",
+                                    b"Content-Range: bytes */%d\r\n" % size)
+            if r is not None:
+                first, last = r
+                return FileAnswer(206, fd, first, last - first + 1,
+                                  block + b"Content-Range: bytes %d-%d/%d\r\n" % (first, last, size))
+        return FileAnswer(200, fd, 0, size, block)
+

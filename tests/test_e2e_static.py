@@ -1,0 +1,200 @@
+"""Static files served by the acceptors ([static]): no worker is involved.
+
+The module's server runs without any worker for the static tests, so every
+answer here comes from the acceptors themselves.
+"""
+from __future__ import annotations
+
+import email.utils
+import os
+import subprocess
+
+import pytest
+
+from conftest import prack_command
+
+BIG = os.urandom(3 * 1024 * 1024 + 123)   # several sendfile() calls
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    (root / "hello.txt").write_bytes(b"Hello, static world!\n")
+    (root / "big.bin").write_bytes(BIG)
+    (root / "style.css").write_bytes(b"body { color: red }\n")
+    (root / "docs").mkdir()
+    (root / "docs" / "index.html").write_bytes(b"<h1>docs</h1>\n")
+    (root / "empty").mkdir()
+    (root / ".env").write_bytes(b"SECRET=1\n")
+    (root / "sp ace.txt").write_bytes(b"spaced\n")
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.txt").write_bytes(b"do not serve\n")
+    (root / "escape").symlink_to(outside / "secret.txt")
+    (root / "inside").symlink_to(root / "hello.txt")
+    os.mkfifo(root / "fifo")
+    return root
+
+
+@pytest.fixture(scope="module")
+def srv(start_module_server, site):
+    return start_module_server(acceptors=1, static_root=str(site), static_prefix="/static/",
+                               static_cache_control="public, max-age=60",
+                               timeouts_queue_timeout=1)
+
+
+def get(srv, path, method="GET", headers=()):
+    with srv.raw() as c:
+        extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers)
+        c.send(b"%s %s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (method.encode(), path.encode(), extra))
+        return c.read_response(head=method == "HEAD")
+
+
+def test_file_with_validators(srv, site):
+    r = get(srv, "/static/hello.txt")
+    assert r.status == 200
+    assert r.body == b"Hello, static world!\n"
+    assert r.header("Content-Type") == "text/plain; charset=utf-8"
+    assert r.header("Content-Length") == str(len(r.body))
+    assert r.header("Accept-Ranges") == "bytes"
+    assert r.header("Cache-Control") == "public, max-age=60"
+    mtime = os.stat(site / "hello.txt").st_mtime
+    assert r.header("Last-Modified") == email.utils.formatdate(int(mtime), usegmt=True)
+    etag = r.header("ETag")
+    assert etag.startswith('"') and etag.endswith('"')
+    assert get(srv, "/static/style.css").header("Content-Type") == "text/css; charset=utf-8"
+    assert get(srv, "/static/sp%20ace.txt").body == b"spaced\n"
+
+
+def test_big_file_twice_on_one_connection(srv):
+    with srv.raw(timeout=30) as c:
+        for _ in range(2):
+            c.send(b"GET /static/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            r = c.read_response()
+            assert r.status == 200
+            assert r.header("Content-Type") == "application/octet-stream"
+            assert r.body == BIG
+
+
+def test_head(srv):
+    with srv.raw() as c:
+        c.send(b"HEAD /static/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = c.read_response(head=True)
+        assert r.status == 200 and r.body == b""
+        assert r.header("Content-Length") == str(len(BIG))
+        # The connection goes on: nothing of the file was sent.
+        c.send(b"GET /static/hello.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.read_response().body == b"Hello, static world!\n"
+
+
+def test_conditional_requests(srv):
+    first = get(srv, "/static/hello.txt")
+    etag, modified = first.header("ETag"), first.header("Last-Modified")
+    r = get(srv, "/static/hello.txt", headers=[("If-None-Match", etag)])
+    assert r.status == 304 and r.body == b""
+    assert r.header("ETag") == etag and r.header("Content-Length") is None
+    assert get(srv, "/static/hello.txt",
+               headers=[("If-None-Match", '"other", W/%s' % etag)]).status == 304
+    assert get(srv, "/static/hello.txt", headers=[("If-None-Match", "*")]).status == 304
+    assert get(srv, "/static/hello.txt", headers=[("If-None-Match", '"nope"')]).status == 200
+    assert get(srv, "/static/hello.txt", headers=[("If-Modified-Since", modified)]).status == 304
+    assert get(srv, "/static/hello.txt",
+               headers=[("If-Modified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")]).status == 200
+    assert get(srv, "/static/hello.txt",
+               headers=[("If-Modified-Since", "not a date")]).status == 200
+    # RFC 9110 13.2.2: If-None-Match wins over If-Modified-Since.
+    assert get(srv, "/static/hello.txt", headers=[("If-None-Match", '"nope"'),
+                                                  ("If-Modified-Since", modified)]).status == 200
+
+
+@pytest.mark.parametrize("spec,status,part", [
+    ("bytes=0-9", 206, (0, 9)),
+    ("bytes=10-", 206, (10, len(BIG) - 1)),
+    ("bytes=-5", 206, (len(BIG) - 5, len(BIG) - 1)),
+    ("bytes=5-999999999", 206, (5, len(BIG) - 1)),
+    ("bytes=%d-" % len(BIG), 416, None),
+    ("bytes=-0", 416, None),
+    ("bytes=0-1,5-6", 200, None),       # several ranges: the whole file
+    ("bytes=9-5", 200, None),           # invalid: ignored
+    ("items=0-5", 200, None),           # unknown unit: ignored
+    ("bytes=x-5", 200, None),
+])
+def test_ranges(srv, spec, status, part):
+    r = get(srv, "/static/big.bin", headers=[("Range", spec)])
+    assert r.status == status
+    if status == 206:
+        first, last = part
+        assert r.body == BIG[first:last + 1]
+        assert r.header("Content-Range") == "bytes %d-%d/%d" % (first, last, len(BIG))
+    elif status == 416:
+        assert r.header("Content-Range") == "bytes */%d" % len(BIG)
+    else:
+        assert r.body == BIG
+
+
+def test_if_range(srv):
+    etag = get(srv, "/static/hello.txt").header("ETag")
+    r = get(srv, "/static/hello.txt", headers=[("Range", "bytes=0-4"), ("If-Range", etag)])
+    assert (r.status, r.body) == (206, b"Hello")
+    r = get(srv, "/static/hello.txt", headers=[("Range", "bytes=0-4"), ("If-Range", '"old"')])
+    assert (r.status, r.body) == (200, b"Hello, static world!\n")
+
+
+@pytest.mark.parametrize("path", [
+    "/static/missing.txt",
+    "/static/../test_e2e_static.py",
+    "/static/%2e%2e/secret.txt",
+    "/static/docs/..%2f..%2fsecret.txt",
+    "/static/.env",
+    "/static/escape",            # a symlink out of the root
+    "/static/hello.txt%00.png",
+    "/static/fifo",
+    "/static/empty/",            # a directory without an index
+])
+def test_not_served(srv, path):
+    r = get(srv, path)
+    assert r.status == 404, path
+    assert b"do not serve" not in r.body and b"SECRET" not in r.body
+
+
+def test_symlink_inside_root_is_served(srv):
+    assert get(srv, "/static/inside").body == b"Hello, static world!\n"
+
+
+def test_directories(srv):
+    r = get(srv, "/static/docs")
+    assert r.status == 301 and r.header("Location") == "/static/docs/"
+    r = get(srv, "/static/docs/")
+    assert r.status == 200 and r.body == b"<h1>docs</h1>\n"
+    assert r.header("Content-Type") == "text/html; charset=utf-8"
+
+
+def test_other_methods(srv):
+    r = get(srv, "/static/hello.txt", method="DELETE")
+    assert r.status == 405 and r.header("Allow") == "GET, HEAD"
+
+
+def test_other_paths_still_go_to_workers(srv, module_worker_factory):
+    # No worker yet: a dynamic request waits in the queue (504 after 1 s)
+    # while a static one behind it on another connection is answered at once.
+    with srv.raw(timeout=10) as dyn:
+        dyn.send(b"GET /staticky HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert get(srv, "/static/hello.txt").status == 200
+        assert dyn.read_response().status == 504
+    module_worker_factory(srv.api)
+    with srv.raw() as c:
+        c.send(b"GET /static/hello.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+               b"GET /dynamic HTTP/1.1\r\nHost: x\r\n\r\n"
+               b"GET /static/docs/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.read_response().body == b"Hello, static world!\n"
+        r = c.read_response()
+        assert r.status == 200 and b'"PATH_INFO": "/dynamic"' in r.body
+        assert c.read_response().body == b"<h1>docs</h1>\n"
+
+
+def test_bad_static_settings_named():
+    for env, needle in (({"PRACK_STATIC_ROOT": "/no/such/dir"}, "static.root"),
+                        ({"PRACK_STATIC_PREFIX": "static"}, "PRACK_STATIC_PREFIX")):
+        p = subprocess.run(prack_command() + ["--check"], capture_output=True, text=True,
+                           env={**os.environ, **env})
+        assert p.returncode == 2
+        assert needle in p.stderr and "Traceback" not in p.stderr
