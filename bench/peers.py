@@ -252,10 +252,12 @@ class PrackRunning(Running):
 
 
 def start_prack(work: str, worker_cmd: list[str], workers: int = 2, acceptors: int = 2,
-                extra: list[str] | None = None) -> PrackRunning:
+                extra: list[str] | None = None, settings: dict | None = None,
+                ready_path: str = "/") -> PrackRunning:
     """prack-server plus `workers` copies of worker_cmd (with {api} in it
-    replaced by the API URL)."""
+    replaced by the API URL); `settings` as PRACK_<SECTION>_<KEY> values."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRACK_")}
+    env.update({"PRACK_" + k.upper(): str(v) for k, v in (settings or {}).items()})
     env["PRACK_SERVER_RUNTIME_DIR"] = os.path.join(work, "prack-run")
     os.makedirs(env["PRACK_SERVER_RUNTIME_DIR"], exist_ok=True)
     proc = subprocess.Popen(prack_command() + ["-b", "127.0.0.1:0", "--api-bind", "127.0.0.1:0",
@@ -277,7 +279,7 @@ def start_prack(work: str, worker_cmd: list[str], workers: int = 2, acceptors: i
                  log=os.path.join(work, "worker.log")) for _ in range(workers)]
     run = PrackRunning(url, [proc] + ws, api, m.group(0))
     try:
-        wait_http(int(url.rsplit(":", 1)[1]))
+        wait_http(int(url.rsplit(":", 1)[1]), ready_path)
     except RuntimeError:
         run.stop()
         raise

@@ -182,6 +182,19 @@ def render(res: dict) -> str:
                     fmt(s["cpu_us_per_request"].get("median"), 1, 0)))
         if plot_sizes(res, os.path.join(IMG, "bench-sizes.png")):
             out.append("\n![requests/s by body size](img/bench-sizes.png)\n")
+    if "static" in res:
+        st = res["static"]
+        out.append("## Front only: a static file\n")
+        out.append("A 1 KiB HTML file, 32 keep-alive connections, one serving process each: "
+                   "Prack's acceptor (`[static]`, no worker) and one nginx worker.\n")
+        out.append("| configuration | requests/s | CPU µs/request | p99 ms |\n|---|---|---|---|")
+        for name, s in st.items():
+            if name == "ratio_vs_nginx":
+                continue
+            out.append("| %s | %s | %s | %s |" % (name, spread(s["requests_per_s"]),
+                                                 fmt(s["cpu_us_per_request"].get("median"), 1, 1),
+                                                 fmt(s["p99"].get("median"), 1e3, 2)))
+        out.append("\nPrack / nginx: **%s×**\n" % fmt(st.get("ratio_vs_nginx"), 1, 2))
     if "parser" in res:
         p, r = res["parser"], res["ring"]
         out.append("## Micro\n")

@@ -14,6 +14,7 @@ Scenarios (--only to pick):
   memory   PSS of Prack's tree idle, after load, and holding 10,000 idle
            keep-alive connections (bytes per connection)
   latency  p50/p99/p99.9 at a fixed offered rate, half of Prack's saturation
+  static   front only: a small file from Prack's acceptors vs nginx, 1 process each
   sizes    1 KiB, 64 KiB and 1 MiB request and response bodies (echo)
 
     python bench/run.py [--quick] [--only hello,memory] [--rounds 3] [--seconds 5]
@@ -267,10 +268,46 @@ def scenario_sizes(args, configs: dict) -> dict:
     return out
 
 
+def scenario_static(args) -> dict:
+    """Front only: one small file served by Prack's acceptors themselves
+    ([static], no worker) against nginx serving the same file, each with one
+    process doing the serving."""
+    out = {}
+    with tempfile.TemporaryDirectory() as site:
+        with open(os.path.join(site, "hello.html"), "wb") as f:
+            f.write(b"<!doctype html><title>hello</title><p>" + b"Hello, World! " * 64 + b"\n")
+        configs = {
+            "prack-static-1": lambda w: peers.start_prack(
+                w, [], workers=0, acceptors=1, settings={"static_root": site},
+                ready_path="/static/hello.html"),
+            "nginx-static-1": lambda w: peers.start_nginx_static(w, site, 1),
+        }
+        raw = {name: [] for name in configs}
+        for _ in range(args.rounds):
+            for name, start in configs.items():
+                with tempfile.TemporaryDirectory() as work:
+                    with start(work) as run:
+                        path = "/static/hello.html" if name.startswith("prack") else "/hello.html"
+                        measure.wrk(run.url + path, 32, 1)
+                        r = one_load(run, path, 32, args.seconds)
+                        raw[name].append(r)
+                        print("static %-15s %8.0f req/s  cpu %5.1f us/req" % (
+                            name, r["requests_per_s"], r["cpu_us_per_request"] or 0), flush=True)
+        for name, runs in raw.items():
+            out[name] = {"requests_per_s": summarize([r["requests_per_s"] for r in runs]),
+                         "cpu_us_per_request": summarize([r["cpu_us_per_request"] for r in runs]),
+                         "p99": summarize([r.get("p99") for r in runs]),
+                         "errors": sum(r["errors"] or 0 for r in runs)}
+        a = out["prack-static-1"]["requests_per_s"].get("median")
+        b = out["nginx-static-1"]["requests_per_s"].get("median")
+        out["ratio_vs_nginx"] = a / b if a and b else None
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short runs, for trying the harness")
-    ap.add_argument("--only", default="micro,hello,memory,latency,sizes")
+    ap.add_argument("--only", default="micro,hello,static,memory,latency,sizes")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--connections", default="32,256")
@@ -310,6 +347,8 @@ def main() -> None:
         results["latency"] = scenario_latency(
             args, sat, {k: v for k, v in configs.items()
                         if k in (PRACK, "uvicorn-2", "mongrel2", "nginx-gunicorn")})
+    if "static" in only:
+        results["static"] = scenario_static(args)
     if "sizes" in only:
         results["sizes"] = scenario_sizes(
             args, {k: v for k, v in configs.items() if k in (PRACK, "uvicorn-2", "gunicorn")})
