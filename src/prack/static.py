@@ -14,6 +14,7 @@ from __future__ import annotations
 import mimetypes
 import os
 import stat
+import time
 from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import unquote_to_bytes
 
@@ -21,6 +22,8 @@ from urllib.parse import unquote_to_bytes
 _TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml",
                "application/xml")
 _ALLOW = b"Allow: GET, HEAD\r\n"
+CACHE_SECONDS = 1.0     # how long a path resolution is trusted
+CACHE_ENTRIES = 4096    # entries per cache before it starts over
 # Non-blocking: opening a FIFO someone placed under the root must not hang.
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -121,6 +124,22 @@ class StaticFiles:
         self.index = index.encode() if index else b""
         self.extra = (b"Cache-Control: " + cache_control.encode("latin-1") + b"\r\n"
                       if cache_control else b"")
+        # Per-request work that only changes when the files do, kept for
+        # CACHE_SECONDS: request path -> resolved path (or None: refused),
+        # and (path, size, mtime) -> the headers describing that version.
+        self._paths: dict[str, tuple[float, bytes | None]] = {}
+        self._heads: dict[tuple, tuple[bytes, int, bytes, bytes]] = {}
+
+    def _resolve_cached(self, raw_path: str) -> bytes | None:
+        now = time.monotonic()
+        hit = self._paths.get(raw_path)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        real = self._resolve(raw_path)
+        if len(self._paths) >= CACHE_ENTRIES:
+            self._paths.clear()
+        self._paths[raw_path] = (now + CACHE_SECONDS, real)
+        return real
 
     def wants(self, path: str) -> bool:
         return bool(self.root) and path.encode("latin-1").startswith(self.prefix)
@@ -148,7 +167,7 @@ class StaticFiles:
     def answer(self, method: str, raw_path: str, headers: list) -> FileAnswer | SimpleAnswer:
         if method not in ("GET", "HEAD"):
             return SimpleAnswer(405, b"method not allowed\n", _ALLOW)
-        path = self._resolve(raw_path)
+        path = self._resolve_cached(raw_path)
         if path is None:
             return SimpleAnswer(404, b"not found\n")
         fd = -1
@@ -175,11 +194,25 @@ class StaticFiles:
             return SimpleAnswer(404, b"not found\n")
         return self._answer_file(fd, path, st, headers)
 
+    def _describe(self, path: bytes, st) -> tuple[bytes, int, bytes, bytes]:
+        """(etag, mtime, validator lines, full header block) of one version
+        of a file."""
+        key = (path, st.st_size, st.st_mtime_ns)
+        hit = self._heads.get(key)
+        if hit is None:
+            etag = _etag(st)
+            mtime = int(st.st_mtime)
+            validators = (b"ETag: " + etag + b"\r\nLast-Modified: " +
+                          formatdate(mtime, usegmt=True).encode("ascii") + b"\r\n")
+            block = (b"Content-Type: " + _content_type(path) + b"\r\n" + validators +
+                     b"Accept-Ranges: bytes\r\n" + self.extra)
+            if len(self._heads) >= CACHE_ENTRIES:
+                self._heads.clear()
+            hit = self._heads[key] = (etag, mtime, validators, block)
+        return hit
+
     def _answer_file(self, fd: int, path: bytes, st, headers: list) -> FileAnswer | SimpleAnswer:
-        etag = _etag(st)
-        mtime = int(st.st_mtime)
-        last_modified = formatdate(mtime, usegmt=True).encode("ascii")
-        validators = b"ETag: " + etag + b"\r\nLast-Modified: " + last_modified + b"\r\n"
+        etag, mtime, validators, block = self._describe(path, st)
         inm = ims = rng = if_range = None
         for name, value in headers:
             if name == b"if-none-match":
@@ -202,8 +235,6 @@ class StaticFiles:
             os.close(fd)
             return SimpleAnswer(304, b"", validators + self.extra)
         size = st.st_size
-        block = (b"Content-Type: " + _content_type(path) + b"\r\n" + validators +
-                 b"Accept-Ranges: bytes\r\n" + self.extra)
         if rng is not None and if_range is not None:
             # 13.1.5: the range only applies if the representation is the one
             # the client has (strong ETag match, or the exact date).
