@@ -198,3 +198,22 @@ def test_bad_static_settings_named():
                            env={**os.environ, **env})
         assert p.returncode == 2
         assert needle in p.stderr and "Traceback" not in p.stderr
+
+
+def test_changed_file_is_seen_at_once(srv, site):
+    """Small files are kept in memory, keyed by size and modification time:
+    a change on disk shows on the very next request."""
+    f = site / "changing.txt"
+    f.write_bytes(b"version one\n")
+    os.utime(f, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    first = get(srv, "/static/changing.txt")
+    assert first.body == b"version one\n"
+    f.write_bytes(b"version two\n")         # same size, new mtime
+    os.utime(f, ns=(1_700_000_001_000_000_000, 1_700_000_001_000_000_000))
+    second = get(srv, "/static/changing.txt")
+    assert second.body == b"version two\n"
+    assert second.header("ETag") != first.header("ETag")
+    f.write_bytes(b"v3\n")
+    assert get(srv, "/static/changing.txt").body == b"v3\n"
+    f.unlink()
+    assert get(srv, "/static/changing.txt").status == 404

@@ -475,6 +475,12 @@ class Acceptor(ChildLoop):
             else:
                 self._respond_local(conn, ans.status, ans.body, ans.header_block)
             return
+        if ans.__class__ is static.BytesAnswer:
+            body = ans.body
+            head = http.response_head(ans.status, ans.header_block, len(body), keep, self.server)
+            self._start_response(conn, ans.status, keep,
+                                 [head] if head_only or not body else [head, body])
+            return
         head = http.response_head(ans.status, ans.header_block, ans.length, keep, self.server)
         if head_only or not ans.length:
             os.close(ans.fd)

@@ -1,10 +1,11 @@
 """Static files served by the acceptors themselves (`[static]`).
 
 This module decides; the acceptor sends. `StaticFiles.answer(req)` maps a
-request under the configured prefix to either a ready response (404, 405,
-304, 416 ...) or an open file plus the byte range to send after the head,
-which the acceptor streams with sendfile(2) (or reads, where there is no
-sendfile). Validators and ranges follow RFC 9110 sections 8.8, 13 and 14:
+request under the configured prefix to a ready response (404, 405, 304,
+416 ...), to the bytes of a small file kept in memory (checked against the
+file's size and modification time on every request), or to an open file plus
+the byte range to send after the head, which the acceptor streams with
+sendfile(2) (or reads, where there is no sendfile). Validators and ranges follow RFC 9110 sections 8.8, 13 and 14:
 strong ETags from size and modification time, Last-Modified, If-None-Match
 before If-Modified-Since, If-Range, and a single byte range (a request for
 several ranges gets the whole file, which the RFC allows).
@@ -24,6 +25,8 @@ _TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg
 _ALLOW = b"Allow: GET, HEAD\r\n"
 CACHE_SECONDS = 1.0     # how long a path resolution is trusted
 CACHE_ENTRIES = 4096    # entries per cache before it starts over
+SMALL_FILE = 64 * 1024  # files up to this size are kept in memory...
+CACHE_BYTES = 8 << 20   # ...up to this many bytes per acceptor
 # Non-blocking: opening a FIFO someone placed under the root must not hang.
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -39,6 +42,18 @@ class FileAnswer:
         self.offset = offset
         self.length = length
         self.header_block = header_block
+
+
+class BytesAnswer:
+    """A small file's bytes (or a range of them), kept in memory: the
+    acceptor sends head and body in one write."""
+
+    __slots__ = ("status", "header_block", "body")
+
+    def __init__(self, status: int, header_block: bytes, body: bytes):
+        self.status = status
+        self.header_block = header_block
+        self.body = body
 
 
 class SimpleAnswer:
@@ -129,6 +144,8 @@ class StaticFiles:
         # and (path, size, mtime) -> the headers describing that version.
         self._paths: dict[str, tuple[float, bytes | None]] = {}
         self._heads: dict[tuple, tuple[bytes, int, bytes, bytes]] = {}
+        self._bodies: dict[tuple, bytes] = {}
+        self._body_bytes = 0
 
     def _resolve_cached(self, raw_path: str) -> bytes | None:
         now = time.monotonic()
@@ -164,35 +181,61 @@ class StaticFiles:
             return None
         return real
 
-    def answer(self, method: str, raw_path: str, headers: list) -> FileAnswer | SimpleAnswer:
+    def answer(self, method: str, raw_path: str,
+               headers: list) -> FileAnswer | BytesAnswer | SimpleAnswer:
         if method not in ("GET", "HEAD"):
             return SimpleAnswer(405, b"method not allowed\n", _ALLOW)
         path = self._resolve_cached(raw_path)
         if path is None:
             return SimpleAnswer(404, b"not found\n")
-        fd = -1
         try:
-            fd = os.open(path, _OPEN_FLAGS)
-            st = os.fstat(fd)
+            st = os.stat(path)
             if stat.S_ISDIR(st.st_mode) and self.index:
-                os.close(fd)
-                fd = -1
                 if not raw_path.endswith("/"):
                     location = raw_path + "/"
                     return SimpleAnswer(301, b"moved\n",
                                         b"Location: " + location.encode("latin-1") + b"\r\n")
                 path = os.path.realpath(os.path.join(path, self.index))
                 if not path.startswith(self.root + b"/"):
-                    raise PermissionError(path)
-                fd = os.open(path, _OPEN_FLAGS)
-                st = os.fstat(fd)
+                    return SimpleAnswer(404, b"not found\n")
+                st = os.stat(path)
             if not stat.S_ISREG(st.st_mode):
-                raise IsADirectoryError(path)
+                return SimpleAnswer(404, b"not found\n")
+            if st.st_size <= SMALL_FILE:
+                body = self._small_body(path, st)
+                if body is not None:
+                    return self._answer(path, st, headers, -1, body)
+            fd = os.open(path, _OPEN_FLAGS)
         except OSError:
-            if fd >= 0:
-                os.close(fd)
             return SimpleAnswer(404, b"not found\n")
-        return self._answer_file(fd, path, st, headers)
+        try:
+            # What is sent is what the descriptor holds, whatever the name
+            # points to by now.
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode):
+                return self._answer(path, st, headers, fd, None)
+        except OSError:
+            pass
+        os.close(fd)
+        return SimpleAnswer(404, b"not found\n")
+
+    def _small_body(self, path: bytes, st) -> bytes | None:
+        """The bytes of a small file's current version, read once and kept
+        (at most CACHE_BYTES in all); None if it changed while being read."""
+        key = (path, st.st_size, st.st_mtime_ns)
+        body = self._bodies.get(key)
+        if body is None:
+            with open(path, "rb") as f:
+                body = f.read(SMALL_FILE + 1)
+                now = os.fstat(f.fileno())
+            if (now.st_size, now.st_mtime_ns) != key[1:] or len(body) != st.st_size:
+                return None
+            if self._body_bytes + len(body) > CACHE_BYTES:
+                self._bodies.clear()
+                self._body_bytes = 0
+            self._bodies[key] = body
+            self._body_bytes += len(body)
+        return body
 
     def _describe(self, path: bytes, st) -> tuple[bytes, int, bytes, bytes]:
         """(etag, mtime, validator lines, full header block) of one version
@@ -211,7 +254,10 @@ class StaticFiles:
             hit = self._heads[key] = (etag, mtime, validators, block)
         return hit
 
-    def _answer_file(self, fd: int, path: bytes, st, headers: list) -> FileAnswer | SimpleAnswer:
+    def _answer(self, path: bytes, st, headers: list, fd: int,
+                body: bytes | None) -> FileAnswer | BytesAnswer | SimpleAnswer:
+        """Conditionals and ranges for one version of a file, held either
+        as an open descriptor `fd` or as its bytes `body`."""
         etag, mtime, validators, block = self._describe(path, st)
         inm = ims = rng = if_range = None
         for name, value in headers:
@@ -231,29 +277,33 @@ class StaticFiles:
             not_modified = since is not None and mtime <= since
         else:
             not_modified = False
-        if not_modified:
-            os.close(fd)
-            return SimpleAnswer(304, b"", validators + self.extra)
         size = st.st_size
-        if rng is not None and if_range is not None:
-            # 13.1.5: the range only applies if the representation is the one
-            # the client has (strong ETag match, or the exact date).
-            if if_range.startswith(b'"'):
-                ok = if_range.strip() == etag
-            else:
-                when = _parse_http_date(if_range)
-                ok = when is not None and int(when) == mtime
-            if not ok:
-                rng = None
-        if rng is not None:
-            r = parse_range(rng, size)
+        status, first, length = 200, 0, size
+        if not_modified:
+            answer = SimpleAnswer(304, b"", validators + self.extra)
+        else:
+            if rng is not None and if_range is not None:
+                # 13.1.5: the range only applies if the representation is
+                # the one the client has (strong ETag match, or the exact date).
+                if if_range.startswith(b'"'):
+                    ok = if_range.strip() == etag
+                else:
+                    when = _parse_http_date(if_range)
+                    ok = when is not None and int(when) == mtime
+                if not ok:
+                    rng = None
+            r = parse_range(rng, size) if rng is not None else None
             if r is False:
-                os.close(fd)
-                return SimpleAnswer(416, b"range not satisfiable\n",
-                                    b"Content-Range: bytes */%d\r\n" % size)
-            if r is not None:
-                first, last = r
-                return FileAnswer(206, fd, first, last - first + 1,
-                                  block + b"Content-Range: bytes %d-%d/%d\r\n" % (first, last, size))
-        return FileAnswer(200, fd, 0, size, block)
-
+                answer = SimpleAnswer(416, b"range not satisfiable\n",
+                                      b"Content-Range: bytes */%d\r\n" % size)
+            else:
+                if r is not None:
+                    status, first, length = 206, r[0], r[1] - r[0] + 1
+                    block += b"Content-Range: bytes %d-%d/%d\r\n" % (r[0], r[1], size)
+                if body is not None:
+                    return BytesAnswer(status, block,
+                                       body if status == 200 else body[first:first + length])
+                return FileAnswer(status, fd, first, length, block)
+        if fd >= 0:
+            os.close(fd)
+        return answer
