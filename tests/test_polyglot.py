@@ -188,6 +188,10 @@ def test_example_worker(example_id, start_server, request):
             # http.client decodes header bytes as ISO-8859-1: byte for byte.
             assert resp.getheader("X-Echo-Header") == "caf\xe9 \xff ok"
 
+        resp, body = fetch(conn, "HEAD", "/")
+        assert (resp.status, body) == (200, b"")
+        assert resp.getheader("Content-Type") == "text/plain; charset=utf-8"
+
         resp, body = fetch(conn, "POST", "/echo", b"")
         assert (resp.status, body) == (200, b"")
 

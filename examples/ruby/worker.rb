@@ -57,6 +57,9 @@ module PrackRack
     env = {}
     prack_env.each { |key, value| env[key] = raw_bytes(value) }
     env["SCRIPT_NAME"] = +""
+    # `OPTIONS *` (RFC 9110 9.3.7): Rack 3.1 passes the asterisk in PATH_INFO;
+    # Rack 2 wants PATH_INFO empty or starting with "/".
+    env["PATH_INFO"] = +"" if RACK2 && env["PATH_INFO"] == "*"
     env["QUERY_STRING"] ||= +""
     env["SERVER_PROTOCOL"] ||= +"HTTP/1.1"
     env["rack.version"] = Rack::VERSION if RACK2
