@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A Prack worker with nothing but bash, curl, sed and base64. Usage: curl_worker.sh [API URL]
 # GET / greets, /echo sends the request's body back untouched (base64 in, base64 out), others 404.
-api=${1:-${PRACK_API:-http://127.0.0.1:4242}}; api=${api%/}/api/v1
+api=${1:-${PRACK_API:-http://127.0.0.1:4242}}; api=${api%/}/api/v1; export no_proxy='*'
 job=$(mktemp) && trap 'rm -f "$job"' EXIT || exit 1
 trap 'kill $pid 2>/dev/null; exit 0' TERM INT    # stops an idle poll or backoff at once
 field() { sed -n "1{s/$1//;s/$2//p;}" "$job"; }   # from {"identifier":"...",...,"body":"..."}

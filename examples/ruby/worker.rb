@@ -179,7 +179,8 @@ module PrackRack
     end
 
     def connection
-      @http ||= Net::HTTP.new(@uri.host, @uri.port).tap do |http|
+      # nil: straight to the API, whatever http_proxy says.
+      @http ||= Net::HTTP.new(@uri.host, @uri.port, nil).tap do |http|
         http.read_timeout = CALL_TIMEOUT
         http.open_timeout = 5
         http.keep_alive_timeout = 60
