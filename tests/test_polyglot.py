@@ -6,8 +6,9 @@ Each test starts the worker first, against an API port where nothing listens
 yet: it must keep retrying, not crash. Then the real prack-server starts on
 that port; the worker's first answer is an empty long poll (no request has
 been sent yet), after which http.client drives requests through the public
-port on one keep-alive connection and checks the exact responses. SIGTERM
-must then stop the worker with exit status 0.
+port on one keep-alive connection and checks the exact responses. The server
+is then stopped and started again on the same port, and the worker must
+serve again. SIGTERM must then stop the worker with exit status 0.
 
 A missing runtime fails the test, naming what to install: `make test` runs
 tests/install-deps.sh, which installs them.
@@ -219,6 +220,17 @@ def test_example_worker(example_id, start_server, request):
 
         assert conn.sock is sock, "the client connection was not kept alive"
         conn.close()
+
+        # The server goes away under a connected worker and comes back on
+        # the same port: the worker rides it out and serves again.
+        mark = len(worker.log)
+        assert server.stop() == 0, "\n".join(server.log)
+        mark = worker.wait_log(r"cannot reach http://127\.0\.0\.1:%d" % api_port, since=mark)
+        server = start_server("--api-bind", "127.0.0.1:%d" % api_port, acceptors=1,
+                              api_poll_timeout=0.3)
+        worker.wait_log(r"connected to http://127\.0\.0\.1:%d" % api_port, since=mark)
+        resp, body = fetch(server.client(timeout=15), "GET", "/")
+        assert (resp.status, body) == (200, ("Hello from %s ✓\n" % example.name).encode())
     finally:
         placeholder.close()
         code = worker.terminate()
