@@ -20,10 +20,12 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -126,10 +128,26 @@ func (w *worker) run(ctx context.Context) {
 }
 
 // pull long-polls for one request: (nil, nil) when none arrived in time.
+// The poll is abandoned when ctx ends (SIGTERM) only until its answer
+// starts: a request that answer carries is ours to serve from then on.
 func (w *worker) pull(ctx context.Context) (*job, error) {
-	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	callCtx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", w.api+"/api/v1/request", nil)
+	var answering atomic.Bool
+	finished := make(chan struct{})
+	defer close(finished)
+	go func() {
+		select {
+		case <-ctx.Done():
+			if !answering.Load() {
+				cancel()
+			}
+		case <-finished:
+		}
+	}()
+	trace := &httptrace.ClientTrace{GotFirstResponseByte: func() { answering.Store(true) }}
+	callCtx = httptrace.WithClientTrace(callCtx, trace)
+	req, err := http.NewRequestWithContext(callCtx, "GET", w.api+"/api/v1/request", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -260,7 +278,7 @@ func toRequest(env map[string]string, body []byte) (*http.Request, error) {
 		RemoteAddr:    net.JoinHostPort(env["REMOTE_ADDR"], env["REMOTE_PORT"]),
 		RequestURI:    target,
 	}
-	return req.WithContext(context.Background()), nil
+	return req, nil
 }
 
 // recorder is an http.ResponseWriter that keeps the whole response.

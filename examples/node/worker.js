@@ -67,7 +67,7 @@ function call(method, path, payload) {
       headers['Content-Length'] = Buffer.byteLength(payload);
     }
     const req = http.request({
-      host: API.hostname, port: API.port || 80, method, path, headers, agent, timeout: CALL_TIMEOUT,
+      host: API.hostname.replace(/^\[|\]$/g, ''), port: API.port || 80, method, path, headers, agent, timeout: CALL_TIMEOUT,
     }, (res) => {
       // The answer has started: from here on a request it carries is ours
       // to serve, so SIGTERM no longer aborts this call.
@@ -81,7 +81,7 @@ function call(method, path, payload) {
     req.on('error', reject);
     if (method === 'GET') polling = req;
     req.end(payload);
-  }).finally(() => { if (polling && method === 'GET') polling = null; });
+  }).finally(() => { if (method === 'GET') polling = null; });
 }
 
 function sleep(ms) {

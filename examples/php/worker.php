@@ -256,7 +256,7 @@ function main(array $argv): int
         pcntl_signal(SIGTERM, $stop);
         pcntl_signal(SIGINT, $stop);
     }
-    $conn = new ApiConnection(trim($url['host'], '[]'), $url['port'] ?? 80);
+    $conn = new ApiConnection($url['host'], $url['port'] ?? 80);   // "[::1]" keeps its brackets
     say("pulling requests from $api");
     $delay = 0.0;
     $connected = false;

@@ -180,7 +180,7 @@ module PrackRack
 
     def connection
       # nil: straight to the API, whatever http_proxy says.
-      @http ||= Net::HTTP.new(@uri.host, @uri.port, nil).tap do |http|
+      @http ||= Net::HTTP.new(@uri.hostname, @uri.port, nil).tap do |http|
         http.read_timeout = CALL_TIMEOUT
         http.open_timeout = 5
         http.keep_alive_timeout = 60
