@@ -8,15 +8,17 @@ field() { sed -n "1{s/$1//;s/$2//p;}" "$job"; }   # from {"identifier":"...",...
 pid= delay=0 up=
 while :; do
   curl -s -w '\n%{http_code}' "$api/request" >"$job" & pid=$!; wait $pid; pid=
-  case $(tail -n 1 "$job") in
-    200) ;;
-    404) [ "$up" ] || echo "curl worker: connected to $api" >&2; up=1; delay=0; continue ;;
+  status=$(tail -n 1 "$job")
+  case $status in
+    200|404) [ "$up" ] || echo "curl worker: connected to $api" >&2; up=1 delay=0 ;;
     *) up= delay=$((delay ? (delay < 4 ? delay * 2 : 4) : 1))   # down, or 503 while stopping
        echo "curl worker: cannot reach $api; retrying in ${delay}s" >&2
        sleep $delay & pid=$!; wait $pid; pid=; continue ;;
   esac
-  [ "$up" ] || echo "curl worker: connected to $api" >&2; up=1; delay=0
-  id=$(field '^{"identifier":"' '".*') path=$(field '^.*"PATH_INFO":"' '".*') body=$(field '^.*"body":"' '"}$')
+  [ "$status" = 200 ] || continue                       # 404: nothing pending, ask again
+  id=$(field '^{"identifier":"' '".*')
+  path=$(field '^.*"PATH_INFO":"' '".*')
+  body=$(field '^.*"body":"' '"}$')
   case $path in
     /) code=200 type="text/plain; charset=utf-8" body=$(printf 'Hello from curl ✓\n' | base64 | tr -d '\n') ;;
     /echo) code=200 type=application/octet-stream ;;

@@ -1,7 +1,11 @@
 // Command prack-go-worker serves a net/http Handler behind Prack, using only
 // the Go standard library and the worker API v1.
 //
-//	go run . http://127.0.0.1:4242        (or PRACK_API=...; that is the default)
+//	cd examples/go && go run . http://127.0.0.1:4242   (or PRACK_API=...; that is the default)
+//
+// No module is downloaded (GOPROXY=off works). Where $HOME is not writable,
+// point GOCACHE and GOPATH at a temporary directory, as tests/test_polyglot.py
+// does: GOCACHE=$(mktemp -d) GOPATH=$(mktemp -d) go build -o prack-go-worker .
 //
 // The loop: GET /api/v1/request long-polls for a request; the Prack
 // environment becomes an *http.Request, the Handler writes into an in-memory
