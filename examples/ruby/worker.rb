@@ -94,14 +94,36 @@ module PrackRack
       @closed = false
     end
 
-    def read(*) = nil     # the request body is in rack.input
-    def write(data) = (@out << data.to_s.b; data.to_s.bytesize)
-    def <<(data) = (write(data); self)
-    def flush = self
-    def close_read = nil
-    def close_write = (@closed = true; nil)
-    def close = (@closed = true; nil)
-    def closed? = @closed
+    def read(*)
+      nil   # the request body is in rack.input
+    end
+
+    def write(data)
+      data = data.to_s.b
+      @out << data
+      data.bytesize
+    end
+
+    def <<(data)
+      write(data)
+      self
+    end
+
+    def flush
+      self
+    end
+
+    def close_read; end
+
+    def close_write
+      @closed = true
+      nil
+    end
+    alias close close_write
+
+    def closed?
+      @closed
+    end
   end
 
   # Rack 2 joins several values of one header with "\n"; Rack 3 uses arrays.
