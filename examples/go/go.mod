@@ -1,0 +1,3 @@
+module example.com/prack-go-worker
+
+go 1.19
