@@ -115,6 +115,12 @@ def test_max_bounds_the_batch(srv):
         c.close()
 
 
+def test_max_beyond_the_server_maximum_is_capped(srv):
+    for value in ["257", "99999999999999999999"]:
+        status, _, batch = call(srv, "GET", "/api/v2/requests?wait=0&max=" + value)
+        assert (status, batch) == (200, {"requests": []})
+
+
 def test_empty_list_after_wait(srv):
     t0 = time.monotonic()
     status, _, batch = call(srv, "GET", "/api/v2/requests?max=8&wait=0.3")

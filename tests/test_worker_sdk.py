@@ -137,6 +137,7 @@ def test_worker_started_before_its_front(start_server):
     (["apps.plain:missing"], "has no attribute"),
     (["--api", "ftp://x", "apps.plain:app"], "expected http://host:port"),
     (["--interface", "cgi", "apps.plain:app"], "cgi"),
+    (["--interface", "asgi", "apps.plain:bad_lifespan"], "no database"),
     (["--api", "http://a:1", "--api", "http://b:2", "--concurrency", "1", "apps.plain:app"],
      "at least the number of fronts"),
 ])

@@ -54,6 +54,10 @@ class BadResponse(Exception):
     """A worker's posted response is invalid; the message names the field."""
 
 
+class BadParameter(Exception):
+    """A query parameter of a v2 call is invalid; the message names it."""
+
+
 class Link:
     """The Unix-socket connection from one acceptor."""
     __slots__ = ("sock", "index", "inbuf", "out", "events")
@@ -459,7 +463,7 @@ class ApiServer(ChildLoop):
     def _pull_v2(self, conn: WorkerConn, req: http.Request) -> None:
         try:
             conn.batch, wait = _batch_params(req.query, self.poll_timeout)
-        except BadResponse as exc:
+        except BadParameter as exc:
             self._reply(conn, 400, self._codec(conn).encode(wire.Error(str(exc))),
                         ctype=self._ctype(conn))
             return
@@ -776,22 +780,23 @@ def _batch_params(query: str, poll_timeout: float) -> tuple[int, float]:
     seen = set()
     for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
         if name in seen:
-            raise BadResponse("%s: given more than once" % name)
+            raise BadParameter("%s: given more than once" % name[:40])
         seen.add(name)
         if name == "max":
-            if not (value.isdigit() and value.isascii() and 0 < len(value) < 10) or value == "0" * len(value):
-                raise BadResponse("max: expected a whole number from 1, got %r" % value[:40])
-            batch = min(int(value), MAX_BATCH)
+            if not (value.isdigit() and value.isascii()) or not value.strip("0"):
+                raise BadParameter("max: expected a whole number from 1, got %r" % value[:40])
+            # Larger than the server's maximum is capped, however long.
+            batch = MAX_BATCH if len(value) > 9 else min(int(value), MAX_BATCH)
         elif name == "wait":
             try:
                 wait = float(value)
             except ValueError:
                 wait = math.nan
             if not (math.isfinite(wait) and wait >= 0):
-                raise BadResponse("wait: expected seconds (a number >= 0), got %r" % value[:40])
+                raise BadParameter("wait: expected seconds (a number >= 0), got %r" % value[:40])
             wait = min(wait, poll_timeout)
         else:
-            raise BadResponse("%s: unknown parameter (use max and wait)" % name[:40])
+            raise BadParameter("%s: unknown parameter (use max and wait)" % name[:40])
     return batch, wait
 
 

@@ -14,3 +14,10 @@ def app(environ, start_response):
     body = ("%s %s pid=%d\n" % (environ["REQUEST_METHOD"], path, os.getpid())).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+async def bad_lifespan(scope, receive, send):
+    """An ASGI app whose startup fails."""
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
