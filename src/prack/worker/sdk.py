@@ -216,6 +216,7 @@ class Worker:
 
     def _pull_loop(self, front: _Front) -> None:
         conn = None
+        reused = False           # conn has carried a call already
         query = "/api/v2/requests?wait=%g&max=" % self.wait
         headers = {"Accept": MSGPACK}
         while not self.stopping.is_set():
@@ -225,7 +226,17 @@ class Worker:
             try:
                 if conn is None:
                     conn = front.connect()
-                status, data = _call(conn, "GET", query + str(n), None, headers)
+                try:
+                    status, data = _call(conn, "GET", query + str(n), None, headers)
+                except (http.client.RemoteDisconnected, ConnectionResetError,
+                        BrokenPipeError):
+                    if not reused:
+                        raise
+                    # The front closed a kept-alive connection (a restart, an
+                    # idle limit): one new connection before calling it down.
+                    conn.close()
+                    status, data = _call(conn, "GET", query + str(n), None, headers)
+                reused = True
                 if status != 200:
                     raise FrontDown("GET /api/v2/requests answered %d" % status)
                 items = _decode_batch(data).requests
@@ -235,6 +246,7 @@ class Worker:
                 if conn is not None:
                     conn.close()
                     conn = None
+                reused = False
                 failures = front.failed(exc)
                 self.stopping.wait(backoff(failures, cap=self.max_backoff))
                 continue
