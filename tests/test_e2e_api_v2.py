@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import time
 
 import msgspec
@@ -264,3 +265,16 @@ def test_late_response_is_gone(start_server):
     status, _, res = call(s, "POST", "/api/v2/requests/%s/error" % r["id"], {"error": "late"})
     assert status == 410
     client.close()
+
+
+def test_waiting_pull_during_stop_gets_503_in_its_encoding(start_server):
+    s = start_server(acceptors=1, api_poll_timeout=10)
+    with s.raw_api() as w:
+        w.send(b"GET /api/v2/requests?max=4&wait=10 HTTP/1.1\r\nHost: x\r\n"
+               b"Accept: application/msgpack\r\n\r\n")
+        assert call(s, "GET", "/nope")[0] == 404        # the pull is parked
+        s.proc.send_signal(signal.SIGTERM)
+        r = w.read_response()
+    assert r.status == 503 and r.header("Content-Type") == "application/msgpack"
+    assert msgspec.msgpack.decode(r.body) == {"error": "the server is shutting down"}
+    assert s.stop() == 0

@@ -36,7 +36,6 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "conte
                          "proxy-connection", "te", "trailer", "upgrade"})
 NO_REQUESTS = b'{"error":"There are no requests pending"}'
 THANK_YOU = b'{"message":"thank you"}'
-SHUTTING_DOWN = b'{"error":"the server is shutting down"}'
 JSON_TYPE = b"Content-Type: application/json\r\n"
 MSGPACK_TYPE = b"Content-Type: application/msgpack\r\n"
 # API v2 batches: at most this many requests per pull whatever `max` asks,
@@ -159,7 +158,7 @@ class ApiServer(ChildLoop):
             conn = self.waiters.popleft()
             if conn.waiting and conn.sock is not None:
                 conn.waiting = False
-                self._reply(conn, 503, SHUTTING_DOWN, ctype=self._ctype(conn))
+                self._reply_error(conn, 503, "the server is shutting down")
         for conn in list(self.workers.values()):
             if not conn.busy and not conn.out:
                 self._close_worker(conn)
@@ -455,6 +454,11 @@ class ApiServer(ChildLoop):
     def _ctype(conn: WorkerConn) -> bytes:
         return MSGPACK_TYPE if conn.msgpack else JSON_TYPE
 
+    def _reply_error(self, conn: WorkerConn, status: int, message: str) -> None:
+        """{"error": message} in the call's encoding."""
+        self._reply(conn, status, self._codec(conn).encode(wire.Error(message)),
+                    ctype=self._ctype(conn))
+
     # -- pulls -------------------------------------------------------------------------
 
     def _pull_v1(self, conn: WorkerConn, req: http.Request) -> None:
@@ -464,14 +468,13 @@ class ApiServer(ChildLoop):
         try:
             conn.batch, wait = _batch_params(req.query, self.poll_timeout)
         except BadParameter as exc:
-            self._reply(conn, 400, self._codec(conn).encode(wire.Error(str(exc))),
-                        ctype=self._ctype(conn))
+            self._reply_error(conn, 400, str(exc))
             return
         self._pull(conn, wait)
 
     def _pull(self, conn: WorkerConn, wait: float) -> None:
         if self.stopping:
-            self._reply(conn, 503, SHUTTING_DOWN, ctype=self._ctype(conn))
+            self._reply_error(conn, 503, "the server is shutting down")
             return
         if wait <= 0:
             data = self._take_for(conn)
@@ -519,12 +522,11 @@ class ApiServer(ChildLoop):
             self._reply(conn, 400, self.encode(wire.Error(reason)))
 
     def _post_v2(self, conn: WorkerConn, req: http.Request) -> None:
-        codec = self._codec_in(conn, req)
+        codec = self._codec_in(req)
         try:
             batch = codec.decode_batch(req.body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            self._reply(conn, 400, self._codec(conn).encode(wire.Error(_describe(exc, codec))),
-                        ctype=self._ctype(conn))
+            self._reply_error(conn, 400, _describe(exc, codec))
             return
         out: dict = {}
         results = []
@@ -549,7 +551,7 @@ class ApiServer(ChildLoop):
     def _post_error_v2(self, conn: WorkerConn, req: http.Request) -> None:
         """A worker gives up on a request: its client gets 502 and the
         worker's reason goes to the log."""
-        codec = self._codec_in(conn, req)
+        codec = self._codec_in(req)
         ident = req.path[len(V2_PREFIX):-len("/error")]
         reason = ""
         bad = None
@@ -559,30 +561,27 @@ class ApiServer(ChildLoop):
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 bad = _describe(exc, codec)
         parsed = wire.parse_identifier(ident)
-        out_codec = self._codec(conn)
-        ctype = self._ctype(conn)
         if parsed is None:
-            self._reply(conn, 400, out_codec.encode(wire.Error("id: malformed")), ctype=ctype)
+            self._reply_error(conn, 400, "id: malformed")
             return
         outcome, why = self._lookup(parsed)
         if outcome is not OK:
-            self._reply(conn, 410 if outcome is GONE else 404,
-                        out_codec.encode(wire.Error(why)), ctype=ctype)
+            self._reply_error(conn, 410 if outcome is GONE else 404, why)
             return
         out: dict = {}
         if not self._answer_502(*parsed[1:], out):
-            self._reply(conn, 410, out_codec.encode(wire.Error("the client has gone")),
-                        ctype=ctype)
+            self._reply_error(conn, 410, "the client has gone")
             return
         self._send_frames(out)
         log.warning("worker reported an error for request %s: %s", ident,
                     _printable(reason) if bad is None else "(unreadable report: %s)" % bad)
         if bad is not None:
-            self._reply(conn, 400, out_codec.encode(wire.Error(bad)), ctype=ctype)
+            self._reply_error(conn, 400, bad)
         else:
-            self._reply(conn, 200, out_codec.encode(wire.Message("reported")), ctype=ctype)
+            self._reply(conn, 200, self._codec(conn).encode(wire.Message("reported")),
+                        ctype=self._ctype(conn))
 
-    def _codec_in(self, conn: WorkerConn, req: http.Request) -> "_Codec":
+    def _codec_in(self, req: http.Request) -> "_Codec":
         """The codec of a v2 request body: msgpack when its Content-Type says so."""
         for name, value in req.headers:
             if name == b"content-type":
