@@ -23,15 +23,37 @@ def test_openapi_schemas_match_the_structs():
     schemas = SPEC["components"]["schemas"]
     for name, struct in [("PulledRequest", wire.PulledRequest),
                          ("PostedResponse", wire.PostedResponse),
-                         ("Message", wire.Message), ("Error", wire.Error)]:
+                         ("Message", wire.Message), ("Error", wire.Error),
+                         ("RequestItem", wire.RequestItem), ("RequestBatch", wire.RequestBatch),
+                         ("ResponseItem", wire.ResponseItem),
+                         ("ResponseBatch", wire.ResponseBatch),
+                         ("ItemResult", wire.ItemResult), ("ResultBatch", wire.ResultBatch)]:
         assert set(schemas[name]["properties"]) == _properties(struct), name
         required = {f.encode_name for f in msgspec.structs.fields(struct) if f.required}
         assert set(schemas[name].get("required", [])) == required, name
 
 
-def test_openapi_lists_every_v1_endpoint():
-    assert set(SPEC["paths"]) == {"/api/v1/request", "/api/v1/response"}
+def test_openapi_lists_every_endpoint():
+    assert set(SPEC["paths"]) == {"/api/v1/request", "/api/v1/response", "/api/v2/requests",
+                                  "/api/v2/responses", "/api/v2/requests/{id}/error"}
     assert set(SPEC["paths"]["/api/v1/request"]) == {"get", "post"}
+    assert set(SPEC["paths"]["/api/v2/requests"]) == {"get"}
+
+
+def test_openapi_v2_parameters_match_the_server():
+    from prack import api
+    params = {p["name"]: p for p in SPEC["paths"]["/api/v2/requests"]["get"]["parameters"]}
+    assert set(params) == {"max", "wait"}
+    assert "%d" % api.MAX_BATCH in params["max"]["description"]
+    results = SPEC["components"]["schemas"]["ItemResult"]["properties"]["status"]["enum"]
+    assert set(results) == {api.OK, api.GONE, api.UNKNOWN, api.INVALID}
+
+
+def test_v2_items_encode_as_documented():
+    """A RequestItem in msgpack carries its body raw; in JSON, base64."""
+    item = wire.RequestItem("0" * 32, {"REQUEST_METHOD": "GET"}, b"\x00\xff", 1.5)
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(item))["body"] == b"\x00\xff"
+    assert msgspec.json.decode(msgspec.json.encode(item))["body"] == "AP8="
 
 
 def test_readme_shows_the_two_commands():

@@ -11,10 +11,12 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import math
 import os
 import selectors
 import socket
 import time
+import urllib.parse
 
 import msgspec
 
@@ -35,10 +37,24 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "conte
 NO_REQUESTS = b'{"error":"There are no requests pending"}'
 THANK_YOU = b'{"message":"thank you"}'
 JSON_TYPE = b"Content-Type: application/json\r\n"
+MSGPACK_TYPE = b"Content-Type: application/msgpack\r\n"
+# API v2 batches: at most this many requests per pull whatever `max` asks,
+# and no more once the batch holds this many bytes of environments and bodies
+# (one large upload is still handed out alone).
+MAX_BATCH = 256
+BATCH_BYTES = 4 << 20
+V2_PREFIX = "/api/v2/requests/"
+
+# Outcomes of delivering one posted response (v2 names them per item).
+OK, GONE, UNKNOWN, INVALID = "ok", "gone", "unknown", "invalid"
 
 
 class BadResponse(Exception):
     """A worker's posted response is invalid; the message names the field."""
+
+
+class BadParameter(Exception):
+    """A query parameter of a v2 call is invalid; the message names it."""
 
 
 class Link:
@@ -55,7 +71,7 @@ class Link:
 
 class WorkerConn:
     __slots__ = ("sock", "reader", "out", "events", "waiting", "deadline", "keep_alive",
-                 "busy", "close_after", "head", "processing")
+                 "busy", "close_after", "head", "processing", "batch", "msgpack")
 
     def __init__(self, sock, reader):
         self.sock = sock
@@ -69,6 +85,8 @@ class WorkerConn:
         self.close_after = False
         self.head = False          # the request being answered is a HEAD: no body
         self.processing = False    # _process is running for this connection
+        self.batch = 0             # the waiting pull: 0 for v1, else v2's `max`
+        self.msgpack = False       # answer this v2 call in msgpack
 
 
 class ApiServer(ChildLoop):
@@ -95,8 +113,20 @@ class ApiServer(ChildLoop):
         self.workers: dict[int, WorkerConn] = {}
         self.waiters: collections.deque[WorkerConn] = collections.deque()
         self.rr = 0
+        self.response_timeout = cfg.timeouts.response_timeout
         self.encode = msgspec.json.Encoder().encode
         self.decode_response = msgspec.json.Decoder(wire.PostedResponse).decode
+        self.codecs = {False: _Codec(msgspec.json, self.encode),
+                       True: _Codec(msgspec.msgpack, msgspec.msgpack.Encoder().encode)}
+        self.decode_env = msgspec.json.Decoder(dict[str, str]).decode
+        # path -> {method: handler(conn, req)}; the Allow header of a 405
+        # lists the keys. New endpoints are one entry here.
+        self.routes = {
+            "/api/v1/request": {"GET": self._pull_v1, "POST": self._post_v1},
+            "/api/v1/response": {"POST": self._post_v1},
+            "/api/v2/requests": {"GET": self._pull_v2},
+            "/api/v2/responses": {"POST": self._post_v2},
+        }
 
     # -- setup -------------------------------------------------------------------
 
@@ -128,7 +158,7 @@ class ApiServer(ChildLoop):
             conn = self.waiters.popleft()
             if conn.waiting and conn.sock is not None:
                 conn.waiting = False
-                self._reply(conn, 503, b'{"error":"the server is shutting down"}')
+                self._reply_error(conn, 503, "the server is shutting down")
         for conn in list(self.workers.values()):
             if not conn.busy and not conn.out:
                 self._close_worker(conn)
@@ -217,9 +247,10 @@ class ApiServer(ChildLoop):
 
     # -- taking requests out of the rings ---------------------------------------------
 
-    def _take(self) -> bytes | None:
-        """The JSON of the next request still wanted, or None. A record is
-        consumed only here, when a worker is waiting for it."""
+    def _take(self, build):
+        """build(identifier, environment JSON view, body view) for the next
+        request still wanted, or None. A record is consumed only here, when a
+        worker is waiting for it; successive calls visit the rings in turn."""
         rings = self.rings
         n = len(rings)
         unpack = wire.RECORD.unpack_from
@@ -239,17 +270,57 @@ class ApiServer(ChildLoop):
                 generation, acceptor, slot, key, _queued, env_len, body_len = unpack(view)
                 if ring.slot_cas(slot, (key << 2) | SLOT_QUEUED, (key << 2) | SLOT_TAKEN):
                     env_end = rsize + env_len
-                    data = self.encode(wire.PulledRequest(
-                        wire.make_identifier(generation, acceptor, slot, key),
-                        msgspec.Raw(view[rsize:env_end]), view[env_end:env_end + body_len]))
-                    view.release()
-                    ring.release()
+                    try:
+                        data = build(wire.make_identifier(generation, acceptor, slot, key),
+                                     view[rsize:env_end], view[env_end:env_end + body_len])
+                    finally:
+                        view.release()
+                        ring.release()
                     self.rr = idx + 1
                     return data
                 # Withdrawn: the client left or its deadline passed. Drop it.
                 view.release()
                 ring.release()
         return None
+
+    def _v1_item(self, ident: str, env, body) -> bytes:
+        # The environment is spliced in as the acceptor encoded it.
+        return self.encode(wire.PulledRequest(ident, msgspec.Raw(env), body))
+
+    def _v2_json_item(self, ident: str, env, body) -> bytes:
+        return self.encode(wire.RequestItem(ident, msgspec.Raw(env), body,
+                                            time.time() + self.response_timeout))
+
+    def _v2_msgpack_item(self, ident: str, env, body) -> wire.RequestItem:
+        # msgpack carries the body as raw bytes; the environment is re-encoded.
+        return wire.RequestItem(ident, self.decode_env(env), bytes(body),
+                                time.time() + self.response_timeout)
+
+    def _take_for(self, conn: WorkerConn) -> bytes | None:
+        """The answer to a waiting pull, if any request is there for it."""
+        if not conn.batch:
+            return self._take(self._v1_item)
+        if conn.msgpack:
+            items = []
+            size = 0
+            while len(items) < conn.batch and size < BATCH_BYTES:
+                item = self._take(self._v2_msgpack_item)
+                if item is None:
+                    break
+                items.append(item)
+                size += len(item.body) + 64 * len(item.env)
+            return self.codecs[True].encode(wire.RequestBatch(items)) if items else None
+        parts = []
+        size = 0
+        while len(parts) < conn.batch and size < BATCH_BYTES:
+            item = self._take(self._v2_json_item)
+            if item is None:
+                break
+            parts.append(item)
+            size += len(item)
+        if not parts:
+            return None
+        return b'{"requests":[' + b",".join(parts) + b"]}"
 
     def _dispatch_waiters(self) -> None:
         waiters = self.waiters
@@ -259,7 +330,7 @@ class ApiServer(ChildLoop):
             if not conn.waiting or conn.sock is None:
                 waiters.popleft()
                 continue
-            data = self._take()
+            data = self._take_for(conn)
             if data is None:
                 # Declare ourselves asleep on every ring, then look once more:
                 # a producer that published meanwhile saw no flag, so no wake-up
@@ -273,7 +344,7 @@ class ApiServer(ChildLoop):
                 continue
             waiters.popleft()
             conn.waiting = False
-            self._reply(conn, 200, data)
+            self._reply(conn, 200, data, ctype=self._ctype(conn))
         for ring in rings:
             ring.wake()
 
@@ -357,102 +428,237 @@ class ApiServer(ChildLoop):
 
     def _route(self, conn: WorkerConn, req: http.Request) -> None:
         path = req.path
-        method = req.method
-        if path == "/api/v1/request":
-            if method == "GET":
-                self._pull(conn)
-            elif method == "POST":
-                self._post_response(conn, req.body)
+        methods = self.routes.get(path)
+        if methods is None:
+            if path.startswith(V2_PREFIX) and path.endswith("/error"):
+                methods = {"POST": self._post_error_v2}
             else:
-                self._reply(conn, 405, b'{"error":"use GET or POST"}', b"Allow: GET, POST\r\n")
-        elif path == "/api/v1/response":
-            if method == "POST":
-                self._post_response(conn, req.body)
-            else:
-                self._reply(conn, 405, b'{"error":"use POST"}', b"Allow: POST\r\n")
-        else:
-            self._reply(conn, 404, b'{"error":"no such endpoint"}')
-
-    def _pull(self, conn: WorkerConn) -> None:
-        if self.stopping:
-            self._reply(conn, 503, b'{"error":"the server is shutting down"}')
+                conn.batch = 0
+                conn.msgpack = False
+                self._reply(conn, 404, b'{"error":"no such endpoint"}')
+                return
+        conn.batch = 0
+        conn.msgpack = path.startswith("/api/v2/") and _wants_msgpack(req)
+        handler = methods.get(req.method)
+        if handler is None:
+            allow = ", ".join(methods)
+            self._reply(conn, 405, self._codec(conn).encode(wire.Error("use " + allow)),
+                        b"Allow: %s\r\n" % allow.encode(), self._ctype(conn))
             return
-        if self.poll_timeout <= 0:
-            data = self._take()
+        handler(conn, req)
+
+    def _codec(self, conn: WorkerConn) -> "_Codec":
+        return self.codecs[conn.msgpack]
+
+    @staticmethod
+    def _ctype(conn: WorkerConn) -> bytes:
+        return MSGPACK_TYPE if conn.msgpack else JSON_TYPE
+
+    def _reply_error(self, conn: WorkerConn, status: int, message: str) -> None:
+        """{"error": message} in the call's encoding."""
+        self._reply(conn, status, self._codec(conn).encode(wire.Error(message)),
+                    ctype=self._ctype(conn))
+
+    # -- pulls -------------------------------------------------------------------------
+
+    def _pull_v1(self, conn: WorkerConn, req: http.Request) -> None:
+        self._pull(conn, self.poll_timeout)
+
+    def _pull_v2(self, conn: WorkerConn, req: http.Request) -> None:
+        try:
+            conn.batch, wait = _batch_params(req.query, self.poll_timeout)
+        except BadParameter as exc:
+            self._reply_error(conn, 400, str(exc))
+            return
+        self._pull(conn, wait)
+
+    def _pull(self, conn: WorkerConn, wait: float) -> None:
+        if self.stopping:
+            self._reply_error(conn, 503, "the server is shutting down")
+            return
+        if wait <= 0:
+            data = self._take_for(conn)
             if data is None:
-                self._reply(conn, 404, NO_REQUESTS)
+                self._reply_empty(conn)
             else:
-                self._reply(conn, 200, data)
+                self._reply(conn, 200, data, ctype=self._ctype(conn))
             return
         conn.waiting = True
-        conn.deadline = time.monotonic() + self.poll_timeout
+        conn.deadline = time.monotonic() + wait
         self.waiters.append(conn)
         self._dispatch_waiters()
 
-    def _post_response(self, conn: WorkerConn, body: bytes) -> None:
+    def _reply_empty(self, conn: WorkerConn) -> None:
+        """Nothing arrived in time: v1 says 404, v2 an empty batch."""
+        if conn.batch:
+            self._reply(conn, 200, self._codec(conn).empty_batch, ctype=self._ctype(conn))
+        else:
+            self._reply(conn, 404, NO_REQUESTS)
+
+    # -- responses ---------------------------------------------------------------------
+
+    def _post_v1(self, conn: WorkerConn, req: http.Request) -> None:
+        body = req.body
+        out: dict = {}
         try:
             msg = self.decode_response(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            parsed = wire.parse_identifier(_identifier_of(body))
-            reason = _describe(exc)
+            parsed = wire.parse_identifier(_identifier_of(body, _decode_ident))
             if parsed is not None and self._known(parsed):
-                self._answer_502(*parsed[1:])
+                self._answer_502(*parsed[1:], out)
+            self._send_frames(out)
+            self._reply(conn, 400, self.encode(wire.Error(_describe(exc))))
+            return
+        outcome, reason = self._deliver(msg.identifier, msg.code, msg.headers, msg.body,
+                                        "code", out)
+        self._send_frames(out)
+        if outcome is OK:
+            self._reply(conn, 200, THANK_YOU)
+        elif outcome is GONE:
+            self._reply(conn, 410, self.encode(wire.Error(reason)))
+        elif outcome is UNKNOWN:
+            self._reply(conn, 404, self.encode(wire.Error(reason)))
+        else:
             self._reply(conn, 400, self.encode(wire.Error(reason)))
-            return
-        parsed = wire.parse_identifier(msg.identifier)
-        if parsed is None:
-            self._reply(conn, 400, b'{"error":"identifier: malformed"}')
-            return
-        if not self._known(parsed):
-            self._reply(conn, 404, b'{"error":"identifier: unknown"}')
-            return
-        _, acceptor, slot, key = parsed
-        ring = self.rings[acceptor]
-        word = ring.slot_load(slot)
-        if word >> 2 != key or word & 3 in (SLOT_FREE, SLOT_QUEUED):
-            self._reply(conn, 404, b'{"error":"identifier: unknown or already answered"}')
-            return
-        link = self.links[acceptor]
-        if word & 3 == SLOT_GONE or link is None:
-            self._reply(conn, 410, b'{"error":"the client has gone"}')
-            return
+
+    def _post_v2(self, conn: WorkerConn, req: http.Request) -> None:
+        codec = self._codec_in(req)
         try:
-            status, flags, block, declared = _check_response(msg)
+            batch = codec.decode_batch(req.body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            self._reply_error(conn, 400, _describe(exc, codec))
+            return
+        out: dict = {}
+        results = []
+        for raw in batch.responses:
+            try:
+                item = codec.decode_item(raw)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                ident = _identifier_of(raw, codec.decode_id)
+                parsed = wire.parse_identifier(ident)
+                if parsed is not None and self._known(parsed):
+                    self._answer_502(*parsed[1:], out)
+                results.append(wire.ItemResult(ident if type(ident) is str else "", INVALID,
+                                               _describe(exc, codec)))
+                continue
+            outcome, reason = self._deliver(item.id, item.status, item.headers, item.body,
+                                            "status", out)
+            results.append(wire.ItemResult(item.id, outcome, reason))
+        self._send_frames(out)
+        self._reply(conn, 200, self._codec(conn).encode(wire.ResultBatch(results)),
+                    ctype=self._ctype(conn))
+
+    def _post_error_v2(self, conn: WorkerConn, req: http.Request) -> None:
+        """A worker gives up on a request: its client gets 502 and the
+        worker's reason goes to the log."""
+        codec = self._codec_in(req)
+        ident = req.path[len(V2_PREFIX):-len("/error")]
+        reason = ""
+        bad = None
+        if req.body:
+            try:
+                reason = codec.decode_error(req.body).error
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                bad = _describe(exc, codec)
+        parsed = wire.parse_identifier(ident)
+        if parsed is None:
+            self._reply_error(conn, 400, "id: malformed")
+            return
+        outcome, why = self._lookup(parsed)
+        if outcome is not OK:
+            self._reply_error(conn, 410 if outcome is GONE else 404, why)
+            return
+        out: dict = {}
+        if not self._answer_502(*parsed[1:], out):
+            self._reply_error(conn, 410, "the client has gone")
+            return
+        self._send_frames(out)
+        log.warning("worker reported an error for request %s: %s", ident,
+                    _printable(reason) if bad is None else "(unreadable report: %s)" % bad)
+        if bad is not None:
+            self._reply_error(conn, 400, bad)
+        else:
+            self._reply(conn, 200, self._codec(conn).encode(wire.Message("reported")),
+                        ctype=self._ctype(conn))
+
+    def _codec_in(self, req: http.Request) -> "_Codec":
+        """The codec of a v2 request body: msgpack when its Content-Type says so."""
+        for name, value in req.headers:
+            if name == b"content-type":
+                return self.codecs[value.split(b";")[0].strip().lower() == b"application/msgpack"]
+        return self.codecs[False]
+
+    def _lookup(self, parsed) -> tuple[str, str | None]:
+        """Whether the request named by a parsed identifier waits for an answer."""
+        if not self._known(parsed):
+            return UNKNOWN, "identifier: unknown"
+        _, acceptor, slot, key = parsed
+        word = self.rings[acceptor].slot_load(slot)
+        if word >> 2 != key or word & 3 in (SLOT_FREE, SLOT_QUEUED):
+            return UNKNOWN, "identifier: unknown or already answered"
+        if word & 3 == SLOT_GONE or self.links[acceptor] is None:
+            return GONE, "the client has gone"
+        return OK, None
+
+    def _deliver(self, ident, code, headers, body, field: str,
+                 out: dict) -> tuple[str, str | None]:
+        """Validate one posted response and queue its RESPONSE frame in
+        `out` (link -> buffers); (outcome, reason). Shared by v1 and v2."""
+        parsed = wire.parse_identifier(ident)
+        if parsed is None:
+            return INVALID, "identifier: malformed"
+        outcome, reason = self._lookup(parsed)
+        if outcome is not OK:
+            return outcome, reason
+        _, acceptor, slot, key = parsed
+        try:
+            status, flags, block, declared = _check_response(code, headers, field)
         except BadResponse as exc:
-            self._answer_502(acceptor, slot, key)
+            self._answer_502(acceptor, slot, key, out)
             log.warning("worker posted an invalid response: %s", exc)
-            self._reply(conn, 400, self.encode(wire.Error(str(exc))))
-            return
-        if not ring.slot_cas(slot, (key << 2) | SLOT_TAKEN, (key << 2) | SLOT_FREE):
+            return INVALID, str(exc)
+        if not self.rings[acceptor].slot_cas(slot, (key << 2) | SLOT_TAKEN,
+                                             (key << 2) | SLOT_FREE):
             # The acceptor gave up on it this very moment.
-            self._reply(conn, 410, b'{"error":"the client has gone"}')
-            return
-        self._send_link(link, wire.response_frame(slot, key, status, flags, block,
-                                                  msg.body or b"", declared))
-        self._reply(conn, 200, THANK_YOU)
+            return GONE, "the client has gone"
+        link = self.links[acceptor]
+        out.setdefault(link, []).extend(
+            wire.response_frame(slot, key, status, flags, block, body or b"", declared))
+        return OK, None
+
+    def _send_frames(self, out: dict) -> None:
+        """One send per acceptor for everything a call answered."""
+        for link, buffers in out.items():
+            if link.sock is not None:
+                self._send_link(link, buffers)
 
     def _known(self, parsed: tuple[int, int, int, int]) -> bool:
         """The identifier names a slot of this generation's rings."""
         generation, acceptor, slot, _ = parsed
         return generation == self.generation and acceptor < len(self.rings) and slot < self.nslots
 
-    def _answer_502(self, acceptor: int, slot: int, key: int) -> None:
+    def _answer_502(self, acceptor: int, slot: int, key: int, out: dict) -> bool:
         """The worker's answer is unusable: if the request is still waiting
-        for it, its client gets a 502 now (nothing hangs)."""
+        for it, its client gets a 502 now (nothing hangs). The frame is
+        queued in `out` (link -> buffers); True when it was."""
         link = self.links[acceptor]
         if link is not None and self.rings[acceptor].slot_cas(
                 slot, (key << 2) | SLOT_TAKEN, (key << 2) | SLOT_FREE):
-            self._send_link(link, wire.response_frame(slot, key, 502, wire.RF_ERROR, b"", b""))
+            out.setdefault(link, []).extend(
+                wire.response_frame(slot, key, 502, wire.RF_ERROR, b"", b""))
+            return True
+        return False
 
     # -- writing to workers ----------------------------------------------------------
 
-    def _reply(self, conn: WorkerConn, status: int, body: bytes, extra: bytes = b"") -> None:
+    def _reply(self, conn: WorkerConn, status: int, body: bytes, extra: bytes = b"",
+               ctype: bytes = JSON_TYPE) -> None:
         if conn.sock is None:
             return
         keep = conn.keep_alive and not self.stopping
         if not keep:
             conn.close_after = True
-        head = http.response_head(status, JSON_TYPE + extra, len(body), keep, self.server)
+        head = http.response_head(status, ctype + extra, len(body), keep, self.server)
         conn.busy = False
         # Head and body leave in one sendmsg: a pulled request's JSON (up to
         # max_body_size, base64) is not copied once more to join them.
@@ -503,48 +709,119 @@ class ApiServer(ChildLoop):
         if expired:
             self.waiters = collections.deque(c for c in self.waiters if c.waiting)
             for conn in expired:
-                self._reply(conn, 404, NO_REQUESTS)
+                self._reply_empty(conn)
 
 
 class _IdentOnly(msgspec.Struct):
     identifier: str
 
 
+class _IdOnly(msgspec.Struct):
+    id: str
+
+
 _decode_ident = msgspec.json.Decoder(_IdentOnly).decode
 
 
-def _identifier_of(body: bytes) -> str | None:
+class _Codec:
+    """Encoding of v2 calls: JSON (bodies base64) or msgpack (raw bytes)."""
+
+    def __init__(self, module, encode):
+        self.name = "msgpack" if module is msgspec.msgpack else "JSON"
+        self.encode = encode
+        self.decode_batch = module.Decoder(wire.ResponseBatch).decode
+        self.decode_item = module.Decoder(wire.ResponseItem).decode
+        self.decode_id = module.Decoder(_IdOnly).decode
+        self.decode_error = module.Decoder(wire.Error).decode
+        self.empty_batch = encode(wire.RequestBatch([]))
+
+
+def _identifier_of(body, decode) -> str | None:
     try:
-        return _decode_ident(body).identifier
+        msg = decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
+    return getattr(msg, "identifier", None) or getattr(msg, "id", None)
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: Exception, codec: _Codec | None = None) -> str:
     """msgspec's message, with its `$.field` path turned into the field name."""
     text = str(exc)
     if " - at `$." in text:
         reason, _, where = text.partition(" - at `$.")
         return "%s: %s" % (where.rstrip("`"), reason)
     if isinstance(exc, msgspec.DecodeError):
-        return "malformed JSON: " + text
+        return "malformed %s: %s" % (codec.name if codec else "JSON", text)
     return text
 
 
-def _check_response(msg: wire.PostedResponse) -> tuple[int, int, bytes, int]:
-    """Validate a posted response: (status, flags, header block, declared)."""
-    code = msg.code
+def _printable(text: str, limit: int = 500) -> str:
+    """A worker's message for one log line: bounded, control characters escaped."""
+    cut = text[:limit]
+    out = cut.encode("unicode_escape").decode("ascii")
+    return out + ("... (%d characters)" % len(text) if len(text) > limit else "")
+
+
+def _wants_msgpack(req: http.Request) -> bool:
+    """msgpack when the worker accepts it or, without Accept, sends it."""
+    ctype = None
+    for name, value in req.headers:
+        if name == b"accept":
+            return b"application/msgpack" in value.lower()
+        if name == b"content-type":
+            ctype = value
+    return ctype is not None and ctype.split(b";")[0].strip().lower() == b"application/msgpack"
+
+
+def _batch_params(query: str, poll_timeout: float) -> tuple[int, float]:
+    """(max, wait) of GET /api/v2/requests; wait is capped by poll_timeout."""
+    batch, wait = 1, poll_timeout
+    seen = set()
+    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        if name in seen:
+            raise BadParameter("%s: given more than once" % name[:40])
+        seen.add(name)
+        if name == "max":
+            if not (value.isdigit() and value.isascii()) or not value.strip("0"):
+                raise BadParameter("max: expected a whole number from 1, got %r" % value[:40])
+            # Larger than the server's maximum is capped, however long.
+            batch = MAX_BATCH if len(value) > 9 else min(int(value), MAX_BATCH)
+        elif name == "wait":
+            try:
+                wait = float(value)
+            except ValueError:
+                wait = math.nan
+            if not (math.isfinite(wait) and wait >= 0):
+                raise BadParameter("wait: expected seconds (a number >= 0), got %r" % value[:40])
+            wait = min(wait, poll_timeout)
+        else:
+            raise BadParameter("%s: unknown parameter (use max and wait)" % name[:40])
+    return batch, wait
+
+
+def _check_response(code, headers, field: str = "code") -> tuple[int, int, bytes, int]:
+    """Validate a posted response's status (`field` names it in errors) and
+    headers (a dict, or v2's list of pairs): (status, flags, header block,
+    declared length)."""
     if type(code) is str:
+        given = code
         code = code.strip()
         if not (code.isdigit() and code.isascii() and len(code) == 3):
-            raise BadResponse("code: expected a 3-digit status code, got %r" % msg.code)
+            raise BadResponse("%s: expected a 3-digit status code, got %r" % (field, given))
         code = int(code)
     if not 200 <= code <= 999:
-        raise BadResponse("code: expected a final status code from 200 to 999, got %r" % code)
+        raise BadResponse("%s: expected a final status code from 200 to 999, got %r"
+                          % (field, code))
     flags = 0
     declared = wire.NO_LENGTH
     lines = []
-    for name, value in (msg.headers or {}).items():
+    if not headers:
+        pairs = ()
+    elif type(headers) is dict:
+        pairs = headers.items()
+    else:
+        pairs = headers
+    for name, value in pairs:
         if not name or not _TCHAR.issuperset(name):
             raise BadResponse("headers: %r is not a valid header name" % name)
         values = value if type(value) is list else value.split("\n")

@@ -119,7 +119,51 @@ class Message(msgspec.Struct):
 
 
 class Error(msgspec.Struct):
+    """Every API error; also the body of POST /api/v2/requests/{id}/error."""
     error: str
+
+
+# -- worker API v2 ---------------------------------------------------------------
+# JSON by default (bytes as base64), msgpack (bytes raw) on request.
+
+class RequestItem(msgspec.Struct):
+    """One request of a v2 batch. `deadline` is a Unix time (seconds): past
+    it Prack has answered the client 504 and a response gets `gone`."""
+    id: str
+    env: dict[str, str]
+    body: bytes
+    deadline: float
+
+
+class RequestBatch(msgspec.Struct):
+    """GET /api/v2/requests -> 200 (an empty list when nothing came in time)."""
+    requests: list[RequestItem]
+
+
+class ResponseItem(msgspec.Struct):
+    """One response of POST /api/v2/responses. Headers are an object as in
+    v1 or a list of [name, value] pairs (order and repeats kept)."""
+    id: str
+    status: int
+    headers: dict[str, str | list[str]] | list[tuple[str, str]] | None = None
+    body: bytes | None = None
+
+
+class ResponseBatch(msgspec.Struct):
+    """POST /api/v2/responses. Items are decoded one by one, so one bad item
+    does not lose the others."""
+    responses: list[msgspec.Raw]
+
+
+class ItemResult(msgspec.Struct, omit_defaults=True):
+    """The outcome of one posted response: ok, gone, unknown or invalid."""
+    id: str
+    status: str
+    error: str | None = None
+
+
+class ResultBatch(msgspec.Struct):
+    results: list[ItemResult]
 
 
 # -- the request environment -----------------------------------------------------

@@ -1,0 +1,160 @@
+"""The worker SDK and `prack-worker`: reconnection across a front restart,
+several fronts, graceful stop, concurrency, handler failures, the CLI."""
+from __future__ import annotations
+
+import http.client
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from apps.procs import WorkerProcess, free_port, worker_command
+from prack.worker import Response, Worker
+from prack.worker.sdk import backoff
+
+
+def get(server, path: str, timeout: float = 20.0) -> tuple[int, bytes]:
+    c = server.client(timeout)
+    c.request("GET", path)
+    r = c.getresponse()
+    return r.status, r.read()
+
+
+def test_backoff_is_capped_and_jittered():
+    delays = [backoff(n, base=0.05, cap=2.0) for n in range(1, 40)]
+    assert all(0 < d <= 2.0 for d in delays)
+    assert delays[0] <= 0.1
+    assert len({round(backoff(30), 6) for _ in range(20)}) > 1      # jitter
+
+
+def test_front_restart_mid_run(start_server):
+    """The same worker process serves requests after its front is stopped
+    and a new one is started on the same API port."""
+    port = free_port()
+    first = start_server("--api-bind", "127.0.0.1:%d" % port)
+    assert first.api_port == port
+    with WorkerProcess("--api", first.api, "--wait", "1", "--max-backoff", "0.3",
+                       "apps.plain:app") as worker:
+        status, body = get(first, "/before")
+        assert status == 200
+        pid = re.search(rb"pid=(\d+)", body).group(1)
+        first.close_clients()
+        assert first.stop() == 0
+        worker.wait_log(r"front http://127\.0\.0\.1:%d unreachable" % port)
+        second = start_server("--api-bind", "127.0.0.1:%d" % port)
+        for i in range(3):
+            status, body = get(second, "/after/%d" % i)
+            assert status == 200 and body.startswith(b"GET /after/%d " % i)
+            assert re.search(rb"pid=(\d+)", body).group(1) == pid
+        worker.wait_log(r"front http://127\.0\.0\.1:%d back after" % port)
+        assert worker.stop() == 0
+    # Logged once per outage, not once per retry.
+    assert sum("unreachable" in line for line in worker.log) == 1, worker.log
+
+
+def test_several_fronts(start_server):
+    a, b = start_server(), start_server()
+    with WorkerProcess("--api", a.api, "--api", b.api, "--concurrency", "2", "--wait", "1",
+                       "apps.plain:app") as worker:
+        for server in (a, b, a, b):
+            assert get(server, "/x")[0] == 200
+        assert worker.stop() == 0
+
+
+def test_graceful_stop_finishes_held_requests(start_server):
+    server = start_server()
+    with WorkerProcess("--api", server.api, "--wait", "1", "apps.plain:app") as worker:
+        assert get(server, "/warm")[0] == 200
+        c = server.client()
+        c.request("GET", "/slow?1.5")
+        worker.wait_log("slow request started")       # the worker holds it
+        worker.proc.send_signal(signal.SIGTERM)
+        r = c.getresponse()
+        assert r.status == 200 and r.read().startswith(b"GET /slow")
+        assert worker.stop(None) == 0
+    assert any("stopping" in line for line in worker.log)
+
+
+def test_in_process_worker_concurrency_and_failures(start_server):
+    """concurrency=N runs N handlers at once (a barrier of N would time out
+    otherwise); a handler that raises gets its client a 502."""
+    server = start_server()
+    barrier = threading.Barrier(4, timeout=10)
+
+    def handler(req):
+        path = req.env["PATH_INFO"]
+        if path == "/raise":
+            raise ValueError("no luck")
+        if path.startswith("/together"):
+            barrier.wait()
+        return Response(200, [("X-Path", path), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")],
+                        req.body[::-1])
+
+    worker = Worker(handler, [server.api], concurrency=4, wait=1).start()
+    try:
+        results = []
+
+        def hit(i):
+            results.append(get(server, "/together/%d" % i))
+
+        threads = [threading.Thread(target=hit, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert sorted(s for s, _ in results) == [200] * 4
+        mark = server.log_mark()
+        assert get(server, "/raise")[0] == 502
+        server.wait_log(r"worker reported an error for request \w+: ValueError: no luck",
+                        since=mark)
+        c = server.client()
+        c.request("POST", "/echo", body=b"abc")
+        r = c.getresponse()
+        assert (r.status, r.read()) == (200, b"cba")
+        assert r.getheader("X-Path") == "/echo"
+        assert [v for n, v in r.getheaders() if n == "Set-Cookie"] == ["a=1", "b=2"]
+    finally:
+        worker.stop()
+        worker.join()
+
+
+def test_worker_started_before_its_front(start_server):
+    port = free_port()
+    with WorkerProcess("--api", "http://127.0.0.1:%d" % port, "--max-backoff", "0.2",
+                       "--wait", "1", "apps.plain:app") as worker:
+        worker.wait_log("unreachable")
+        server = start_server("--api-bind", "127.0.0.1:%d" % port)
+        assert get(server, "/late")[0] == 200
+        assert worker.stop(signal.SIGINT) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nocolon"], "expected module:app"),
+    (["no_such_module_xyz:app"], "cannot import module"),
+    (["apps.plain:missing"], "has no attribute"),
+    (["--api", "ftp://x", "apps.plain:app"], "expected http://host:port"),
+    (["--interface", "cgi", "apps.plain:app"], "cgi"),
+    (["--interface", "asgi", "apps.plain:bad_lifespan"], "no database"),
+    (["--api", "http://a:1", "--api", "http://b:2", "--concurrency", "1", "apps.plain:app"],
+     "at least the number of fronts"),
+])
+def test_cli_errors(args, message):
+    with WorkerProcess(*args) as worker:
+        code = worker.proc.wait(20)
+    assert code == 2, worker.log
+    assert any(message in line for line in worker.log), worker.log
+    assert not any("Traceback" in line for line in worker.log)
+
+
+def test_cli_help_and_version():
+    out = subprocess.run(worker_command() + ["--help"], capture_output=True, text=True,
+                         timeout=20)
+    assert out.returncode == 0
+    for flag in ["--interface", "--api", "--concurrency", "MODULE:APP"]:
+        assert flag in out.stdout
+    out = subprocess.run(worker_command() + ["--version"], capture_output=True, text=True,
+                         timeout=20)
+    assert out.returncode == 0 and out.stdout.startswith("prack-worker ")
