@@ -510,11 +510,20 @@ def run_h11(data: bytes) -> Outcome:
         # h11 pauses after a request carrying Upgrade (MIGHT_SWITCH_PROTOCOL)
         # until we answer; whether it would then keep the connection is its
         # keep-alive rule.
-        if conn.their_state is h11.MUST_CLOSE or not h11._connection._keep_alive(req):
+        if conn.their_state is h11.MUST_CLOSE or not _h11_keep_alive(req):
             return Outcome(out, "closed")
         data = conn.trailing_data[0]
         if not data:
             return Outcome(out, "ok")
+
+
+def _h11_keep_alive(req: h11.Request) -> bool:
+    """h11's persistence rule (its documented behaviour): HTTP/1.0 closes, and
+    so does a close option in Connection."""
+    if req.http_version < b"1.1":
+        return False
+    return not any(t.strip().lower() == b"close"
+                   for n, v in req.headers if n == b"connection" for t in v.split(b","))
 
 
 PEERS = {"llhttp": run_llhttp, "h11": run_h11}

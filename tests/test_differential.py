@@ -17,7 +17,7 @@ import pytest
 import differential as d
 from prack import http
 
-CASES = 6000
+CASES = 10000
 SEED = 1
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "security.md"
 
