@@ -5,7 +5,8 @@ shapes: GET, Content-Length and chunked POSTs, HTTP/1.0, absolute-form,
 OPTIONS *), often followed by a clean pipelined request, with one to three
 mutations applied (letter case, whitespace, duplicated or conflicting
 framing headers, odd chunk sizes and extensions, non-ASCII, NUL/CTL bytes,
-LF-only or bare-CR line ends, Host variations). Each input goes, whole, to
+LF-only or bare-CR line ends, Host and target variations, versions,
+Connection / Upgrade / Expect fields). Each input goes, whole, to
 
 * Prack: `prack.http.RequestReader` (the C parser, the chunked decoder and
   the RFC 9112 framing decisions), request after request as the acceptor
@@ -15,7 +16,9 @@ LF-only or bare-CR line ends, Host variations). Each input goes, whole, to
 
 Each side's outcome is the list of complete requests (method, target,
 header fields with lower-case names and OWS-trimmed values, body) and how
-the stream ended: `ok` (nothing left over), `incomplete`, or `reject`.
+the stream ended: `ok` (nothing left over), `incomplete`, `closed` (after
+a request that does not keep the connection: later bytes are never read),
+`reject`, or `upgrade` (llhttp switched protocols).
 Prack differs from a peer when the outcomes differ. Every difference gets a
 category from `classify()`; `ALLOWED` lists the categories that are Prack's
 deliberate choice, each with the RFC 9112 (or 9110) section that justifies
@@ -218,7 +221,6 @@ def m_framing(r: Req, rnd: random.Random) -> None:
                                    b"http://h?q", b"//x", b"*", b"h:80", b"/#frag"])
         else:
             r.method = rnd.choice([b"CONNECT", b"PROPFIND", b"FROBNICATE", b"PRI", b"get"])
-    r.tags.append("framing")
 
 
 def m_chunks(r: Req, rnd: random.Random) -> None:
@@ -263,7 +265,6 @@ def m_chunks(r: Req, rnd: random.Random) -> None:
         r.body = rnd.choice([b"5\rhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0\r\r\n\r\n"])
     else:                                             # a size above the data
         r.body = b"10\r\nhello\r\n0\r\n\r\n"
-    r.tags.append("chunks")
 
 
 def m_non_ascii(r: Req, rnd: random.Random) -> None:
