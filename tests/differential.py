@@ -702,10 +702,20 @@ def classify(data: bytes, prack: Outcome, peer_name: str, peer: Outcome) -> str:
 
     category() maps these to the allow-list."""
     np, nq = len(prack.requests), len(peer.requests)
-    if peer.end == "upgrade":
-        # Everything before the upgraded request must agree; Prack reads on.
-        if prack.requests[:nq - 1] == peer.requests[:nq - 1] and np >= nq - 1:
-            return f"upgrade: {peer_name} switched protocols"
+    if peer.end == "upgrade" and nq:
+        # Everything before the upgraded request must agree. The upgraded
+        # request itself: same method, target and fields (llhttp cuts its
+        # body, the rest is another protocol to it) and Prack reads on, or
+        # Prack still waits for its body, or Prack refused it (CONNECT: 501).
+        k = nq - 1
+        if prack.requests[:k] == peer.requests[:k]:
+            if np > k and prack.requests[k][:3] == peer.requests[k][:3]:
+                return f"upgrade: {peer_name} switched protocols"
+            if np == k and prack.end == "incomplete":
+                # Prack still reads the upgraded request's body as HTTP/1.1
+                return f"upgrade: {peer_name} switched protocols"
+            if np == k and prack.end == "reject":
+                return "prack-rejects: " + prack.why
     for a, b in zip(prack.requests, peer.requests):
         if a != b:
             if a[3] != b[3]:
