@@ -562,8 +562,8 @@ ALLOWED: dict[str, str] = {
     "te-http10": "RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message MUST be treated "
                  "as faulty framing",
     "te-chunked-not-final": "RFC 9112 6.3 item 4: chunked not final in a request MUST get 400",
-    "te-chunked-twice": "RFC 9112 7: chunked MUST NOT be applied more than once",
-    "te-unknown-coding": "RFC 9112 6.1, 7: an unknown transfer coding SHOULD get 501",
+    "te-chunked-twice": "RFC 9112 6.1: chunked MUST NOT be applied more than once",
+    "te-unknown-coding": "RFC 9112 6.1: an unknown transfer coding SHOULD get 501",
     "content-length": "RFC 9112 6.3 item 5, RFC 9110 8.6: an invalid or conflicting "
                       "Content-Length MUST get 400",
     "chunk-size": "RFC 9112 7.1: chunk-size = 1*HEXDIG; sizes above 2^63-1 overflow "
