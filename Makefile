@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test install native bench clean
+.PHONY: run test install native bench fuzz clean
 
 # Python >= 3.11 with venv, its C headers and a C compiler are all the build
 # needs; say which one is missing rather than fail deep inside pip.
@@ -48,6 +48,19 @@ bench: install
 	$(PIP) install '.[bench]'
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/report.py
+
+# Fuzzing, not part of `make test` (fuzz/run.py): the libFuzzer harnesses of
+# the C parser and chunked decoder (clang, ASan/UBSan) and the atheris harness
+# through prack.http to the worker's environment, FUZZ_SECONDS each, one after
+# the other; prints execs and execs/s. Output in build/fuzz/ (not committed).
+FUZZ_SECONDS ?= 60
+fuzz: install
+	@command -v clang >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null; \
+	  else echo "make fuzz needs clang with libFuzzer (Debian/Ubuntu: apt-get install clang)"; exit 1; fi; }
+	$(PIP) install atheris
+	$(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

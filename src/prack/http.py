@@ -342,17 +342,20 @@ class RequestReader:
             self._body = bytearray()
             self.state = _BODY_CHUNKED
         elif lengths is not None:
-            length = None
+            # RFC 9110 8.6: repeated values are accepted only when they are
+            # the same digits ("5, 5"); "5, 05" is refused, as llhttp and h11
+            # do, since another parser may read "05" differently.
+            first = None
             for part in lengths.split(b","):
                 part = part.strip()
                 if not part.isdigit() or not part.isascii():
                     raise self._fail(400, "invalid Content-Length")
                 if len(part) > 18:
                     raise self._fail(400, "Content-Length too large")
-                value = int(part)
-                if length is not None and value != length:
+                if first is not None and part != first:
                     raise self._fail(400, "conflicting Content-Length values")
-                length = value
+                first = part
+            length = int(first)
             if length > max_body:
                 raise self._fail(413, "request body too large")
             req.content_length = length
