@@ -146,6 +146,18 @@ def test_remaining_is_public_progress():
     assert _call(dec, b"\n" + END) == (6, b"")
 
 
+def test_pending_counts_only_a_complete_size_line():
+    dec = ffi.new("prk_chunked *")
+    assert _call(dec, b"7fffffff") == (INCOMPLETE, b"")
+    assert dec.remaining == 0x7fffffff        # the digits so far...
+    assert lib.prk_chunked_pending(dec) == 0    # ...are not a declared size yet
+    assert _call(dec, b"\r\nab") == (INCOMPLETE, b"ab")
+    assert lib.prk_chunked_pending(dec) == 0x7fffffff - 2
+    dec = ffi.new("prk_chunked *")
+    assert _call(dec, b"3;x=y\r\nabc\r\n") == (INCOMPLETE, b"abc")
+    assert lib.prk_chunked_pending(dec) == 0
+
+
 def test_empty_call_with_null_buffer():
     dec = ffi.new("prk_chunked *")
     out_len = ffi.new("size_t *", 7)

@@ -190,3 +190,19 @@ def _rss_kb(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS for %d" % pid)
+
+
+def test_huge_chunk_size_refused_before_its_data(start_server):
+    """A chunk declared larger than max_body_size gets 413 as soon as its
+    size line is read; the client need not upload the limit's worth first."""
+    s = start_server(acceptors=1, limits_max_body_size="64k")
+    with s.raw() as c:
+        c.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"7fffffffffffffff\r\nabc")
+        r = c.read_response()
+        assert r.status == 413
+        c.assert_closed()
+    with s.raw() as c:       # the limit counts earlier chunks too
+        c.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"8000\r\n" + b"a" * 0x8000 + b"\r\n8001\r\n")
+        assert c.read_response().status == 413

@@ -395,14 +395,18 @@ class RequestReader:
             ffi.release(cbuf)
         decoded = out_len[0]
         body = self._body
-        if len(body) + decoded > self.limits.max_body_size:
+        if rc < 0 and rc != lib.PRK_INCOMPLETE:
+            raise self._fail(400, _PARSE_ERRORS.get(rc, "malformed chunked body"))
+        # Counting the rest of the chunk being read refuses a chunk declared
+        # larger than the limit as soon as its size line is in, not after
+        # max_body_size bytes of it have been uploaded.
+        if len(body) + decoded + lib.prk_chunked_pending(self._chunked) > \
+                self.limits.max_body_size:
             raise self._fail(413, "request body too large")
         body += buf[:decoded]
         if rc == lib.PRK_INCOMPLETE:
             del buf[:]
             return None
-        if rc < 0:
-            raise self._fail(400, _PARSE_ERRORS.get(rc, "malformed chunked body"))
         del buf[:rc]
         req = self._req
         req.body = bytes(body)

@@ -61,6 +61,7 @@ int prk_parse_request(const char *buf, size_t len, prk_request *req,
                       prk_header *headers, size_t max_headers);
 long long prk_decode_chunked(prk_chunked *dec, char *buf, size_t len,
                              size_t *out_len);
+uint64_t prk_chunked_pending(const prk_chunked *dec);
 
 #define PRK_RING_OK ...
 #define PRK_RING_FULL ...

@@ -584,3 +584,8 @@ failed:
 #undef FAIL
 #undef EXT_BYTE
 }
+
+uint64_t prk_chunked_pending(const prk_chunked *dec)
+{
+    return dec->state == CS_DATA ? dec->remaining : 0;
+}

@@ -65,7 +65,7 @@ int prk_parse_request(const char *buf, size_t len, prk_request *req,
 
 /* Caller-owned chunked decoder state; zero it before the first call. */
 typedef struct {
-    uint64_t remaining;      /* bytes left in the current chunk's data */
+    uint64_t remaining;      /* chunk data left; the size so far while its line is read */
     uint32_t state;          /* private */
     uint32_t hex_digits;     /* private: digits seen in the size */
     uint32_t ext_bytes;      /* private: bytes of extensions in this line */
@@ -88,5 +88,12 @@ typedef struct {
  */
 long long prk_decode_chunked(prk_chunked *dec, char *buf, size_t len,
                              size_t *out_len);
+
+/*
+ * Data bytes still to come in the chunk being read: its declared size minus
+ * what was decoded, once its size line is complete; 0 elsewhere (while a
+ * size line is still being read, `remaining` holds the digits so far).
+ */
+uint64_t prk_chunked_pending(const prk_chunked *dec);
 
 #endif
