@@ -19,6 +19,7 @@ import time
 import msgspec
 
 from prack import http, wire
+from prack.apilife import HEALTH_PATHS, ApiLifecycle
 from prack.loop import ChildLoop
 from prack.sockets import send_pending
 from prack.wire import SLOT_FREE, SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
@@ -71,7 +72,7 @@ class WorkerConn:
         self.processing = False    # _process is running for this connection
 
 
-class ApiServer(ChildLoop):
+class ApiServer(ApiLifecycle, ChildLoop):
     what = "API process"
 
     def __init__(self, cfg, generation: int, listener: socket.socket,
@@ -370,6 +371,8 @@ class ApiServer(ChildLoop):
                 self._post_response(conn, req.body)
             else:
                 self._reply(conn, 405, b'{"error":"use POST"}', b"Allow: POST\r\n")
+        elif path in HEALTH_PATHS:
+            self._health(conn, req)
         else:
             self._reply(conn, 404, b'{"error":"no such endpoint"}')
 

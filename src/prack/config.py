@@ -173,6 +173,19 @@ SETTINGS: tuple[Setting, ...] = (
         "server", "server_header", "header", "Prack",
         "Value of the Server response header; empty leaves the header out.",
     ),
+    Setting(
+        "server", "pidfile", "str", "",
+        "File the master writes its PID to once ready (empty: none). During "
+        "a USR2 upgrade the old master's file is renamed to <pidfile>.oldbin; "
+        "each is removed by its master at exit.",
+        flags=("--pidfile",),
+    ),
+    Setting(
+        "server", "heartbeat_timeout", "duration", 30.0,
+        "A child process that has not run its event loop for this long is "
+        "considered hung: the master kills it (SIGKILL) and starts another.",
+        min=1, max=3600,
+    ),
     # -- api -------------------------------------------------------------
     Setting(
         "api", "bind", "address", "127.0.0.1:4242",
