@@ -211,6 +211,7 @@ class Load:
         self.host, self.port, self.timeout = host, port, timeout
         self.ok = 0
         self.failures: list[str] = []
+        self.failed: list[tuple[str, int | None]] = []
         self.by_acceptor: dict[int, int] = {}
         self.lock = threading.Lock()
         self._stop = threading.Event()
@@ -233,28 +234,37 @@ class Load:
                                                                  expected))
         return int(resp.getheader("X-Acceptor", "-1"))
 
-    def _record(self, acceptor: int | None, failure: str | None) -> None:
+    def _record(self, acceptor: int | None, failure: str | None, kind: str = "",
+                last: int | None = None) -> None:
+        """A success (served by `acceptor`), or a failure: `kind` is
+        "keep-alive" or "fresh", `last` the acceptor that served this
+        keep-alive connection's previous request (None: none yet)."""
         with self.lock:
             if failure is None:
                 self.ok += 1
                 self.by_acceptor[acceptor] = self.by_acceptor.get(acceptor, 0) + 1
             else:
                 self.failures.append(failure)
+                self.failed.append((kind, last))
 
     def _keepalive(self, cid: int) -> None:
         conn = None
         n = 0
+        last = None
         while self._running():
             n += 1
             path, body = "/ka/%d/%d" % (cid, n), "k%d-%d" % (cid, n)
             if conn is None:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                last = None
             try:
                 conn.request("POST", path, body)
                 acc = self._check("keep-alive %d #%d" % (cid, n), conn.getresponse(), path, body)
                 self._record(acc, None)
+                last = acc
             except Exception as exc:    # noqa: BLE001 - every failure is counted
-                self._record(None, "keep-alive %d #%d: %r" % (cid, n, exc))
+                self._record(None, "keep-alive %d #%d (acceptor %s): %r" % (cid, n, last, exc),
+                             "keep-alive", last)
                 conn.close()
                 conn = None
         if conn is not None:
@@ -271,7 +281,7 @@ class Load:
                 acc = self._check("fresh %d #%d" % (cid, n), conn.getresponse(), path, body)
                 self._record(acc, None)
             except Exception as exc:    # noqa: BLE001
-                self._record(None, "fresh %d #%d: %r" % (cid, n, exc))
+                self._record(None, "fresh %d #%d: %r" % (cid, n, exc), "fresh")
             finally:
                 conn.close()
 
@@ -280,6 +290,21 @@ class Load:
         for t in self.threads:
             t.join(self.timeout + 5)
         assert not any(t.is_alive() for t in self.threads), "a load thread hangs"
+
+
+def log_time(line: str) -> float:
+    """The timestamp of a server log line, in seconds (same day)."""
+    m = re.match(r"\S+ (\d\d):(\d\d):(\d\d),(\d{3}) ", line)
+    h, mi, sec, ms = map(int, m.groups())
+    return h * 3600 + mi * 60 + sec + ms / 1000
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.02)
 
 
 def start_upgrading(base, code_dir: str, *flags, acceptors=2, **settings) -> UpgradingServer:

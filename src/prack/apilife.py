@@ -40,7 +40,7 @@ class ApiLifecycle:
                                 "api_pid": os.getpid()})
             self._reply(conn, 200, body)
             return
-        if self.stopping or self.retiring:
+        if self.stopping or self.retiring or self.draining:
             self._reply(conn, 503, b'{"status":"draining"}')
         elif not any(link is not None for link in self.links):
             self._reply(conn, 503, b'{"status":"starting"}')

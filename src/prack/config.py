@@ -183,8 +183,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "server", "heartbeat_timeout", "duration", 30.0,
         "A child process that has not run its event loop for this long is "
-        "considered hung: the master kills it (SIGKILL) and starts another.",
-        min=1, max=3600,
+        "considered hung: the master kills it (SIGKILL) and starts another. "
+        "Children beat about once a second, so keep it well above that.",
+        min=2, max=3600,
     ),
     # -- api -------------------------------------------------------------
     Setting(

@@ -67,6 +67,7 @@ class ChildLoop:
         self.sel = selectors.DefaultSelector()
         self.stopping = False
         self.retiring = False
+        self.draining = False       # SIGUSR1: the server is stopping (for /readyz)
         self.beat = None            # set by the master: beat(monotonic time)
         self.stop_deadline = 0.0
         self.parent = os.getppid()
@@ -83,6 +84,7 @@ class ChildLoop:
         # and drains the children in order.
         signal.signal(signal.SIGTERM, _noop)
         signal.signal(signal.SIGUSR2, _noop)
+        signal.signal(signal.SIGUSR1, _noop)
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGPIPE,
                     signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(sig, signal.SIG_IGN)
@@ -152,6 +154,8 @@ class ChildLoop:
         elif signal.SIGUSR2 in signums and not self.stopping and not self.retiring:
             self.retiring = True
             self._begin_retire()
+        if signal.SIGUSR1 in signums:
+            self.draining = True
 
     def _pause_accepting(self, listener, callback, exc: OSError) -> None:
         """accept() failed for want of descriptors or memory. The listener

@@ -285,7 +285,7 @@ class Master:
             signal.set_wakeup_fd(-1)
             # Stop and retire signals that come before the loop runs are
             # kept for it; the master's own controls mean nothing here.
-            for sig in (signal.SIGTERM, signal.SIGUSR2):
+            for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
                 signal.signal(sig, loop.early_handler)
             for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
@@ -473,8 +473,8 @@ class Master:
         for child in self.children.values():
             if child.role == ACCEPTOR:
                 _kill(child.pid, signal.SIGUSR2 if retire else signal.SIGTERM)
-            elif retire:
-                _kill(child.pid, signal.SIGUSR2)
+            else:   # retire: stop taking workers; stop: /readyz says draining
+                _kill(child.pid, signal.SIGUSR2 if retire else signal.SIGUSR1)
 
     def _stop_progress(self, now: float) -> bool:
         """Advance the graceful stop; True when every child is gone."""
