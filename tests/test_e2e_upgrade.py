@@ -6,8 +6,12 @@ version proves that the new code (not a fork of the old) serves.
 """
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import os
 import signal
+import socket
 import time
 
 import pytest
@@ -149,4 +153,71 @@ def test_sighup_reloads_the_configuration(tmp_path, adopt):
         c.close()
     finally:
         worker.stop()
+    finish(s, before)
+
+
+def _pull(host, port) -> str:
+    c = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        c.request("GET", "/api/v1/request")
+        r = c.getresponse()
+        assert r.status == 200
+        return json.loads(r.read())["identifier"]
+    finally:
+        c.close()
+
+
+def _answer(ident: str, text: bytes) -> bytes:
+    return json.dumps({"identifier": ident, "code": 200,
+                       "body": base64.b64encode(text).decode()}).encode()
+
+
+def test_responses_reach_their_generation_whichever_api_process_gets_them(tmp_path, adopt):
+    """A worker that opens a connection per call may post to the other
+    generation's API process: the post is passed on, both ways."""
+    before = shm_entries()
+    code = code_copy(tmp_path / "code")
+    s = start_upgrading(tmp_path, code, api_poll_timeout=1, acceptors=1)
+    old_client = s.raw(timeout=20)
+    old_client.send(b"GET /old HTTP/1.1\r\nHost: x\r\n\r\n")
+    old_ident = _pull(s.api_host, s.api_port)
+    assert old_ident.startswith("0001")
+    old_master = s.master
+    old_dirs = set(os.listdir(s.runtime_dir))
+    mark = s.log_mark()
+    os.kill(old_master, signal.SIGUSR2)
+    s.wait_log(r"generation 2 \(pid \d+\) is ready; generation 1 .* retires", since=mark)
+    # The old generation waits for its last request; the new one serves.
+    [old_dir] = old_dirs
+    new_client = s.raw(timeout=20)
+    new_client.send(b"GET /new HTTP/1.1\r\nHost: x\r\n\r\n")
+    new_ident = _pull(s.api_host, s.api_port)
+    assert new_ident.startswith("0002")
+    # A generation-2 answer handed to generation 1's API process...
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(os.path.join(s.runtime_dir, old_dir, "worker.sock"))
+        body = _answer(new_ident, b"to the new one")
+        sock.sendall(b"POST /api/v1/response HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n%s" % (len(body), body))
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    r = new_client.read_response()
+    assert (r.status, r.body) == (200, b"to the new one")
+    # ...and a generation-1 answer posted on the shared port (only the new
+    # generation accepts there now).
+    c = http.client.HTTPConnection(s.api_host, s.api_port, timeout=10)
+    c.request("POST", "/api/v1/response", _answer(old_ident, b"to the old one"))
+    resp = c.getresponse()
+    assert resp.status == 200, resp.read()
+    resp.read()
+    c.close()
+    r = old_client.read_response()
+    assert (r.status, r.body) == (200, b"to the old one")
+    old_client.close()
+    new_client.close()
+    s.wait_log(r"\[%d\] prack.master: generation 1 retired" % old_master, since=mark)
+    assert s.proc.wait(10) == 0
     finish(s, before)

@@ -407,6 +407,8 @@ class ApiServer(ApiLifecycle, ChildLoop):
             self._reply(conn, 400, b'{"error":"identifier: malformed"}')
             return
         if not self._known(parsed):
+            if self._forward(conn, parsed[0], body):    # the other generation's
+                return
             self._reply(conn, 404, b'{"error":"identifier: unknown"}')
             return
         _, acceptor, slot, key = parsed

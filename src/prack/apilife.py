@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 
-from prack import __version__
+from prack import __version__, forward
 
 log = logging.getLogger("prack.api")
 
@@ -28,7 +29,51 @@ HEALTH_PATHS = frozenset({"/livez", "/readyz"})
 
 
 class ApiLifecycle:
-    """Mixed into ApiServer (which provides _reply, listener, links...)."""
+    """Mixed into ApiServer (which provides _reply, listener, links...).
+    The master sets, before run(): `forward_listener` (this generation's
+    worker.sock), `runtime_dir` and `predecessor_dir`."""
+
+    forward_listener = None
+    runtime_dir = ""
+    predecessor_dir = ""
+
+    def serve(self, status_fd: int, ready: bytes) -> int:
+        if self.forward_listener is not None:
+            self.forward_listener.setblocking(False)
+            self.sel.register(self.forward_listener, selectors.EVENT_READ,
+                              self._on_accept_forwarded)
+        return super().serve(status_fd, ready)
+
+    def _on_accept_forwarded(self, mask) -> None:
+        """A post passed on by the other generation's API process: served
+        like any worker connection."""
+        from prack import http
+        from prack.api import WorkerConn
+        try:
+            sock, _ = self.forward_listener.accept()
+        except OSError:
+            return
+        sock.setblocking(False)
+        conn = WorkerConn(sock, http.RequestReader(self.limits))
+        self.workers[sock.fileno()] = conn
+        self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _forward(self, conn, generation: int, body: bytes) -> bool:
+        """Pass a post for the previous or the next generation to its API
+        process; True when it is on its way (the answer is relayed)."""
+        if generation == (self.generation - 2) % 0xFFFF + 1:
+            target = self.predecessor_dir
+        elif generation == self.generation % 0xFFFF + 1:
+            target = forward.successor_dir(self.runtime_dir) if self.runtime_dir else None
+        else:
+            return False
+        if not target:
+            return False
+
+        def done(status: int, answer: bytes) -> None:
+            self._reply(conn, status, answer)
+        forward.Forward(self.sel, os.path.join(target, forward.SOCKET_NAME), body, done)
+        return True
 
     def _health(self, conn, req) -> None:
         if req.method not in ("GET", "HEAD"):

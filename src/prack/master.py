@@ -29,7 +29,7 @@ import tempfile
 import time
 
 # Imported here, before any fork, so the children share these pages.
-from prack import __version__, loop, sockets, upgrade
+from prack import __version__, forward, loop, sockets, upgrade
 from prack.acceptor import Acceptor
 from prack.api import ApiServer
 from prack.errors import StartupError
@@ -119,7 +119,7 @@ class Master:
         self.old_dir = inherited.retiring_dir
         self.old_phase = "waiting" if self.old else None
         self.old_deadline = 0.0
-        self.listener = self.api_listener = self.link_listener = None
+        self.listener = self.api_listener = self.link_listener = self.forward_listener = None
         self.segment = None
         self.runtime_dir = None
         self.own_runtime_dir = False
@@ -167,6 +167,10 @@ class Master:
         self.own_runtime_dir = True
         self.link_path = os.path.join(self.runtime_dir, "api.sock")
         self.link_listener = sockets.bind_unix(self.link_path, 128)
+        self.forward_listener = sockets.bind_unix(
+            os.path.join(self.runtime_dir, forward.SOCKET_NAME), 128)
+        if inh.predecessor_dir:
+            forward.announce_successor(inh.predecessor_dir, self.runtime_dir)
         try:
             self.segment = Segment.create(self.acceptors, cfg.server.max_connections,
                                           cfg.limits.ring_size)
@@ -212,7 +216,8 @@ class Master:
         if started:
             signal.set_wakeup_fd(-1)
             self.sel.close()
-        for sock in (self.listener, self.api_listener, self.link_listener):
+        for sock in (self.listener, self.api_listener, self.link_listener,
+                     self.forward_listener):
             if sock is not None:
                 sock.close()
         if self.segment is not None:
@@ -300,12 +305,16 @@ class Master:
             if role == ACCEPTOR:
                 self.api_listener.close()
                 self.link_listener.close()
+                self.forward_listener.close()
                 child = Acceptor(self.cfg, index, self.generation, self.listener, self.segment,
                                  self.link_path, self.status_w)
             else:
                 self.listener.close()
                 child = ApiServer(self.cfg, self.generation, self.api_listener,
                                   self.link_listener, self.segment, self.status_w)
+                child.forward_listener = self.forward_listener
+                child.runtime_dir = self.runtime_dir
+                child.predecessor_dir = self.inherited.predecessor_dir
             child.beat = self.heartbeats.beater(beat)
             code = child.run()
         except KeyboardInterrupt:
@@ -557,7 +566,7 @@ class Master:
         if acceptors is None and keep_count and self.acceptors != self.cfg.server.acceptors:
             acceptors = self.acceptors
         env = upgrade.successor_env({"public": self.listener, "api": self.api_listener},
-                                    generation, acceptors)
+                                    generation, acceptors, self.runtime_dir)
         argv = upgrade.command()
         if os.getpid() == 1:
             self._reexec_in_place(why, argv, env)

@@ -13,6 +13,9 @@ environment variables (read once, then removed from the environment):
 ``PRACK_ACCEPTORS``   the acceptor count to start with when it differs from
                       the configuration (SIGTTIN/SIGTTOU adjustments survive
                       a USR2 upgrade; SIGHUP goes back to the configuration).
+``PRACK_PREDECESSOR_DIR`` the old generation's runtime directory: its API
+                      process takes, on ``worker.sock``, the responses posted
+                      here for its identifiers (prack.forward).
 ``PRACK_RETIRING_CHILDREN`` and ``PRACK_RETIRING_RUNTIME_DIR``: only for a
                       re-exec in place (PID 1): the old generation's children
                       (``pid:role:index,...``), which the new image retires
@@ -39,8 +42,9 @@ ENV_GENERATION = "PRACK_GENERATION"
 ENV_ACCEPTORS = "PRACK_ACCEPTORS"
 ENV_RETIRING_CHILDREN = "PRACK_RETIRING_CHILDREN"
 ENV_RETIRING_DIR = "PRACK_RETIRING_RUNTIME_DIR"
+ENV_PREDECESSOR_DIR = "PRACK_PREDECESSOR_DIR"
 OUR_VARS = (ENV_LISTEN_FDS, ENV_UPGRADE_FD, ENV_GENERATION, ENV_ACCEPTORS,
-            ENV_RETIRING_CHILDREN, ENV_RETIRING_DIR)
+            ENV_RETIRING_CHILDREN, ENV_RETIRING_DIR, ENV_PREDECESSOR_DIR)
 SD_FIRST_FD = 3
 
 
@@ -54,6 +58,7 @@ class Inherited:
         self.acceptors: int | None = None
         self.retiring: list[tuple[int, str, int]] = []
         self.retiring_dir = ""
+        self.predecessor_dir = ""
 
     @classmethod
     def from_environment(cls, environ=os.environ) -> "Inherited":
@@ -81,6 +86,7 @@ class Inherited:
             pid, role, index = item.split(":")
             self.retiring.append((int(pid), role, int(index)))
         self.retiring_dir = environ.get(ENV_RETIRING_DIR, "")
+        self.predecessor_dir = environ.get(ENV_PREDECESSOR_DIR, "") or self.retiring_dir
         if environ is os.environ:
             global _current
             _current = self
@@ -149,8 +155,9 @@ def command() -> list[str]:
 
 
 def successor_env(listeners: dict[str, socket.socket], generation: int,
-                  acceptors: int | None) -> dict[str, str]:
+                  acceptors: int | None, runtime_dir: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in OUR_VARS}
+    env[ENV_PREDECESSOR_DIR] = runtime_dir
     env[ENV_LISTEN_FDS] = ",".join("%s:%d" % (name, sock.fileno())
                                    for name, sock in listeners.items())
     env[ENV_GENERATION] = str(generation)
