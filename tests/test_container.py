@@ -123,24 +123,36 @@ def test_compose_front_and_scalable_worker():
 UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
 
 
-def _can_unshare() -> str | None:
-    try:
-        out = subprocess.run(UNSHARE + ["true"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return str(exc)
-    return None if out.returncode == 0 else out.stderr.strip()
+# Without root, a user namespace can grant what the PID namespace needs.
+AS_USER = ["--user", "--map-root-user"]
+
+
+def _unshare() -> tuple[list[str] | None, str]:
+    """The unshare command that works here (None and the reason if none)."""
+    why = ""
+    for cmd in (UNSHARE, UNSHARE[:1] + AS_USER + UNSHARE[1:]):
+        try:
+            out = subprocess.run(cmd + ["true"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return None, str(exc)
+        if out.returncode == 0:
+            return cmd, ""
+        why = out.stderr.strip()
+    return None, why
 
 
 @pytest.fixture
 def pid1_server(start_server, monkeypatch):
-    why = _can_unshare()
-    if why is not None:
+    cmd, why = _unshare()
+    if cmd is None:
         pytest.skip("cannot make a PID namespace here: %s" % why)
     plain = conftest.prack_command
-    monkeypatch.setattr(conftest, "prack_command", lambda: UNSHARE + plain())
+    monkeypatch.setattr(conftest, "prack_command", lambda: cmd + plain())
 
     def start(*flags, **settings):
         s = start_server(*flags, **settings)
+        s.nsenter = ["nsenter", "--preserve-credentials", "-U"] if "--user" in cmd \
+            else ["nsenter"]
         [s.master_host_pid] = s.children()      # unshare's only child
         stop = s.stop
 
@@ -185,8 +197,8 @@ def test_pid1_reaps_orphans_and_drains_on_sigterm(pid1_server):
         assert len(own) == 3
         # An orphan in the namespace is re-parented to PID 1, which must reap
         # it when it exits (or it stays a zombie for as long as we run).
-        subprocess.run(["nsenter", "-t", str(master), "-p", "-m", "--", "sh", "-c",
-                        "sleep 1 & exit 0"], check=True, timeout=10)
+        subprocess.run(s.nsenter + ["-t", str(master), "-p", "-m", "--", "sh", "-c",
+                                    "sleep 1 & exit 0"], check=True, timeout=10)
         wait_until(lambda: len(set(children_of(master)) - own) == 1, 5, "the orphan")
         [orphan] = set(children_of(master)) - own
         wait_until(lambda: orphan not in children_of(master), 10, "the orphan to be reaped")

@@ -10,6 +10,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -17,6 +18,7 @@ import time
 import pytest
 
 from conftest import shm_entries
+from test_container import children_of
 from upgrade_helpers import (EchoWorker, Load, code_copy, livez, reap, set_subreaper,
                              set_version, start_upgrading)
 
@@ -220,4 +222,32 @@ def test_responses_reach_their_generation_whichever_api_process_gets_them(tmp_pa
     new_client.close()
     s.wait_log(r"\[%d\] prack.master: generation 1 retired" % old_master, since=mark)
     assert s.proc.wait(10) == 0
+    finish(s, before)
+
+
+def test_ttin_without_a_spare_ring_starts_a_bigger_generation(tmp_path, adopt):
+    """The rings are fixed per generation: SIGTTIN grows the server through a
+    new generation; SIGUSR2 keeps the count, SIGHUP goes back to the file."""
+    before = shm_entries()
+    code = code_copy(tmp_path / "code")
+    config = tmp_path / "prack.toml"
+    config.write_text("[server]\nacceptors = 1\n")
+    s = start_upgrading(tmp_path, code, "-c", str(config), api_poll_timeout=1, acceptors=1)
+    worker = EchoWorker(s.api_host, s.api_port)
+    try:
+        pid, generation, _ = s.upgrade(signal.SIGTTIN)
+        assert generation == 2
+        assert re.search(r"acceptors=2 pid=%d " % pid, s.wait_log(r"ready: .*pid=%d " % pid))
+        assert len(children_of(pid)) == 3
+        pid, generation, _ = s.upgrade(signal.SIGUSR2)
+        assert len(children_of(pid)) == 3
+        pid, generation, _ = s.upgrade(signal.SIGHUP)
+        assert generation == 4 and len(children_of(pid)) == 2
+        c = s.client()
+        c.request("GET", "/grown")
+        r = c.getresponse()
+        assert r.status == 200 and r.read() == b"/grown|"
+        c.close()
+    finally:
+        worker.stop()
     finish(s, before)
