@@ -69,8 +69,13 @@ def test_acceptor_kill9_under_load_fails_only_its_connections(start_server):
 
 
 def test_api_kill9_under_load_loses_no_queued_request(start_server):
+    """Requests waiting in the rings survive the API process: every one is
+    answered. Delivery is at most once, so an answer that was inside the
+    dying process (the worker's POST was accepted, the frame to the acceptor
+    not yet sent) can be lost: the worker's retry is then refused. Only
+    those may fail, and the test counts them."""
     s = start_server("--log-level", "debug", api_poll_timeout=1, acceptors=2,
-                     timeouts_response_timeout=5)
+                     timeouts_response_timeout=3)
     workers = [EchoWorker(s.api_host, s.api_port) for _ in range(3)]
     load = start_load(s, keepalive=4, fresh=2)
     try:
@@ -84,10 +89,14 @@ def test_api_kill9_under_load_loses_no_queued_request(start_server):
         load.stop()
         for w in workers:
             w.stop()
-    print("\nAPI kill -9: %d ok, %d failed; respawned in %.3fs; post retries %d"
-          % (load.ok, len(load.failures), took, sum(w.post_retries for w in workers)))
+    in_transit = {path for w in workers for path in w.lost_posts}
+    print("\nAPI kill -9: %d ok, %d failed (answers lost in transit: %d); respawned in %.3fs; "
+          "worker posts retried: %s" % (load.ok, len(load.failures), len(in_transit), took,
+                                         [st for w in workers for st in w.retry_statuses]))
     assert took < 1.0
-    assert load.failures == [], "\n".join(load.failures)
+    lost = [f for f, p in zip(load.failures, load.failed_paths) if p not in in_transit]
+    assert lost == [], "\n".join(lost)
+    assert len(in_transit) <= len(workers)
 
 
 @pytest.mark.parametrize("role", ["acceptor", "api"])

@@ -137,6 +137,8 @@ class EchoWorker:
         self.host, self.port, self.app = host, port, app
         self.handled = 0
         self.post_retries = 0
+        self.retry_statuses: list[int] = []
+        self.lost_posts: list[str] = []        # paths whose answer died in transit
         self._stop = threading.Event()
         self._conn = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -188,7 +190,10 @@ class EchoWorker:
                     conn.close()
                     self.post_retries += 1
                     conn = self._connect()
-                    self._post(conn, msg)
+                    status = self._post(conn, msg)
+                    self.retry_statuses.append(status)
+                    if status != 200:
+                        self.lost_posts.append(job["environment"]["PATH_INFO"])
                 self.handled += 1
             except (OSError, http.client.HTTPException):
                 if conn is not None:
@@ -212,6 +217,7 @@ class Load:
         self.ok = 0
         self.failures: list[str] = []
         self.failed: list[tuple[str, int | None]] = []
+        self.failed_paths: list[str] = []
         self.by_acceptor: dict[int, int] = {}
         self.lock = threading.Lock()
         self._stop = threading.Event()
@@ -235,7 +241,7 @@ class Load:
         return int(resp.getheader("X-Acceptor", "-1"))
 
     def _record(self, acceptor: int | None, failure: str | None, kind: str = "",
-                last: int | None = None) -> None:
+                last: int | None = None, path: str = "") -> None:
         """A success (served by `acceptor`), or a failure: `kind` is
         "keep-alive" or "fresh", `last` the acceptor that served this
         keep-alive connection's previous request (None: none yet)."""
@@ -246,6 +252,7 @@ class Load:
             else:
                 self.failures.append(failure)
                 self.failed.append((kind, last))
+                self.failed_paths.append(path)
 
     def _keepalive(self, cid: int) -> None:
         conn = None
@@ -264,7 +271,7 @@ class Load:
                 last = acc
             except Exception as exc:    # noqa: BLE001 - every failure is counted
                 self._record(None, "keep-alive %d #%d (acceptor %s): %r" % (cid, n, last, exc),
-                             "keep-alive", last)
+                             "keep-alive", last, path)
                 conn.close()
                 conn = None
         if conn is not None:
@@ -281,7 +288,7 @@ class Load:
                 acc = self._check("fresh %d #%d" % (cid, n), conn.getresponse(), path, body)
                 self._record(acc, None)
             except Exception as exc:    # noqa: BLE001
-                self._record(None, "fresh %d #%d: %r" % (cid, n, exc), "fresh")
+                self._record(None, "fresh %d #%d: %r" % (cid, n, exc), "fresh", None, path)
             finally:
                 conn.close()
 

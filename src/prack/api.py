@@ -183,6 +183,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
                     link.index = index
                     self.links[index] = link
                     log.debug("acceptor %d (pid %d) linked", index, pid)
+                    self._replay_held(index)
                     woken = True
         del buf[:consumed]
         if woken:
@@ -419,6 +420,8 @@ class ApiServer(ApiLifecycle, ChildLoop):
             return
         link = self.links[acceptor]
         if word & 3 == SLOT_GONE or link is None:
+            if word & 3 != SLOT_GONE and self._hold_until_linked(conn, acceptor, body):
+                return      # the acceptor is reconnecting (we are a new API process)
             self._reply(conn, 410, b'{"error":"the client has gone"}')
             return
         try:

@@ -20,12 +20,14 @@ from __future__ import annotations
 import logging
 import os
 import selectors
+import time
 
 from prack import __version__, forward
 
 log = logging.getLogger("prack.api")
 
 HEALTH_PATHS = frozenset({"/livez", "/readyz"})
+HOLD_SECONDS = 3.0     # how long a post waits for its acceptor to (re)link
 
 
 class ApiLifecycle:
@@ -36,6 +38,43 @@ class ApiLifecycle:
     forward_listener = None
     runtime_dir = ""
     predecessor_dir = ""
+    held = None        # acceptor index -> [(conn, body, deadline)]
+
+    # -- posts that arrive before their acceptor has linked ------------------------
+    # A new API process (the old one died) is linked to each acceptor only
+    # once that acceptor has reconnected and said HELLO, a few milliseconds
+    # after the restart. A worker that re-posts its answer at once (its POST
+    # died with the old process) must not be told "gone" meanwhile: the post
+    # waits, up to HOLD_SECONDS, and is handled again when the link is there.
+
+    def _hold_until_linked(self, conn, acceptor: int, body: bytes) -> bool:
+        if self.stopping:
+            return False
+        if self.held is None:
+            self.held = {}
+        self.held.setdefault(acceptor, []).append(
+            (conn, body, time.monotonic() + HOLD_SECONDS))
+        return True
+
+    def _replay_held(self, acceptor: int) -> None:
+        if not self.held:
+            return
+        for conn, body, _ in self.held.pop(acceptor, ()):
+            if conn.sock is not None:
+                self._post_response(conn, body)
+
+    def _housekeeping(self, now: float) -> None:
+        if not self.held:
+            return
+        for acceptor, posts in list(self.held.items()):
+            keep = [p for p in posts if p[2] > now and p[0].sock is not None]
+            for conn, _, deadline in posts:
+                if deadline <= now and conn.sock is not None:
+                    self._reply(conn, 410, b'{"error":"the client has gone"}')
+            if keep:
+                self.held[acceptor] = keep
+            else:
+                del self.held[acceptor]
 
     def serve(self, status_fd: int, ready: bytes) -> int:
         if self.forward_listener is not None:

@@ -133,6 +133,7 @@ class ChildLoop:
                     log.warning("%s: the master has gone; stopping", self.what)
                     self._begin_stop()
                 self._scan(now)
+                self._housekeeping(now)
                 if self.stopping and now >= self.stop_deadline:
                     self._finish()
                     return
@@ -180,6 +181,9 @@ class ChildLoop:
     # hooks
     def _scan(self, now: float) -> None:
         """Housekeeping: deadlines."""
+
+    def _housekeeping(self, now: float) -> None:
+        """More housekeeping, for mixins (the API process's held posts)."""
 
     def _begin_stop(self) -> None:
         self.stopping = True
