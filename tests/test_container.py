@@ -9,7 +9,6 @@ import json
 import os
 import pathlib
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import yaml
 
 import conftest
 from conftest import prack_command, shm_entries
-from upgrade_helpers import EchoWorker, wait_until
+from upgrade_helpers import EchoWorker, children_of, state, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -165,22 +164,6 @@ def pid1_server(start_server, monkeypatch):
         s.stop = stop_master
         return s
     return start
-
-
-def children_of(pid: int) -> list[int]:
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            return [int(p) for p in f.read().split()]
-    except FileNotFoundError:
-        return []
-
-
-def state(pid: int) -> str:
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return "gone"
 
 
 def test_pid1_reaps_orphans_and_drains_on_sigterm(pid1_server):

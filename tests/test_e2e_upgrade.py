@@ -18,9 +18,8 @@ import time
 import pytest
 
 from conftest import shm_entries
-from test_container import children_of
-from upgrade_helpers import (EchoWorker, Load, code_copy, livez, reap, set_subreaper,
-                             set_version, start_upgrading)
+from upgrade_helpers import (EchoWorker, Load, children_of, code_copy, livez, reap,
+                             set_subreaper, set_version, start_upgrading)
 
 UPGRADES = 10
 

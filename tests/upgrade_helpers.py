@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 
-from conftest import Server, shm_entries
+from conftest import Server
 
 READY_PID = re.compile(r"ready: .* pid=(\d+) generation=(\d+) version=(\S+)")
 PR_SET_CHILD_SUBREAPER = 36
@@ -297,6 +297,22 @@ class Load:
         for t in self.threads:
             t.join(self.timeout + 5)
         assert not any(t.is_alive() for t in self.threads), "a load thread hangs"
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def state(pid: int) -> str:
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
 
 
 def log_time(line: str) -> float:

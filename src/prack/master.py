@@ -383,7 +383,12 @@ class Master:
                 if self.successor.reason:
                     reason += ": " + self.successor.reason
                 self._upgrade_failed(reason)
-            # else: not ours (PID 1 duty, or a retired upgrade's process): reaped
+            elif pid == self.successor_pid:
+                # We retire for it and cannot take the listeners back: say so
+                # loudly (a supervisor must restart the server).
+                log.error("the new generation's master (pid %d) %s while generation %d "
+                          "retires", pid, _describe_status(status), self.generation)
+            # else: not ours (PID 1 duty): just reaped
 
     def _child_exited(self, child: Child, status: int) -> None:
         ident = (child.role, child.index)
@@ -648,7 +653,8 @@ class Master:
         ours and are retired by the new image once its own are ready."""
         check_env = {k: v for k, v in env.items() if k not in upgrade.OUR_VARS}
         try:
-            out = subprocess.run(argv + ["--check"], env=check_env, stdin=subprocess.DEVNULL,
+            out = subprocess.run(argv + ["--check"], executable=sys.executable, env=check_env,
+                                 stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  text=True, timeout=UPGRADE_TIMEOUT)
             failed = out.returncode != 0
