@@ -13,11 +13,13 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import shm_entries
+from conftest import prack_command, shm_entries
 from upgrade_helpers import (EchoWorker, Load, children_of, code_copy, livez, reap,
                              set_subreaper, set_version, start_upgrading)
 
@@ -94,10 +96,17 @@ def test_broken_new_generation_leaves_the_old_one_serving(tmp_path, adopt):
     code = code_copy(tmp_path / "code")
     config = tmp_path / "prack.toml"
     config.write_text("[server]\nserver_header = \"Prack\"\n")
-    s = start_upgrading(tmp_path, code, "-c", str(config), api_poll_timeout=1, acceptors=1)
+    pidfile = tmp_path / "prack.pid"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(10)
+    s = start_upgrading(tmp_path, code, "-c", str(config), api_poll_timeout=1, acceptors=1,
+                        server_pidfile=pidfile, NOTIFY_SOCKET=tmp_path / "notify.sock")
     worker = EchoWorker(s.api_host, s.api_port)
     try:
         master = s.master
+        assert "MAINPID=%d" % master in notify.recv(4096).decode().split("\n")
+        assert pidfile.read_text() == "%d\n" % master
         # A configuration error...
         config.write_text("[server]\nacceptors = \"many\"\n")
         mark = s.log_mark()
@@ -113,8 +122,12 @@ def test_broken_new_generation_leaves_the_old_one_serving(tmp_path, adopt):
         line = s.wait_log(r"upgrade failed", since=mark)
         assert "exited with code 1" in line, line
         s.wait_log(r"deploy broke this module", since=mark)
-        # The old generation serves on, and a fixed deploy goes through.
+        # The old generation serves on (and is still the one the pidfile
+        # and systemd know), and a fixed deploy goes through.
         assert livez(s)["pid"] == master and s.master == master
+        assert pidfile.read_text() == "%d\n" % master
+        assert not os.path.exists(str(pidfile) + ".oldbin")
+        assert [notify.recv(4096) for _ in range(4)] == [b"RELOADING=1", b"READY=1"] * 2
         c = s.client()
         c.request("GET", "/still")
         r = c.getresponse()
@@ -126,9 +139,16 @@ def test_broken_new_generation_leaves_the_old_one_serving(tmp_path, adopt):
             f.write(text.replace("\nraise ImportError('deploy broke this module')\n", ""))
         pid, generation, _ = s.upgrade()
         assert generation == 2 and livez(s)["pid"] == pid
+        assert notify.recv(4096) == b"RELOADING=1"
+        assert "MAINPID=%d" % pid in notify.recv(4096).decode().split("\n")
+        assert pidfile.read_text() == "%d\n" % pid
+        assert not os.path.exists(str(pidfile) + ".oldbin")
     finally:
         worker.stop()
     finish(s, before)
+    assert notify.recv(4096) == b"STOPPING=1"
+    notify.close()
+    assert not pidfile.exists()
 
 
 def test_sighup_reloads_the_configuration(tmp_path, adopt):
@@ -247,6 +267,88 @@ def test_ttin_without_a_spare_ring_starts_a_bigger_generation(tmp_path, adopt):
         r = c.getresponse()
         assert r.status == 200 and r.read() == b"/grown|"
         c.close()
+    finally:
+        worker.stop()
+    finish(s, before)
+
+
+def test_systemd_socket_activation(tmp_path):
+    """LISTEN_FDS/LISTEN_PID (fds from 3, named by LISTEN_FDNAMES): the
+    server binds nothing itself and serves on the sockets it was given."""
+    before = shm_entries()
+    api = socket.create_server(("127.0.0.1", 0))
+    public = socket.create_server(("127.0.0.1", 0))
+    # A launcher in the role of systemd; api first, to check the names count.
+    launcher = ("import os, sys; os.dup2(%d, 3); os.dup2(%d, 4); "
+                "os.environ.update(LISTEN_FDS='2', LISTEN_FDNAMES='api:public', "
+                "LISTEN_PID=str(os.getpid())); os.execv(sys.executable, [sys.executable] + sys.argv[1:])"
+                % (api.fileno(), public.fileno()))
+    command = prack_command()
+    if command[0] == sys.executable:
+        command = command[1:]
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRACK_")}
+    env["PRACK_SERVER_RUNTIME_DIR"] = str(runtime)
+    # Addresses nobody could bind (port 1): only the given sockets can serve.
+    proc = subprocess.Popen([sys.executable, "-c", launcher] + command +
+                            ["-b", "127.0.0.1:1", "--api-bind", "127.0.0.1:1", "-a", "1"],
+                            env=env, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, pass_fds=(api.fileno(), public.fileno()))
+    api_port, public_port = api.getsockname()[1], public.getsockname()[1]
+    api.close()
+    public.close()
+    log = []
+    try:
+        for line in proc.stderr:        # bounded: the server exits on error
+            log.append(line)
+            if "ready:" in line:
+                break
+        assert "ready: public=http://127.0.0.1:%d api=http://127.0.0.1:%d " % (
+            public_port, api_port) in log[-1], log
+        worker = EchoWorker("127.0.0.1", api_port)
+        c = http.client.HTTPConnection("127.0.0.1", public_port, timeout=10)
+        c.request("GET", "/activated")
+        r = c.getresponse()
+        assert r.status == 200 and r.read() == b"/activated|"
+        c.close()
+        worker.stop()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        log += proc.stderr.readlines()
+        proc.stderr.close()
+    assert not any("Traceback" in line for line in log), log
+    assert os.listdir(runtime) == []
+    assert shm_entries() <= before
+
+
+def test_sighup_with_a_new_port_binds_it(tmp_path, adopt):
+    """A listener is inherited only while the configured port still matches;
+    a changed port is bound by the new generation (and the old one closes)."""
+    before = shm_entries()
+    code = code_copy(tmp_path / "code")
+    config = tmp_path / "prack.toml"
+    config.write_text("[server]\nbind = \"127.0.0.1:0\"\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    s = start_upgrading(tmp_path, code, "-c", str(config), public_flag=False,
+                        api_poll_timeout=1, acceptors=1)
+    worker = EchoWorker(s.api_host, s.api_port)
+    try:
+        old_port = s.port
+        config.write_text("[server]\nbind = \"127.0.0.1:%d\"\n" % free)
+        mark = s.log_mark()
+        s.upgrade(signal.SIGHUP)
+        s.wait_log(r"ready: public=http://127.0.0.1:%d " % free, since=mark)
+        c = http.client.HTTPConnection("127.0.0.1", free, timeout=10)
+        c.request("GET", "/moved")
+        r = c.getresponse()
+        assert r.status == 200 and r.read() == b"/moved|"
+        c.close()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", old_port), timeout=5).close()
     finally:
         worker.stop()
     finish(s, before)

@@ -330,13 +330,18 @@ def wait_until(predicate, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def start_upgrading(base, code_dir: str, *flags, acceptors=2, **settings) -> UpgradingServer:
+def start_upgrading(base, code_dir: str, *flags, acceptors=2, public_flag=True,
+                    **settings) -> UpgradingServer:
+    """`public_flag=False` leaves -b out (the public address then comes from
+    the configuration file, which an upgrade reads again)."""
     runtime = base / "run"
     runtime.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRACK_")}
     env["PRACK_SERVER_RUNTIME_DIR"] = str(runtime)
     env["PYTHONPATH"] = code_dir
     for key, value in settings.items():
-        env["PRACK_" + key.upper()] = str(value)
-    args = ["-b", "127.0.0.1:0", "--api-bind", "127.0.0.1:0", "-a", str(acceptors), *flags]
+        env[key if key.isupper() else "PRACK_" + key.upper()] = str(value)
+    args = ["--api-bind", "127.0.0.1:0", "-a", str(acceptors), *flags]
+    if public_flag:
+        args = ["-b", "127.0.0.1:0"] + args
     return UpgradingServer(args, env, str(runtime))

@@ -53,6 +53,7 @@ class Inherited:
 
     def __init__(self) -> None:
         self.listeners: dict[str, socket.socket] = {}
+        self.from_systemd = False
         self.upgrade_fd: int | None = None
         self.generation = 1
         self.acceptors: int | None = None
@@ -75,6 +76,7 @@ class Inherited:
                     ("public", "api")[i] if i < 2 else ""
                 if name:
                     self.listeners[name] = _listener(SD_FIRST_FD + i)
+                    self.from_systemd = True
         if environ.get(ENV_UPGRADE_FD):
             self.upgrade_fd = int(environ[ENV_UPGRADE_FD])
             os.set_inheritable(self.upgrade_fd, False)
@@ -97,13 +99,17 @@ class Inherited:
         return self
 
     def listener(self, name: str, address: str) -> socket.socket | None:
-        """The inherited socket for `name` if it still matches the configured
-        address (a changed port means: bind the new one, drop the old)."""
+        """The inherited socket for `name`. From a predecessor, only if it
+        still matches the configured port (a changed port means: bind the new
+        one, drop the old); from systemd, always."""
         sock = self.listeners.pop(name, None)
         if sock is None:
             return None
         _, port = parse_address(address)
-        if port and sock.family != socket.AF_UNIX and sock.getsockname()[1] != port:
+        if self.from_systemd:
+            # The socket unit decides the address: ours is only a default.
+            pass
+        elif port and sock.family != socket.AF_UNIX and sock.getsockname()[1] != port:
             log.info("%s: the configured address %s differs from the inherited socket %s; "
                      "binding the new one", name, address, sock.getsockname())
             sock.close()
