@@ -352,3 +352,42 @@ def test_sighup_with_a_new_port_binds_it(tmp_path, adopt):
     finally:
         worker.stop()
     finish(s, before)
+
+
+def test_in_place_reexec_keeps_the_pid_under_load(tmp_path):
+    """server.reexec = in-place (what PID 1 does by itself): the master execs
+    the new code over itself, keeps its PID, and retires and reaps the old
+    children once its own are ready; nothing fails meanwhile."""
+    before = shm_entries()
+    code = code_copy(tmp_path / "code")
+    s = start_upgrading(tmp_path, code, api_poll_timeout=1, acceptors=2,
+                        server_reexec="in-place")
+    workers = [EchoWorker(s.api_host, s.api_port) for _ in range(2)]
+    load = Load(s.host, s.port, keepalive=3, fresh=1, max_seconds=60)
+    try:
+        for i in (1, 2):
+            set_version(code, "0.1.0+inplace%d" % i)
+            old = set(children_of(s.pid))
+            mark = s.log_mark()
+            s.proc.send_signal(signal.SIGUSR2)
+            s.wait_log(r"re-executing in place \(pid %d stays\)" % s.pid, since=mark)
+            s.wait_log(r"ready: .* pid=%d generation=%d version=0.1.0\+inplace%d"
+                       % (s.pid, i + 1, i), since=mark)
+            s.wait_log(r"the previous generation has retired", since=mark)
+            assert livez(s)["version"] == "0.1.0+inplace%d" % i
+            assert not set(children_of(s.pid)) & old
+            assert s.proc.poll() is None
+            ok = load.ok
+            deadline = time.monotonic() + 10
+            while load.ok < ok + 20 and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        load.stop()
+        for w in workers:
+            w.stop()
+    print("\nin-place re-exec x2: %d ok, %d failed" % (load.ok, len(load.failures)))
+    assert load.failures == [], "\n".join(load.failures)
+    assert s.stop() == 0
+    s.assert_clean()
+    assert not any("Traceback" in line for line in s.log)
+    assert shm_entries() <= before

@@ -187,6 +187,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Children beat about once a second, so keep it well above that.",
         min=2, max=3600,
     ),
+    Setting(
+        "server", "reexec", "choice", "auto",
+        "How SIGUSR2/SIGHUP start the new generation: spawn (a new master "
+        "process, which reports ready before the old one retires), in-place "
+        "(the master execs itself and keeps its PID: for a container's init "
+        "behind tini, or a service manager that must keep tracking one PID), "
+        "auto (in-place when the master is PID 1, else spawn).",
+        choices=("auto", "spawn", "in-place"),
+    ),
     # -- api -------------------------------------------------------------
     Setting(
         "api", "bind", "address", "127.0.0.1:4242",

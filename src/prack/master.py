@@ -573,7 +573,8 @@ class Master:
         env = upgrade.successor_env({"public": self.listener, "api": self.api_listener},
                                     generation, acceptors, self.runtime_dir)
         argv = upgrade.command()
-        if os.getpid() == 1:
+        mode = self.cfg.server.reexec
+        if mode == "in-place" or (mode == "auto" and os.getpid() == 1):
             self._reexec_in_place(why, argv, env)
             return
         pipe_r, pipe_w = os.pipe()
@@ -648,7 +649,8 @@ class Master:
 
     def _reexec_in_place(self, why: str, argv: list[str], env: dict[str, str]) -> None:
         """PID 1 (a container's init) cannot hand over to another PID: its
-        exit would stop the container. Check the new code and configuration
+        exit would stop the container (server.reexec = "in-place" asks for
+        the same elsewhere). Check the new code and configuration
         in a subprocess first, then exec over ourselves; the children stay
         ours and are retired by the new image once its own are ready."""
         check_env = {k: v for k, v in env.items() if k not in upgrade.OUR_VARS}
