@@ -671,6 +671,7 @@ class Master:
         env[upgrade.ENV_RETIRING_CHILDREN] = ",".join(
             "%d:%s:%d" % (c.pid, c.role, c.index) for c in self.children.values())
         env[upgrade.ENV_RETIRING_DIR] = self.runtime_dir
+        sd_notify("RELOADING=1")
         log.info("%s: re-executing in place (pid %d stays): generation %d: %s", why,
                  os.getpid(), int(env[upgrade.ENV_GENERATION]), " ".join(argv))
         for handler in logging.getLogger("prack").handlers:
