@@ -338,6 +338,20 @@ def test_sighup_with_a_new_port_binds_it(tmp_path, adopt):
     worker = EchoWorker(s.api_host, s.api_port)
     try:
         old_port = s.port
+        # A port someone else holds: the new generation cannot start.
+        with socket.create_server(("127.0.0.1", 0)) as taken:
+            busy = taken.getsockname()[1]
+            config.write_text("[server]\nbind = \"127.0.0.1:%d\"\n" % busy)
+            mark = s.log_mark()
+            s.proc.send_signal(signal.SIGHUP)
+            line = s.wait_log(r"upgrade failed", since=mark)
+        assert "server.bind 127.0.0.1:%d: cannot listen" % busy in line, line
+        assert "generation 1 keeps serving" in line
+        c = http.client.HTTPConnection("127.0.0.1", old_port, timeout=10)
+        c.request("GET", "/stays")
+        r = c.getresponse()
+        assert r.status == 200 and r.read() == b"/stays|"
+        c.close()
         config.write_text("[server]\nbind = \"127.0.0.1:%d\"\n" % free)
         mark = s.log_mark()
         s.upgrade(signal.SIGHUP)
