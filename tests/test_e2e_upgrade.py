@@ -405,3 +405,57 @@ def test_in_place_reexec_keeps_the_pid_under_load(tmp_path):
     s.assert_clean()
     assert not any("Traceback" in line for line in s.log)
     assert shm_entries() <= before
+
+
+# -- the hand-over contract, unit by unit ------------------------------------------
+
+def test_inherited_contract_from_a_predecessor():
+    from prack import upgrade
+    a, b = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+    r, w = os.pipe()
+    env = {upgrade.ENV_LISTEN_FDS: "public:%d,api:%d" % (a.detach(), b.detach()),
+           upgrade.ENV_UPGRADE_FD: str(w), upgrade.ENV_GENERATION: "7",
+           upgrade.ENV_ACCEPTORS: "3", upgrade.ENV_PREDECESSOR_DIR: "/run/old"}
+    inh = upgrade.Inherited.from_environment(env)
+    try:
+        assert (inh.generation, inh.acceptors, inh.predecessor_dir) == (7, 3, "/run/old")
+        public = inh.listener("public", "127.0.0.1:0")
+        port = public.getsockname()[1]
+        # A changed port is bound anew: the inherited socket is dropped.
+        assert inh.listener("api", "127.0.0.1:1") is None
+        inh.report("ready 42")
+        inh.report("ready again")          # once only
+        assert os.read(r, 100) == b"ready 42\n"
+        assert os.read(r, 100) == b""      # the write end is closed
+        assert port and upgrade.next_generation(0xFFFF) == 1
+    finally:
+        public.close()
+        inh.close_unused()
+        os.close(r)
+
+
+def test_inherited_contract_from_systemd():
+    from prack import upgrade
+    env = {"LISTEN_PID": "1", "LISTEN_FDS": "2"}     # not for us: ignored
+    assert upgrade.Inherited.from_environment(env).listeners == {}
+    env = {}
+    inh = upgrade.Inherited.from_environment(env)
+    assert (inh.generation, inh.acceptors, inh.upgrade_fd) == (1, None, None)
+
+
+def test_pidfile_renames(tmp_path):
+    from prack.notify import Pidfile
+    path = tmp_path / "p.pid"
+    pf = Pidfile(str(path))
+    pf.write()
+    assert path.read_text() == "%d\n" % os.getpid()
+    pf.to_old()
+    assert not path.exists() and (tmp_path / "p.pid.oldbin").exists()
+    pf.from_old()
+    assert path.exists() and not (tmp_path / "p.pid.oldbin").exists()
+    path.write_text("1\n")                 # another master's file: left alone
+    pf.remove()
+    assert path.read_text() == "1\n"
+    pf.write()
+    pf.remove()
+    assert list(tmp_path.iterdir()) == []
