@@ -130,17 +130,30 @@ def test_sigint_stops_gracefully(start_server, worker_factory):
     s.wait_log(r"prack.master: stopped")
 
 
-def test_unsupported_signals_are_ignored(start_server, worker_factory):
-    s = start_server(api_poll_timeout=1)
+def test_ttou_and_ttin_remove_and_add_an_acceptor(start_server, worker_factory):
+    s = start_server("--log-level", "debug", api_poll_timeout=1, acceptors=2)
     worker_factory(s.api)
-    for sig in (signal.SIGHUP, signal.SIGUSR2):
-        s.proc.send_signal(sig)
-        s.wait_log(r"signal %s is not supported yet; ignored" % sig.name)
+    last = s.pids("acceptor", 1)[0]
+    mark = s.log_mark()
+    s.proc.send_signal(signal.SIGTTOU)
+    s.wait_log(r"SIGTTOU: stopping acceptor 1 gracefully \(1 acceptors left\)", since=mark)
+    s.wait_log(r"acceptor 1 \(pid %d\) exited with code 0 \(removed by SIGTTOU\)" % last,
+               since=mark)
+    assert last not in s.children() and len(s.children()) == 2
     c = s.client()
-    c.request("GET", "/still-here")
-    r = c.getresponse()
-    assert r.status == 200 and b"/still-here" in r.read()
+    c.request("GET", "/fewer")
+    assert b"/fewer" in c.getresponse().read()
+    s.proc.send_signal(signal.SIGTTOU)          # one acceptor is the floor
+    s.wait_log(r"SIGTTOU: one acceptor is the fewest; ignored", since=mark)
+    # The ring of acceptor 1 is still there: SIGTTIN starts one in place.
+    s.proc.send_signal(signal.SIGTTIN)
+    s.wait_log(r"SIGTTIN: acceptor 1 added \(2 acceptors\)", since=mark)
+    s.wait_log(r"acceptor 1 ready \(pid (?!%d\))" % last, since=mark)
     assert len(s.children()) == 3
+    for i in range(4):
+        c = s.client()
+        c.request("GET", "/more/%d" % i)
+        assert b"/more/%d" % i in c.getresponse().read()
 
 
 # -- children that die -----------------------------------------------------------------

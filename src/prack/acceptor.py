@@ -35,6 +35,7 @@ READING, QUEUED, TAKEN, WRITING, LINGER = range(5)
 
 LINGER_SECONDS = 2.0      # drain time after an error before closing (RFC 9112 9.6)
 LINGER_MAX_BYTES = 1 << 20
+RETIRE_IDLE_GRACE = 1.0   # an idle keep-alive connection's last chance when retiring
 RECV_SIZE = 65536
 BODY_RATE_GRACE = 5.0     # seconds of body before min_body_rate is enforced
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -156,9 +157,17 @@ class Acceptor(ChildLoop):
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.t_graceful
         self._close_listener(self.listener)
+        # Retiring (an upgrade): an idle keep-alive client may be sending its
+        # next request right now; closing under it would fail that request.
+        # Give it RETIRE_IDLE_GRACE to arrive (it is then answered with
+        # Connection: close); the housekeeping tick closes the rest.
+        grace = time.monotonic() + min(RETIRE_IDLE_GRACE, self.t_keepalive)
         for conn in list(self.conns.values()):
             if conn.state == READING and conn.reader.idle:
-                self._close(conn)
+                if self.retiring:
+                    conn.deadline = min(conn.deadline, grace)
+                else:
+                    self._close(conn)
         log.debug("acceptor %d draining %d connections", self.index, len(self.conns))
 
     def _drained(self) -> bool:

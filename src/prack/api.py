@@ -21,6 +21,7 @@ import urllib.parse
 import msgspec
 
 from prack import http, wire
+from prack.apilife import ApiLifecycle
 from prack.loop import ChildLoop
 from prack.sockets import send_pending
 from prack.wire import SLOT_FREE, SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
@@ -89,7 +90,7 @@ class WorkerConn:
         self.msgpack = False       # answer this v2 call in msgpack
 
 
-class ApiServer(ChildLoop):
+class ApiServer(ApiLifecycle, ChildLoop):
     what = "API process"
 
     def __init__(self, cfg, generation: int, listener: socket.socket,
@@ -126,6 +127,8 @@ class ApiServer(ChildLoop):
             "/api/v1/response": {"POST": self._post_v1},
             "/api/v2/requests": {"GET": self._pull_v2},
             "/api/v2/responses": {"POST": self._post_v2},
+            "/livez": {"GET": self._health, "HEAD": self._health},
+            "/readyz": {"GET": self._health, "HEAD": self._health},
         }
 
     # -- setup -------------------------------------------------------------------
@@ -212,6 +215,7 @@ class ApiServer(ChildLoop):
                     link.index = index
                     self.links[index] = link
                     log.debug("acceptor %d (pid %d) linked", index, pid)
+                    self._replay_held(index)
                     woken = True
         del buf[:consumed]
         if woken:
@@ -498,7 +502,9 @@ class ApiServer(ChildLoop):
     # -- responses ---------------------------------------------------------------------
 
     def _post_v1(self, conn: WorkerConn, req: http.Request) -> None:
-        body = req.body
+        self._post_v1_body(conn, req.body)
+
+    def _post_v1_body(self, conn: WorkerConn, body: bytes, hold: bool = True) -> None:
         out: dict = {}
         try:
             msg = self.decode_response(body)
@@ -509,6 +515,17 @@ class ApiServer(ChildLoop):
             self._send_frames(out)
             self._reply(conn, 400, self.encode(wire.Error(_describe(exc))))
             return
+        parsed = wire.parse_identifier(msg.identifier)
+        if parsed is not None:
+            target = self._elsewhere(parsed)
+            if target is not None:      # the other generation's request
+                self._forward(target, "/api/v1/response", JSON_TYPE, body,
+                              lambda status, answer: self._reply(conn, status, answer))
+                return
+            if hold and self._unlinked(parsed):
+                self._hold_until_linked(conn, parsed[1],
+                                        lambda: self._post_v1_body(conn, body, False))
+                return
         outcome, reason = self._deliver(msg.identifier, msg.code, msg.headers, msg.body,
                                         "code", out)
         self._send_frames(out)
@@ -521,21 +538,34 @@ class ApiServer(ChildLoop):
         else:
             self._reply(conn, 400, self.encode(wire.Error(reason)))
 
-    def _post_v2(self, conn: WorkerConn, req: http.Request) -> None:
+    def _post_v2(self, conn: WorkerConn, req: http.Request, hold: bool = True) -> None:
         codec = self._codec_in(req)
         try:
             batch = codec.decode_batch(req.body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             self._reply_error(conn, 400, _describe(exc, codec))
             return
+        idents = [_identifier_of(raw, codec.decode_id) for raw in batch.responses]
+        parsed_ids = [wire.parse_identifier(ident) for ident in idents]
+        if hold:
+            for parsed in parsed_ids:
+                if parsed is not None and self._unlinked(parsed):
+                    # Nothing is delivered before the whole batch is replayed.
+                    self._hold_until_linked(conn, parsed[1],
+                                            lambda: self._post_v2(conn, req, False))
+                    return
         out: dict = {}
-        results = []
-        for raw in batch.responses:
+        results: list = []
+        foreign: dict = {}      # runtime dir of the other generation -> [(index, raw)]
+        for raw, ident, parsed in zip(batch.responses, idents, parsed_ids):
+            target = self._elsewhere(parsed) if parsed is not None else None
+            if target is not None:
+                foreign.setdefault(target, []).append((len(results), ident, raw))
+                results.append(None)
+                continue
             try:
                 item = codec.decode_item(raw)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                ident = _identifier_of(raw, codec.decode_id)
-                parsed = wire.parse_identifier(ident)
                 if parsed is not None and self._known(parsed):
                     self._answer_502(*parsed[1:], out)
                 results.append(wire.ItemResult(ident if type(ident) is str else "", INVALID,
@@ -545,6 +575,30 @@ class ApiServer(ChildLoop):
                                             "status", out)
             results.append(wire.ItemResult(item.id, outcome, reason))
         self._send_frames(out)
+        if not foreign:
+            self._reply_results(conn, results)
+            return
+        # Items for the other generation go there as one batch each; the
+        # answer to this call waits for theirs.
+        pending = [len(foreign)]
+        for target, items in foreign.items():
+            def done(status: int, answer: bytes, items=items) -> None:
+                got = []
+                if status == 200:
+                    try:
+                        got = codec.decode_results(answer).results
+                    except (msgspec.ValidationError, msgspec.DecodeError):
+                        got = []
+                for k, (index, ident, _) in enumerate(items):
+                    results[index] = got[k] if k < len(got) else wire.ItemResult(
+                        ident, UNKNOWN, "identifier: its generation did not answer")
+                pending[0] -= 1
+                if not pending[0]:
+                    self._reply_results(conn, results)
+            self._forward(target, "/api/v2/responses", codec.ctype,
+                          codec.encode(wire.ResponseBatch([raw for _, _, raw in items])), done)
+
+    def _reply_results(self, conn: WorkerConn, results: list) -> None:
         self._reply(conn, 200, self._codec(conn).encode(wire.ResultBatch(results)),
                     ctype=self._ctype(conn))
 
@@ -563,6 +617,12 @@ class ApiServer(ChildLoop):
         parsed = wire.parse_identifier(ident)
         if parsed is None:
             self._reply_error(conn, 400, "id: malformed")
+            return
+        target = self._elsewhere(parsed)
+        if target is not None:          # the other generation's request
+            self._forward(target, req.path, codec.ctype, req.body,
+                          lambda status, answer: self._reply(conn, status, answer,
+                                                             ctype=self._ctype(conn)))
             return
         outcome, why = self._lookup(parsed)
         if outcome is not OK:
@@ -631,6 +691,15 @@ class ApiServer(ChildLoop):
         for link, buffers in out.items():
             if link.sock is not None:
                 self._send_link(link, buffers)
+
+    def _unlinked(self, parsed) -> bool:
+        """A request a worker holds, of an acceptor not linked (yet) to this
+        API process: a new API process whose acceptors are reconnecting."""
+        if not self._known(parsed):
+            return False
+        _, acceptor, slot, key = parsed
+        return (self.links[acceptor] is None
+                and self.rings[acceptor].slot_load(slot) == (key << 2) | SLOT_TAKEN)
 
     def _known(self, parsed: tuple[int, int, int, int]) -> bool:
         """The identifier names a slot of this generation's rings."""
@@ -733,6 +802,8 @@ class _Codec:
         self.decode_item = module.Decoder(wire.ResponseItem).decode
         self.decode_id = module.Decoder(_IdOnly).decode
         self.decode_error = module.Decoder(wire.Error).decode
+        self.decode_results = module.Decoder(wire.ResultBatch).decode
+        self.ctype = MSGPACK_TYPE if module is msgspec.msgpack else JSON_TYPE
         self.empty_batch = encode(wire.RequestBatch([]))
 
 

@@ -9,11 +9,12 @@ the only module that ends the process: a PrackError becomes one
 from __future__ import annotations
 
 import inspect
+import traceback
 from typing import Any, Optional
 
 import typer
 
-from prack import __version__, config
+from prack import __version__, config, upgrade
 from prack.errors import PrackError
 
 PROG = "prack-server"
@@ -55,16 +56,37 @@ def _run(config_path: Optional[str], check: bool, **given: Any) -> None:
         for name, value in given.items()
         if value is not None
     }
+    # Read (and removed from the environment) before anything can fail: a
+    # new generation started by an upgrade reports its failure to the old
+    # master through the inherited pipe.
+    try:
+        inherited = None if check else upgrade.Inherited.from_environment()
+    except (OSError, ValueError) as e:
+        raise _fail("inherited descriptors (%s): %s" % (upgrade.ENV_LISTEN_FDS, e)) from None
     try:
         cfg = config.load(config_path, flags=flags)
+        # Imported before --check returns: an upgrade's check (PID 1 re-exec)
+        # then also proves that the new code imports.
+        from prack import master
+
         if check:
             typer.echo(config.dump_toml(cfg), nl=False)
             return
-        from prack import master
-
         code = master.run(cfg, config_path=config_path)
     except PrackError as e:
+        if inherited is not None:
+            inherited.report("failed " + str(e))
         raise _fail(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - new code that does not even import
+        if inherited is None or inherited.upgrade_fd is None:
+            raise
+        # A new generation started by an upgrade: one line for the log and
+        # for the old master, which keeps serving.
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        reason = "%s: %s (%s:%d)" % (type(e).__name__, e, where.filename, where.lineno)
+        inherited.report("failed " + reason)
+        typer.echo(f"{PROG}: error: cannot start: {reason}", err=True)
+        raise typer.Exit(1) from None
     raise typer.Exit(int(code or 0))
 
 

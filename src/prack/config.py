@@ -174,6 +174,29 @@ SETTINGS: tuple[Setting, ...] = (
         "server", "server_header", "header", "Prack",
         "Value of the Server response header; empty leaves the header out.",
     ),
+    Setting(
+        "server", "pidfile", "str", "",
+        "File the master writes its PID to once ready (empty: none). During "
+        "a USR2 upgrade the old master's file is renamed to <pidfile>.oldbin; "
+        "each is removed by its master at exit.",
+        flags=("--pidfile",),
+    ),
+    Setting(
+        "server", "heartbeat_timeout", "duration", 30.0,
+        "A child process that has not run its event loop for this long is "
+        "considered hung: the master kills it (SIGKILL) and starts another. "
+        "Children beat about once a second, so keep it well above that.",
+        min=2, max=3600,
+    ),
+    Setting(
+        "server", "reexec", "choice", "auto",
+        "How SIGUSR2/SIGHUP start the new generation: spawn (a new master "
+        "process, which reports ready before the old one retires), in-place "
+        "(the master execs itself and keeps its PID: for a container's init "
+        "behind tini, or a service manager that must keep tracking one PID), "
+        "auto (in-place when the master is PID 1, else spawn).",
+        choices=("auto", "spawn", "in-place"),
+    ),
     # -- api -------------------------------------------------------------
     Setting(
         "api", "bind", "address", "127.0.0.1:4242",

@@ -8,6 +8,7 @@ graceful stop ends as soon as nothing is left in flight.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import selectors
 import signal
@@ -21,6 +22,41 @@ def _noop(signum, frame):
     """Signals only wake the loop through the wakeup fd."""
 
 
+# A stop or retire signal that reached a child between its fork and serve():
+# remembered here (the handler does nothing else) and acted on in serve().
+early_signals: list[int] = []
+
+
+def early_handler(signum, frame):
+    early_signals.append(signum)
+
+
+class Heartbeats:
+    """One 8-byte word per child in an anonymous shared mapping made by the
+    master before it forks: the child writes the monotonic time (the clock
+    is system wide), the master reads it. No locks: a word is written whole."""
+
+    SIZE = 8
+
+    def __init__(self, nwords: int) -> None:
+        self.mm = mmap.mmap(-1, nwords * self.SIZE)
+        self.nwords = nwords
+        self._view = memoryview(self.mm).cast("d")
+
+    def set(self, index: int, when: float) -> None:
+        self._view[index] = when
+
+    def get(self, index: int) -> float:
+        return self._view[index]
+
+    def beater(self, index: int):
+        view = self._view
+
+        def beat(now: float) -> None:
+            view[index] = now
+        return beat
+
+
 class ChildLoop:
     """Subclasses provide _on_event, _scan, _begin_stop, _drained, _finish."""
 
@@ -30,6 +66,9 @@ class ChildLoop:
     def __init__(self) -> None:
         self.sel = selectors.DefaultSelector()
         self.stopping = False
+        self.retiring = False
+        self.draining = False       # SIGUSR1: the server is stopping (for /readyz)
+        self.beat = None            # set by the master: beat(monotonic time)
         self.stop_deadline = 0.0
         self.parent = os.getppid()
         self._paused: list = []     # listeners not watched until the next tick
@@ -44,13 +83,20 @@ class ChildLoop:
         # Ctrl-\ reaches the whole process group; the master alone acts on it
         # and drains the children in order.
         signal.signal(signal.SIGTERM, _noop)
-        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR2,
-                    signal.SIGPIPE):
+        signal.signal(signal.SIGUSR2, _noop)
+        signal.signal(signal.SIGUSR1, _noop)
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGPIPE,
+                    signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(sig, signal.SIG_IGN)
         self._wake_r = wake_r
         self._wake_w = wake_w
         self.sel.register(wake_r, selectors.EVENT_READ, self._on_signal)
+        if self.beat is not None:
+            self.beat(time.monotonic())
         os.write(status_fd, ready)
+        if early_signals:
+            self._act_on(bytes(early_signals))
+            early_signals.clear()
         try:
             self._loop()
         finally:
@@ -77,6 +123,8 @@ class ChildLoop:
             now = monotonic()
             if now >= next_scan:
                 next_scan = now + self.tick
+                if self.beat is not None:
+                    self.beat(now)
                 if self._paused and not self.stopping:
                     for listener, callback in self._paused:
                         self.sel.register(listener, selectors.EVENT_READ, callback)
@@ -85,6 +133,7 @@ class ChildLoop:
                     log.warning("%s: the master has gone; stopping", self.what)
                     self._begin_stop()
                 self._scan(now)
+                self._housekeeping(now)
                 if self.stopping and now >= self.stop_deadline:
                     self._finish()
                     return
@@ -97,8 +146,17 @@ class ChildLoop:
             data = self._wake_r.recv(64)
         except BlockingIOError:
             return
-        if signal.SIGTERM in data and not self.stopping:
-            self._begin_stop()
+        self._act_on(data)
+
+    def _act_on(self, signums: bytes) -> None:
+        if signal.SIGTERM in signums:
+            if not self.stopping:
+                self._begin_stop()
+        elif signal.SIGUSR2 in signums and not self.stopping and not self.retiring:
+            self.retiring = True
+            self._begin_retire()
+        if signal.SIGUSR1 in signums:
+            self.draining = True
 
     def _pause_accepting(self, listener, callback, exc: OSError) -> None:
         """accept() failed for want of descriptors or memory. The listener
@@ -124,8 +182,16 @@ class ChildLoop:
     def _scan(self, now: float) -> None:
         """Housekeeping: deadlines."""
 
+    def _housekeeping(self, now: float) -> None:
+        """More housekeeping, for mixins (the API process's held posts)."""
+
     def _begin_stop(self) -> None:
         self.stopping = True
+
+    def _begin_retire(self) -> None:
+        """An upgrade's old generation retires: by default a graceful stop
+        (self.retiring tells the hooks it is one)."""
+        self._begin_stop()
 
     def _drained(self) -> bool:
         return True

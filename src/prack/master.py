@@ -1,9 +1,12 @@
-"""The master: binds, forks, supervises, stops.
+"""The master: binds, forks, supervises, upgrades, stops.
 
-`Master.run()` is a short loop: wait for a signal, a child's status line or a
-timer; reap children; respawn the dead ones (with backoff if they keep dying);
-on SIGTERM/SIGINT/SIGQUIT drain gracefully. Signal handlers do nothing but
-wake the loop (signal.set_wakeup_fd); all the work happens in the loop.
+`Master.run()` is a short loop: wait for a signal, a child's status line, the
+upgrade pipe or a timer; reap children; respawn the dead ones (with backoff if
+they keep dying) and kill the hung ones (no heartbeat); on SIGTERM/SIGINT/
+SIGQUIT drain gracefully; on SIGUSR2/SIGHUP hand the server to a new
+generation of itself (prack.upgrade) and retire once it reports ready; on
+SIGTTIN/SIGTTOU add or remove an acceptor. Signal handlers do nothing but wake
+the loop (signal.set_wakeup_fd); all the work happens in the loop.
 
 Cleanup holds on every exit path: the shared-memory segment's name is
 unlinked as soon as it is mapped (children inherit the mapping through fork),
@@ -20,25 +23,30 @@ import selectors
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
 
 # Imported here, before any fork, so the children share these pages.
-from prack import sockets
+from prack import __version__, forward, loop, sockets, upgrade
 from prack.acceptor import Acceptor
 from prack.api import ApiServer
 from prack.errors import StartupError
+from prack.notify import Pidfile, sd_notify
 from prack.ring import Segment
 
 log = logging.getLogger("prack.master")
 
 ACCEPTOR, API = "acceptor", "api"
 _STOP = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGQUIT: "SIGQUIT"}
-_LATER = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
+_CONTROL = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
 API_STOP_SECONDS = 5.0
 QUICK_DEATH = 2.0     # a child that dies sooner than this counts as crash-looping
 MAX_BACKOFF = 10.0
+UPGRADE_TIMEOUT = 60.0   # a new generation not ready by then has failed
+MAX_ACCEPTORS = 256
+API_BEAT = MAX_ACCEPTORS  # heartbeat word of the API process (acceptor i uses word i)
 
 
 def setup_logging(cfg) -> None:
@@ -57,7 +65,7 @@ def setup_logging(cfg) -> None:
 def run(cfg, *, config_path: str | None = None) -> int:
     """Run the server until it is stopped; the exit code for the CLI."""
     setup_logging(cfg)
-    return Master(cfg, config_path).run()
+    return Master(cfg, config_path, upgrade.inherited()).run()
 
 
 def _noop(signum, frame):
@@ -71,24 +79,55 @@ class Child:
         self.role, self.index, self.pid, self.started = role, index, pid, started
 
 
+class Successor:
+    """A new generation being started by an upgrade."""
+    __slots__ = ("pid", "pipe", "generation", "deadline", "buf", "reason", "why")
+
+    def __init__(self, pid, pipe, generation, deadline, why):
+        self.pid, self.pipe, self.generation, self.deadline = pid, pipe, generation, deadline
+        self.buf = b""
+        self.reason = ""
+        self.why = why
+
+
 class Master:
-    def __init__(self, cfg, config_path: str | None):
+    def __init__(self, cfg, config_path: str | None, inherited: upgrade.Inherited):
         self.cfg = cfg
         self.config_path = config_path
-        self.generation = 1
+        self.inherited = inherited
+        self.generation = inherited.generation
+        self.acceptors = inherited.acceptors or cfg.server.acceptors
+        if not 1 <= self.acceptors <= MAX_ACCEPTORS:
+            raise StartupError("%s=%d: expected 1 to %d acceptors"
+                               % (upgrade.ENV_ACCEPTORS, self.acceptors, MAX_ACCEPTORS))
         self.children: dict[int, Child] = {}
         self.failures: dict[tuple[str, int], int] = {}
         self.respawn_at: dict[tuple[str, int], float] = {}
         self.ready: set[tuple[str, int]] = set()
         self.announced = False
         self.stopping = False
+        self.retire = False           # this stop hands over to a successor
+        self.stop_asked = False       # a stop signal came while retiring
         self.stop_phase = None
         self.stop_deadline = 0.0
-        self.listener = self.api_listener = self.link_listener = None
+        self.successor: Successor | None = None
+        self.successor_pid = 0        # the generation we retired for
+        # A re-exec in place (PID 1) inherits the old generation's children:
+        # they retire once ours are ready, and are reaped here.
+        now = time.monotonic()
+        self.old = {pid: Child(role, index, pid, now) for pid, role, index in inherited.retiring}
+        self.old_dir = inherited.retiring_dir
+        self.old_phase = "waiting" if self.old else None
+        self.old_deadline = 0.0
+        self.listener = self.api_listener = self.link_listener = self.forward_listener = None
         self.segment = None
         self.runtime_dir = None
         self.own_runtime_dir = False
         self.sel = None
+        self.pidfile = Pidfile(cfg.server.pidfile)
+        self.heartbeats = loop.Heartbeats(MAX_ACCEPTORS + 1)
+        self.hb_timeout = cfg.server.heartbeat_timeout
+        self.hb_next = 0.0
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -98,13 +137,21 @@ class Master:
             self._spawn_all()
             self._loop()
             return 0
+        except BaseException as exc:
+            if isinstance(exc, StartupError):
+                self.inherited.report("failed " + str(exc))
+            raise
         finally:
             self._cleanup()
 
     def _setup(self) -> None:
         cfg = self.cfg
-        self.listener = sockets.bind_tcp(cfg.server.bind, cfg.server.backlog, "server.bind")
-        self.api_listener = sockets.bind_tcp(cfg.api.bind, cfg.server.backlog, "api.bind")
+        inh = self.inherited
+        self.listener = (inh.listener("public", cfg.server.bind)
+                         or sockets.bind_tcp(cfg.server.bind, cfg.server.backlog, "server.bind"))
+        self.api_listener = (inh.listener("api", cfg.api.bind)
+                             or sockets.bind_tcp(cfg.api.bind, cfg.server.backlog, "api.bind"))
+        inh.close_unused()
         if cfg.server.runtime_dir:
             self.runtime_dir = cfg.server.runtime_dir
             try:
@@ -120,8 +167,12 @@ class Master:
         self.own_runtime_dir = True
         self.link_path = os.path.join(self.runtime_dir, "api.sock")
         self.link_listener = sockets.bind_unix(self.link_path, 128)
+        self.forward_listener = sockets.bind_unix(
+            os.path.join(self.runtime_dir, forward.SOCKET_NAME), 128)
+        if inh.predecessor_dir:
+            forward.announce_successor(inh.predecessor_dir, self.runtime_dir)
         try:
-            self.segment = Segment.create(cfg.server.acceptors, cfg.server.max_connections,
+            self.segment = Segment.create(self.acceptors, cfg.server.max_connections,
                                           cfg.limits.ring_size)
         except OSError as exc:
             raise StartupError("cannot create the shared-memory segment: %s" % exc)
@@ -131,37 +182,57 @@ class Master:
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
-        for sig in (*_STOP, signal.SIGCHLD, *_LATER):
+        for sig in (*_STOP, signal.SIGCHLD, *_CONTROL):
             signal.signal(sig, _noop)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_signal)
         self.sel.register(self.status_r, selectors.EVENT_READ, self._on_status)
         self.status_buf = b""
+        if self.old:
+            log.info("generation %d (re-executed in place) takes over %d children of the "
+                     "previous generation; they retire once this one is ready",
+                     self.generation, len(self.old))
+            self._reap()    # any that ended while we were exec'ing
 
     def _cleanup(self) -> None:
-        if self.children:
-            for child in self.children.values():
+        everyone = list(self.children.values()) + list(self.old.values())
+        if everyone:
+            for child in everyone:
                 _kill(child.pid, signal.SIGKILL)
-            for pid in list(self.children):
+            for child in everyone:
                 try:
-                    os.waitpid(pid, 0)
+                    os.waitpid(child.pid, 0)
                 except ChildProcessError:
                     pass
             self.children.clear()
+            self.old.clear()
+        if self.successor is not None:
+            _kill(self.successor.pid, signal.SIGTERM)
+            if self.successor.pipe >= 0:
+                os.close(self.successor.pipe)
+            self.successor = None
         started = self.sel is not None
         if started:
             signal.set_wakeup_fd(-1)
             self.sel.close()
-        for sock in (self.listener, self.api_listener, self.link_listener):
+        for sock in (self.listener, self.api_listener, self.link_listener,
+                     self.forward_listener):
             if sock is not None:
                 sock.close()
         if self.segment is not None:
             self.segment.close()
         if self.runtime_dir and self.own_runtime_dir:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        if self.old_dir:
+            shutil.rmtree(self.old_dir, ignore_errors=True)
+        self.pidfile.remove()
         if started:     # a startup error is reported by the CLI, in one line
-            log.info("stopped")
+            if self.retire:
+                log.info("generation %d retired; pid %d serves", self.generation,
+                         self.successor_pid)
+            else:
+                log.info("stopped")
 
     def _loop(self) -> None:
         while True:
@@ -170,18 +241,29 @@ class Master:
                 key.data(mask)
             self._reap()
             now = time.monotonic()
+            if self.old_phase is not None:
+                self._old_progress(now)
+            if self.successor is not None and now >= self.successor.deadline:
+                _kill(self.successor.pid, signal.SIGTERM)
+                self._upgrade_failed("not ready within %.0fs (stopped it)" % UPGRADE_TIMEOUT)
             if self.stopping:
-                if self._stop_progress(now):
+                if self._stop_progress(now) and self.old_phase is None:
                     return
             else:
                 self._respawn_due(now)
+                if now >= self.hb_next:
+                    self._check_heartbeats(now)
 
     def _next_timeout(self) -> float | None:
         times = list(self.respawn_at.values())
         if self.stopping:
             times.append(self.stop_deadline)
-        if not times:
-            return None
+        else:
+            times.append(self.hb_next)
+        if self.successor is not None:
+            times.append(self.successor.deadline)
+        if self.old_phase not in (None, "waiting"):
+            times.append(self.old_deadline)
         return max(0.0, min(times) - time.monotonic())
 
     # -- children ------------------------------------------------------------------
@@ -190,35 +272,51 @@ class Master:
         # Children then leave the objects the master made alone in their
         # collections, so those pages stay shared (copy-on-write).
         gc.freeze()
-        for i in range(self.cfg.server.acceptors):
+        for i in range(self.acceptors):
             self._spawn(ACCEPTOR, i)
         self._spawn(API, 0)
 
     def _spawn(self, role: str, index: int) -> None:
+        beat = index if role == ACCEPTOR else API_BEAT
+        self.heartbeats.set(beat, time.monotonic())    # a full timeout to start
         pid = os.fork()
         if pid == 0:
-            self._child_main(role, index)   # never returns
+            self._child_main(role, index, beat)   # never returns
         self.children[pid] = Child(role, index, pid, time.monotonic())
 
-    def _child_main(self, role: str, index: int) -> None:
+    def _child_main(self, role: str, index: int, beat: int) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
-            for sig in (*_STOP, signal.SIGCHLD, *_LATER):
+            # Stop and retire signals that come before the loop runs are
+            # kept for it; the master's own controls mean nothing here.
+            for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+                signal.signal(sig, loop.early_handler)
+            for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
+            for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+                signal.signal(sig, signal.SIG_IGN)
             self.sel.close()
             self.wake_r.close()
             self.wake_w.close()
             os.close(self.status_r)
+            if self.successor is not None:
+                os.close(self.successor.pipe)
             if role == ACCEPTOR:
                 self.api_listener.close()
                 self.link_listener.close()
-                code = Acceptor(self.cfg, index, self.generation, self.listener, self.segment,
-                                self.link_path, self.status_w).run()
+                self.forward_listener.close()
+                child = Acceptor(self.cfg, index, self.generation, self.listener, self.segment,
+                                 self.link_path, self.status_w)
             else:
                 self.listener.close()
-                code = ApiServer(self.cfg, self.generation, self.api_listener,
-                                 self.link_listener, self.segment, self.status_w).run()
+                child = ApiServer(self.cfg, self.generation, self.api_listener,
+                                  self.link_listener, self.segment, self.status_w)
+                child.forward_listener = self.forward_listener
+                child.runtime_dir = self.runtime_dir
+                child.predecessor_dir = self.inherited.predecessor_dir
+            child.beat = self.heartbeats.beater(beat)
+            code = child.run()
         except KeyboardInterrupt:
             code = 0
         except BaseException:
@@ -237,15 +335,32 @@ class Master:
         *lines, self.status_buf = self.status_buf.split(b"\n")
         for line in lines:
             if line.startswith(b"A"):
-                self.ready.add((ACCEPTOR, int(line[1:])))
+                ident = (ACCEPTOR, int(line[1:]))
             elif line == b"P":
-                self.ready.add((API, 0))
+                ident = (API, 0)
+            else:
+                continue
+            self.ready.add(ident)
+            if self.announced:
+                pids = [c.pid for c in self.children.values() if (c.role, c.index) == ident]
+                log.info("%s %d is back (pid %s)", ident[0], ident[1],
+                         pids[-1] if pids else "?")
         if (not self.announced and not self.stopping
-                and len(self.ready) == self.cfg.server.acceptors + 1):
-            self.announced = True
-            log.info("ready: public=http://%s api=http://%s acceptors=%d pid=%d",
-                     sockets.address_of(self.listener), sockets.address_of(self.api_listener),
-                     self.cfg.server.acceptors, os.getpid())
+                and len(self.ready) >= self.acceptors + 1):
+            self._announce()
+
+    def _announce(self) -> None:
+        self.announced = True
+        log.info("ready: public=http://%s api=http://%s acceptors=%d pid=%d generation=%d "
+                 "version=%s", sockets.address_of(self.listener),
+                 sockets.address_of(self.api_listener), self.acceptors, os.getpid(),
+                 self.generation, __version__)
+        self.pidfile.write()
+        sd_notify("READY=1\nMAINPID=%d\nSTATUS=generation %d serving" % (os.getpid(),
+                                                                           self.generation))
+        self.inherited.report("ready %d" % os.getpid())
+        if self.old_phase == "waiting":
+            self._retire_old()
 
     def _reap(self) -> None:
         while True:
@@ -256,9 +371,24 @@ class Master:
             if pid == 0:
                 return
             child = self.children.pop(pid, None)
-            if child is None:
-                continue   # not ours (PID 1 duty): just reaped
-            self._child_exited(child, status)
+            if child is not None:
+                self._child_exited(child, status)
+                continue
+            child = self.old.pop(pid, None)
+            if child is not None:
+                log.debug("previous generation's %s %d (pid %d) %s", child.role, child.index,
+                          pid, _describe_status(status))
+            elif self.successor is not None and pid == self.successor.pid:
+                reason = "it %s before it was ready" % _describe_status(status)
+                if self.successor.reason:
+                    reason += ": " + self.successor.reason
+                self._upgrade_failed(reason)
+            elif pid == self.successor_pid:
+                # We retire for it and cannot take the listeners back: say so
+                # loudly (a supervisor must restart the server).
+                log.error("the new generation's master (pid %d) %s while generation %d "
+                          "retires", pid, _describe_status(status), self.generation)
+            # else: not ours (PID 1 duty): just reaped
 
     def _child_exited(self, child: Child, status: int) -> None:
         ident = (child.role, child.index)
@@ -266,6 +396,9 @@ class Master:
         how = _describe_status(status)
         if self.stopping:
             log.debug("%s %d (pid %d) %s", child.role, child.index, child.pid, how)
+            return
+        if child.role == ACCEPTOR and child.index >= self.acceptors:
+            log.info("acceptor %d (pid %d) %s (removed by SIGTTOU)", child.index, child.pid, how)
             return
         lived = time.monotonic() - child.started
         failures = self.failures.get(ident, 0) + 1 if lived < QUICK_DEATH else 0
@@ -284,6 +417,19 @@ class Master:
                 del self.respawn_at[ident]
                 self._spawn(*ident)
 
+    def _check_heartbeats(self, now: float) -> None:
+        """A child whose loop has not run for heartbeat_timeout is hung (a
+        deadlock, a stuck system call, SIGSTOP): kill it; the reap respawns it."""
+        self.hb_next = now + min(1.0, self.hb_timeout / 4)
+        for child in self.children.values():
+            beat = child.index if child.role == ACCEPTOR else API_BEAT
+            silent = now - self.heartbeats.get(beat)
+            if silent > self.hb_timeout:
+                log.error("%s %d (pid %d) sent no heartbeat for %.1fs (hung?); killing it",
+                          child.role, child.index, child.pid, silent)
+                self.heartbeats.set(beat, now)     # once, until it is reaped
+                _kill(child.pid, signal.SIGKILL)
+
     # -- signals -------------------------------------------------------------------
 
     def _on_signal(self, mask) -> None:
@@ -293,32 +439,56 @@ class Master:
             return
         for signum in data:
             if signum in _STOP:
-                if self.stopping:
+                if self.stopping and (not self.retire or self.stop_asked):
                     log.warning("%s again: stopping now", _STOP[signum])
                     self._kill_all(signal.SIGKILL)
                     self.stop_phase = "now"
+                elif self.stopping:
+                    log.info("%s: this generation is already retiring (another one "
+                             "stops it at once)", _STOP[signum])
+                    self.stop_asked = True
                 else:
                     log.info("%s: graceful stop (up to %.3gs)", _STOP[signum],
                              self.cfg.timeouts.graceful_timeout)
                     self._begin_stop()
-            elif signum in _LATER:
-                log.warning("signal %s is not supported yet; ignored",
-                            signal.Signals(signum).name)
+            elif signum == signal.SIGUSR2:
+                self._start_upgrade("SIGUSR2", keep_count=True)
+            elif signum == signal.SIGHUP:
+                self._start_upgrade("SIGHUP", keep_count=False)
+            elif signum == signal.SIGTTIN:
+                self._more_acceptors()
+            elif signum == signal.SIGTTOU:
+                self._fewer_acceptors()
 
-    def _begin_stop(self) -> None:
+    def _begin_stop(self, retire: bool = False) -> None:
         """Acceptors drain first (they need the API process to route their last
-        responses); the API process stops once they are gone."""
+        responses); the API process stops once they are gone. Retiring, the
+        API process is told at once (it stops taking new worker connections,
+        which go to the new generation, but serves those it has)."""
         self.stopping = True
+        self.retire = retire
         self.respawn_at.clear()
+        if self.successor is not None:
+            _kill(self.successor.pid, signal.SIGTERM)
+            self._upgrade_failed("this generation is stopping (stopped it)")
+        if not retire:
+            sd_notify("STOPPING=1")
         # Stop listening: the acceptors close their copies, and a connection
         # the kernel completed on ours would wait for an accept() that never
-        # comes. Closed everywhere, new clients are refused at once.
+        # comes. Closed everywhere, new clients are refused at once (or, when
+        # retiring, accepted by the new generation, which holds the socket).
         self.listener.close()
+        self.listener = None
+        if retire:
+            self.api_listener.close()
+            self.api_listener = None
         self.stop_phase = "acceptors"
         self.stop_deadline = time.monotonic() + self.cfg.timeouts.graceful_timeout
         for child in self.children.values():
             if child.role == ACCEPTOR:
-                _kill(child.pid, signal.SIGTERM)
+                _kill(child.pid, signal.SIGUSR2 if retire else signal.SIGTERM)
+            else:   # retire: stop taking workers; stop: /readyz says draining
+                _kill(child.pid, signal.SIGUSR2 if retire else signal.SIGUSR1)
 
     def _stop_progress(self, now: float) -> bool:
         """Advance the graceful stop; True when every child is gone."""
@@ -343,6 +513,214 @@ class Master:
     def _kill_all(self, sig: int) -> None:
         for child in self.children.values():
             _kill(child.pid, sig)
+
+    # -- scaling -------------------------------------------------------------------
+
+    def _more_acceptors(self) -> None:
+        if self.stopping:
+            return
+        n = self.acceptors
+        if n >= MAX_ACCEPTORS:
+            log.warning("SIGTTIN: already %d acceptors, the most allowed", n)
+        elif any(c.role == ACCEPTOR and c.index == n for c in self.children.values()):
+            log.warning("SIGTTIN: acceptor %d is still stopping; try again when it is gone", n)
+        elif n < self.segment.nrings:
+            self.acceptors = n + 1
+            self.failures.pop((ACCEPTOR, n), None)
+            self._spawn(ACCEPTOR, n)
+            log.info("SIGTTIN: acceptor %d added (%d acceptors)", n, n + 1)
+        else:
+            # The rings are fixed when the segment is made: a new generation
+            # with one more is how the count grows without dropping anything.
+            log.info("SIGTTIN: no spare ring for acceptor %d; starting a new generation "
+                     "with %d acceptors", n, n + 1)
+            self._start_upgrade("SIGTTIN", keep_count=True, acceptors=n + 1)
+
+    def _fewer_acceptors(self) -> None:
+        if self.stopping:
+            return
+        if self.acceptors <= 1:
+            log.warning("SIGTTOU: one acceptor is the fewest; ignored")
+            return
+        self.acceptors -= 1
+        n = self.acceptors
+        self.respawn_at.pop((ACCEPTOR, n), None)
+        self.ready.discard((ACCEPTOR, n))
+        for child in self.children.values():
+            if child.role == ACCEPTOR and child.index == n:
+                _kill(child.pid, signal.SIGTERM)
+        log.info("SIGTTOU: stopping acceptor %d gracefully (%d acceptors left)", n, n)
+
+    # -- upgrades --------------------------------------------------------------------
+
+    def _start_upgrade(self, why: str, keep_count: bool, acceptors: int | None = None) -> None:
+        if self.stopping:
+            log.warning("%s: ignored, this generation is stopping", why)
+            return
+        if self.successor is not None:
+            log.warning("%s: ignored, generation %d (pid %d) is already starting", why,
+                        self.successor.generation, self.successor.pid)
+            return
+        if not self.announced:
+            log.warning("%s: ignored, this generation is not ready yet", why)
+            return
+        if self.old_phase is not None:
+            log.warning("%s: ignored, the previous generation is still retiring", why)
+            return
+        generation = upgrade.next_generation(self.generation)
+        if acceptors is None and keep_count and self.acceptors != self.cfg.server.acceptors:
+            acceptors = self.acceptors
+        env = upgrade.successor_env({"public": self.listener, "api": self.api_listener},
+                                    generation, acceptors, self.runtime_dir)
+        argv = upgrade.command()
+        mode = self.cfg.server.reexec
+        if mode == "in-place" or (mode == "auto" and os.getpid() == 1):
+            self._reexec_in_place(why, argv, env)
+            return
+        pipe_r, pipe_w = os.pipe()
+        env[upgrade.ENV_UPGRADE_FD] = str(pipe_w)
+        try:
+            pid = upgrade.spawn(argv, env, [self.listener.fileno(), self.api_listener.fileno(),
+                                            pipe_w])
+        except OSError as exc:
+            os.close(pipe_r)
+            log.error("%s: upgrade failed: cannot start %s: %s; generation %d keeps serving",
+                      why, argv[0], exc, self.generation)
+            return
+        finally:
+            os.close(pipe_w)
+        os.set_blocking(pipe_r, False)
+        self.successor = Successor(pid, pipe_r, generation,
+                                   time.monotonic() + UPGRADE_TIMEOUT, why)
+        self.sel.register(pipe_r, selectors.EVENT_READ, self._on_successor)
+        self.pidfile.to_old()
+        sd_notify("RELOADING=1")
+        log.info("%s: starting generation %d (pid %d): %s", why, generation, pid,
+                 " ".join(argv))
+
+    def _on_successor(self, mask) -> None:
+        succ = self.successor
+        try:
+            data = os.read(succ.pipe, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            # It is exiting (or closed the pipe it was given): the reap
+            # reports how it ended; the deadline still bounds the wait.
+            self.sel.unregister(succ.pipe)
+            os.close(succ.pipe)
+            succ.pipe = -1
+            return
+        succ.buf += data
+        *lines, succ.buf = succ.buf.split(b"\n")
+        for line in lines:
+            text = line.decode("utf-8", "replace")
+            if text.startswith("ready "):
+                self._upgrade_ready(succ)
+                return
+            if text.startswith("failed "):
+                succ.reason = text[len("failed "):]
+
+    def _forget_successor(self) -> Successor:
+        succ, self.successor = self.successor, None
+        if succ.pipe >= 0:
+            self.sel.unregister(succ.pipe)
+            os.close(succ.pipe)
+        return succ
+
+    def _upgrade_ready(self, succ: Successor) -> None:
+        self._forget_successor()
+        self.successor_pid = succ.pid
+        log.info("%s: generation %d (pid %d) is ready; generation %d (pid %d) retires",
+                 succ.why, succ.generation, succ.pid, self.generation, os.getpid())
+        self._begin_stop(retire=True)
+
+    def _upgrade_failed(self, reason: str) -> None:
+        if self.successor is None:
+            return
+        succ = self._forget_successor()
+        log.error("%s: upgrade failed: generation %d (pid %d): %s; generation %d keeps serving",
+                  succ.why, succ.generation, succ.pid, reason, self.generation)
+        self.pidfile.from_old()
+        if not self.stopping:
+            sd_notify("READY=1")
+
+    def _reexec_in_place(self, why: str, argv: list[str], env: dict[str, str]) -> None:
+        """PID 1 (a container's init) cannot hand over to another PID: its
+        exit would stop the container (server.reexec = "in-place" asks for
+        the same elsewhere). Check the new code and configuration
+        in a subprocess first, then exec over ourselves; the children stay
+        ours and are retired by the new image once its own are ready."""
+        check_env = {k: v for k, v in env.items() if k not in upgrade.OUR_VARS}
+        try:
+            out = subprocess.run(argv + ["--check"], executable=sys.executable, env=check_env,
+                                 stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True, timeout=UPGRADE_TIMEOUT)
+            failed = out.returncode != 0
+            reason = ([line for line in out.stderr.splitlines() if line.strip()] or
+                      ["exit status %d" % out.returncode])[-1]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            failed, reason = True, str(exc)
+        if failed:
+            log.error("%s: upgrade failed: the new generation does not load: %s; "
+                      "generation %d keeps serving", why, reason, self.generation)
+            return
+        env[upgrade.ENV_RETIRING_CHILDREN] = ",".join(
+            "%d:%s:%d" % (c.pid, c.role, c.index) for c in self.children.values())
+        env[upgrade.ENV_RETIRING_DIR] = self.runtime_dir
+        sd_notify("RELOADING=1")
+        log.info("%s: re-executing in place (pid %d stays): generation %d: %s", why,
+                 os.getpid(), int(env[upgrade.ENV_GENERATION]), " ".join(argv))
+        for handler in logging.getLogger("prack").handlers:
+            handler.flush()
+        keep = [self.listener.fileno(), self.api_listener.fileno()]
+        for fd in keep:
+            os.set_inheritable(fd, True)
+        try:
+            signal.set_wakeup_fd(-1)
+            os.execve(sys.executable, argv, env)
+        except OSError as exc:
+            signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+            for fd in keep:
+                os.set_inheritable(fd, False)
+            log.error("%s: upgrade failed: exec %s: %s; generation %d keeps serving", why,
+                      sys.executable, exc, self.generation)
+
+    def _retire_old(self) -> None:
+        log.info("generation %d is ready; retiring the previous generation's %d children",
+                 self.generation, len(self.old))
+        self.old_phase = "acceptors"
+        self.old_deadline = time.monotonic() + self.cfg.timeouts.graceful_timeout
+        for child in self.old.values():
+            _kill(child.pid, signal.SIGUSR2)
+
+    def _old_progress(self, now: float) -> None:
+        if self.old_phase == "waiting":
+            return
+        if self.old_phase == "acceptors":
+            if not any(c.role == ACCEPTOR for c in self.old.values()):
+                self.old_phase = "api"
+                self.old_deadline = now + API_STOP_SECONDS
+                for child in self.old.values():
+                    _kill(child.pid, signal.SIGTERM)
+            elif now >= self.old_deadline:
+                log.warning("graceful_timeout passed; killing the previous generation")
+                for child in self.old.values():
+                    _kill(child.pid, signal.SIGKILL)
+                self.old_deadline = now + 1.0
+        elif self.old and now >= self.old_deadline:
+            for child in self.old.values():
+                _kill(child.pid, signal.SIGKILL)
+            self.old_deadline = now + 1.0
+        if not self.old:
+            if self.old_dir:
+                shutil.rmtree(self.old_dir, ignore_errors=True)
+                self.old_dir = ""
+            log.info("the previous generation has retired")
+            self.old_phase = None
 
 
 def _kill(pid: int, sig: int) -> None:
