@@ -244,6 +244,70 @@ def test_responses_reach_their_generation_whichever_api_process_gets_them(tmp_pa
     finish(s, before)
 
 
+def _call_v2(host, port, method, path, payload=None, msgpack=False):
+    import msgspec
+    codec = msgspec.msgpack if msgpack else msgspec.json
+    ctype = "application/msgpack" if msgpack else "application/json"
+    c = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        c.request(method, path, None if payload is None else codec.encode(payload),
+                  {"Content-Type": ctype, "Accept": ctype})
+        r = c.getresponse()
+        return r.status, codec.decode(r.read())
+    finally:
+        c.close()
+
+
+def test_v2_batches_reach_both_generations(tmp_path, adopt):
+    """An SDK worker batches answers to requests pulled from both
+    generations and posts them to whichever API process it reaches: each
+    item gets to its own generation, the results come back in order, and an
+    error report for the old generation is passed on too."""
+    before = shm_entries()
+    code = code_copy(tmp_path / "code")
+    s = start_upgrading(tmp_path, code, api_poll_timeout=1, acceptors=1)
+    olds = []
+    for path in (b"/old-a", b"/old-b"):
+        c = s.raw(timeout=20)
+        c.send(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+        status, got = _call_v2(s.api_host, s.api_port, "GET", "/api/v2/requests?max=1&wait=5",
+                               msgpack=True)
+        assert status == 200 and len(got["requests"]) == 1
+        olds.append((c, got["requests"][0]["id"]))
+    mark = s.log_mark()
+    os.kill(s.master, signal.SIGUSR2)
+    s.wait_log(r"generation 2 \(pid \d+\) is ready; generation 1 .* retires", since=mark)
+    new_client = s.raw(timeout=20)
+    new_client.send(b"GET /new HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, got = _call_v2(s.api_host, s.api_port, "GET", "/api/v2/requests?max=1&wait=5",
+                           msgpack=True)
+    new_id = got["requests"][0]["id"]
+    assert new_id.startswith("0002") and olds[0][1].startswith("0001")
+    # One msgpack batch on the shared port (only generation 2 accepts there).
+    items = [{"id": olds[0][1], "status": 201, "headers": [["X-Gen", "1"]], "body": b"old"},
+             {"id": new_id, "status": 202, "headers": [["X-Gen", "2"]], "body": b"new"},
+             {"id": "0001" + "0" * 28, "status": 200, "body": b"nobody"}]
+    status, got = _call_v2(s.api_host, s.api_port, "POST", "/api/v2/responses",
+                           {"responses": items}, msgpack=True)
+    assert status == 200
+    assert [(r["id"], r["status"]) for r in got["results"]] == [
+        (olds[0][1], "ok"), (new_id, "ok"), ("0001" + "0" * 28, "unknown")]
+    r = olds[0][0].read_response()
+    assert (r.status, r.header("X-Gen"), r.body) == (201, "1", b"old")
+    r = new_client.read_response()
+    assert (r.status, r.header("X-Gen"), r.body) == (202, "2", b"new")
+    # A worker giving up on an old-generation request, reported to the new one.
+    status, got = _call_v2(s.api_host, s.api_port, "POST",
+                           "/api/v2/requests/%s/error" % olds[1][1], {"error": "boom"})
+    assert status == 200, got
+    assert olds[1][0].read_response().status == 502
+    for c, _ in olds:
+        c.close()
+    new_client.close()
+    s.wait_log(r"prack.master: generation 1 retired", since=mark)
+    finish(s, before)
+
+
 def test_ttin_without_a_spare_ring_starts_a_bigger_generation(tmp_path, adopt):
     """The rings are fixed per generation: SIGTTIN grows the server through a
     new generation; SIGUSR2 keeps the count, SIGHUP goes back to the file."""
