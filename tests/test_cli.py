@@ -46,7 +46,9 @@ def fake_master(monkeypatch):
 
 def run_module(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PRACK_")}
-    full_env["PYTHONPATH"] = str(ROOT / "src")
+    # The prack this test process imported (installed, or built in place):
+    # --check imports the whole server, C core included.
+    full_env["PYTHONPATH"] = os.path.dirname(os.path.dirname(prack.__file__))
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "prack.cli", *args],
