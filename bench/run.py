@@ -50,8 +50,16 @@ def prack_v1(work, echo=False, **kw):
     return peers.start_prack(work, cmd + (["--echo"] if echo else []), **kw)
 
 
+def prack_v2(work, echo=False, **kw):
+    cmd = [PY, os.path.join(APPS, "prack_v2_hello.py"), "--api", "{api}"]
+    return peers.start_prack(work, cmd + (["--echo"] if echo else []), **kw)
+
+
 # name -> (start(work, echo) -> Running, app processes, what it is)
 HELLO = {
+    "prack-v2": (lambda w, echo=False: prack_v2(w, echo), 2,
+                 "Prack, 2 acceptors, 2 Python SDK workers (prack.worker) on API v2: "
+                 "batched msgpack pulls and posts"),
     "prack-v1": (lambda w, echo=False: prack_v1(w, echo), 2,
                  "Prack, 2 acceptors, 2 Python workers on API v1 (JSON, one pull at a time)"),
     "nginx": (lambda w, echo=False: peers.start_nginx_hello(w, 2), 0,
@@ -67,7 +75,7 @@ HELLO = {
     "nginx-gunicorn": (lambda w, echo=False: peers.start_nginx_gunicorn(w, 2), 2,
                        "nginx (2 workers) -> gunicorn sync, 2 workers"),
 }
-PRACK = "prack-v1"
+PRACK = "prack-v2"
 
 
 def summarize(values: list[float]) -> dict:
@@ -183,7 +191,7 @@ def scenario_memory(args) -> dict:
         env_max = str(idle_conns)   # per acceptor: all may land on one
         os.environ["PRACK_SERVER_MAX_CONNECTIONS"] = env_max
         try:
-            run = prack_v1(work)
+            run = prack_v2(work)
         finally:
             del os.environ["PRACK_SERVER_MAX_CONNECTIONS"]
         with run:
@@ -214,7 +222,7 @@ def scenario_latency(args, saturation: float | None, configs: dict) -> dict:
     paced per connection with wrk's delay() (closed loop, 32 connections)."""
     conns = 32
     if not saturation:
-        with tempfile.TemporaryDirectory() as work, prack_v1(work) as run:
+        with tempfile.TemporaryDirectory() as work, prack_v2(work) as run:
             saturation = measure.wrk(run.url + "/", conns, args.seconds)["requests_per_s"]
     rate = saturation / 2
     delay_ms = max(1, round(conns * 1000 / rate))
@@ -351,7 +359,8 @@ def main() -> None:
         results["static"] = scenario_static(args)
     if "sizes" in only:
         results["sizes"] = scenario_sizes(
-            args, {k: v for k, v in configs.items() if k in (PRACK, "uvicorn-2", "gunicorn")})
+            args, {k: v for k, v in configs.items()
+                   if k in (PRACK, "prack-v1", "uvicorn-2", "gunicorn")})
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     path = os.path.join(HERE, "results", datetime.date.today().isoformat() + ".json")
     with open(path, "w") as f:

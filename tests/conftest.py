@@ -154,6 +154,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+            self._release()     # no pipes left for a later test to trip over
             raise AssertionError("prack-server did not stop:\n" + "\n".join(self.log))
         self._release()
         return code

@@ -155,8 +155,10 @@ def test_pipelining_flood_is_pushed_back(start_server, worker_factory):
     """A client that pipelines tens of megabytes of requests while the first
     waits for a worker: the acceptor stops reading (limits.max_pipelined and
     max_header_size), so TCP pushes back instead of the server buffering it."""
+    # The flooder's queued requests are still in the acceptor when the test
+    # ends and its worker is gone: a short graceful_timeout bounds the stop.
     s = start_server("--log-level", "debug", acceptors=1, limits_max_pipelined=4,
-                     timeouts_queue_timeout=30)
+                     timeouts_queue_timeout=30, timeouts_graceful_timeout=3)
     acceptor = s.pids("acceptor")[0]
     before = _rss_kb(acceptor)
     one = b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n"
