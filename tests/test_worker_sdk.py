@@ -158,3 +158,22 @@ def test_cli_help_and_version():
     out = subprocess.run(worker_command() + ["--version"], capture_output=True, text=True,
                          timeout=20)
     assert out.returncode == 0 and out.stdout.startswith("prack-worker ")
+
+
+def test_batches_follow_the_handler_speed():
+    """A lane takes one request at a time until its handler is known to be
+    fast, then batches of about 5 ms of work; a handler that turns slow is
+    back to one request at a time within a few batches."""
+    from prack.worker.sdk import _Pace
+    pace = _Pace(64)
+    assert pace.size() == 1
+    for _ in range(40):
+        n = pace.size()
+        pace.took(n * 20e-6, n)           # 20 µs per request
+    assert pace.size() == 64
+    sizes = []
+    for _ in range(8):
+        n = pace.size()
+        sizes.append(n)
+        pace.took(n * 0.05, n)            # 50 ms per request
+    assert sizes[0] == 64 and sizes[-1] == 1

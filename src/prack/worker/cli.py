@@ -82,8 +82,9 @@ def main_command(
         "Default: " + sdk.DEFAULT_FRONT),
     concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=4096,
                                     help="Requests handled at once (threads)."),
-    pulls: int = typer.Option(2, "--pulls", min=1, max=64,
-                              help="Long polls kept open per front."),
+    batch: int = typer.Option(64, "--batch", min=1, max=256,
+                              help="Most requests a thread takes at once (it adapts below "
+                                   "this to the handler's speed)."),
     wait: float = typer.Option(2.0, "--wait", min=0.1, max=300,
                                help="Seconds each long poll waits; bounds how long a stop takes."),
     max_backoff: float = typer.Option(2.0, "--max-backoff", min=0.05, max=300,
@@ -110,7 +111,7 @@ def main_command(
         from prack.worker.wsgi import WSGIHandler
         handler = WSGIHandler(application)
     try:
-        worker = sdk.Worker(handler, fronts, concurrency, pulls=pulls, wait=wait,
+        worker = sdk.Worker(handler, fronts, concurrency, batch=batch, wait=wait,
                             max_backoff=max_backoff)
     except ValueError as exc:
         _fail(str(exc))

@@ -1,5 +1,5 @@
 """The Python worker SDK: pull requests from one or more Prack fronts (API
-v2, msgpack), run a handler on a thread pool, post the responses back.
+v2, msgpack), run a handler on each, post the responses back.
 
     from prack.worker import Response, serve
 
@@ -8,19 +8,20 @@ v2, msgpack), run a handler on a thread pool, post the responses back.
 
     serve(hello, fronts=["http://127.0.0.1:4242"], concurrency=8)
 
-Per front, `pulls` threads each keep one HTTP connection open and long-poll
-for a batch; a batch never holds more requests than the pool has free
-threads, so a worker never sits on a request another worker could serve.
-One poster thread per front sends the finished responses back, several per
-call. A front that cannot be reached is retried with a capped, jittered
-backoff; it is logged once when it goes away and once when it is back.
+`concurrency` lanes (threads), spread over the fronts, each keep one
+HTTP/1.1 connection open and loop: long-poll for a batch, run the handler on
+each request in turn, post all the answers in one call. No request changes
+threads on its way, which is what makes a worker cheap per request. A lane
+asks for about 5 ms of handler time at once (a moving average decides how
+many requests that is), so a slow handler takes one request at a time and
+never sits on requests another worker could serve. A front that cannot be
+reached is retried with a capped, jittered backoff; it is logged once when it
+goes away and once when it is back.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import http.client
 import logging
-import queue
 import random
 import signal
 import threading
@@ -39,7 +40,7 @@ MSGPACK = "application/msgpack"
 _decode_batch = msgspec.msgpack.Decoder(wire.RequestBatch).decode
 _decode_results = msgspec.msgpack.Decoder(wire.ResultBatch).decode
 _encode = msgspec.msgpack.Encoder().encode
-POST_BATCH = 256     # responses per POST /api/v2/responses at most
+BATCH_BUDGET = 0.005  # seconds of handler time a lane takes on at once
 
 
 @dataclass(slots=True)
@@ -66,38 +67,8 @@ class FrontDown(Exception):
     """The front answered with something other than what the API promises."""
 
 
-class _Capacity:
-    """Free handler threads; a pull asks for up to n of them."""
-
-    def __init__(self, n: int):
-        self.free = n
-        self.cond = threading.Condition()
-        self.closed = False
-
-    def take(self, most: int) -> int:
-        with self.cond:
-            while self.free == 0 and not self.closed:
-                self.cond.wait()
-            if self.closed:
-                return 0
-            n = min(self.free, most)
-            self.free -= n
-            return n
-
-    def give(self, n: int) -> None:
-        if n:
-            with self.cond:
-                self.free += n
-                self.cond.notify(n)      # the longest waiters first
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-
-
 class _Front:
-    """One Prack front: its address, its outage state and its post queue."""
+    """One Prack front: its address and its outage state."""
 
     def __init__(self, url: str, timeout: float):
         parts = urllib.parse.urlsplit(url if "//" in url else "http://" + url)
@@ -110,7 +81,6 @@ class _Front:
         self.lock = threading.Lock()
         self.down_since: float | None = None
         self.failures = 0
-        self.posts: queue.SimpleQueue = queue.SimpleQueue()
 
     def connect(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
@@ -152,18 +122,40 @@ def _call(conn: http.client.HTTPConnection, method: str, path: str, body: bytes 
     return resp.status, resp.read()
 
 
+class _Pace:
+    """How many requests a lane asks for at once: about BATCH_BUDGET seconds
+    of handler time (a moving average), between 1 and `most`. A fast handler
+    gets big batches (fewer calls per request); a slow one takes one request
+    at a time, so it never sits on requests another worker could serve."""
+
+    def __init__(self, most: int):
+        self.most = most
+        # Seconds per request. It starts at the whole budget (one request at
+        # a time) and comes down as fast answers are measured, so a handler
+        # that blocks is never handed a batch to sit on before it is known.
+        self.average = BATCH_BUDGET
+
+    def size(self) -> int:
+        return max(1, min(self.most, int(BATCH_BUDGET / self.average)))
+
+    def took(self, seconds: float, n: int) -> None:
+        if n:
+            self.average += (seconds / n - self.average) * 0.2
+
+
 class Worker:
     """Serves `handler(Request) -> Response` for every front until stop().
 
-    `concurrency` is the number of requests handled at once (threads);
-    `pulls` the long polls kept open per front (fewer when there are not
-    enough threads for them); `wait` how long each may wait (it also bounds
-    how long a stop waits for them)."""
+    `concurrency` lanes (threads), spread over the fronts, each keep one
+    HTTP/1.1 connection to their front and loop: pull a batch (long poll of
+    up to `wait` seconds), run the handler on each request in turn, post the
+    answers in one call. `batch` caps the requests a lane takes at once (the
+    lane adapts below it to the handler's speed)."""
 
     def __init__(self, handler, fronts=(DEFAULT_FRONT,), concurrency: int = 8,
-                 pulls: int = 2, wait: float = 2.0, max_backoff: float = 2.0):
-        if concurrency < 1 or pulls < 1:
-            raise ValueError("concurrency and pulls must be at least 1")
+                 batch: int = 64, wait: float = 2.0, max_backoff: float = 2.0):
+        if concurrency < 1 or batch < 1:
+            raise ValueError("concurrency and batch must be at least 1")
         if isinstance(fronts, str):
             fronts = [fronts]
         self.handler = handler
@@ -176,24 +168,14 @@ class Worker:
         self.concurrency = concurrency
         self.wait = wait
         self.max_backoff = max_backoff
-        self.capacity = _Capacity(concurrency)
-        # A long poll holds the threads it may receive requests for. Every
-        # pull asks for at most its share, and there are no more pulls than
-        # threads, so an idle worker keeps a pull open on every front.
-        pulls = max(1, min(pulls, concurrency // len(self.fronts)))
-        self.share = concurrency // (pulls * len(self.fronts))
-        self.pool = concurrent.futures.ThreadPoolExecutor(concurrency,
-                                                          thread_name_prefix="prack-handler")
+        self.pace = _Pace(batch)
         self.stopping = threading.Event()
-        self.pullers = [threading.Thread(target=self._pull_loop, args=(front,), daemon=True,
-                                         name="prack-pull")
-                        for front in self.fronts for _ in range(pulls)]
-        self.posters = [threading.Thread(target=self._post_loop, args=(front,), daemon=True,
-                                         name="prack-post")
-                        for front in self.fronts]
+        self.lanes = [threading.Thread(target=self._lane, daemon=True, name="prack-lane",
+                                       args=(self.fronts[i % len(self.fronts)],))
+                      for i in range(concurrency)]
 
     def start(self) -> "Worker":
-        for t in self.posters + self.pullers:
+        for t in self.lanes:
             t.start()
         return self
 
@@ -201,33 +183,35 @@ class Worker:
         """Stop pulling (each long poll ends within `wait`); held requests
         are still answered. join() waits for that."""
         self.stopping.set()
-        self.capacity.close()
 
     def join(self) -> None:
-        for t in self.pullers:
-            t.join()
-        self.pool.shutdown(wait=True)
-        for front in self.fronts:
-            front.posts.put(None)
-        for t in self.posters:
+        for t in self.lanes:
             t.join()
 
-    # -- pulling ------------------------------------------------------------------
+    # -- one lane ---------------------------------------------------------------------
 
-    def _pull_loop(self, front: _Front) -> None:
+    def _lane(self, front: _Front) -> None:
         conn = None
-        reused = False           # conn has carried a call already
+        reused = False              # conn has carried a call already
         query = "/api/v2/requests?wait=%g&max=" % self.wait
-        headers = {"Accept": MSGPACK}
-        while not self.stopping.is_set():
-            n = self.capacity.take(self.share)
-            if n == 0:
-                break
+        pull_headers = {"Accept": MSGPACK}
+        answers: list = []          # ResponseItems to post
+        errors: list = []           # (id, reason) to report
+        while True:
             try:
+                if answers or errors:
+                    if conn is None:
+                        conn = front.connect()
+                    self._post(conn, answers, errors)
+                    answers, errors = [], []
+                    reused = True
+                if self.stopping.is_set():
+                    break
                 if conn is None:
                     conn = front.connect()
+                path = query + str(self.pace.size())
                 try:
-                    status, data = _call(conn, "GET", query + str(n), None, headers)
+                    status, data = _call(conn, "GET", path, None, pull_headers)
                 except (http.client.RemoteDisconnected, ConnectionResetError,
                         BrokenPipeError):
                     if not reused:
@@ -235,101 +219,65 @@ class Worker:
                     # The front closed a kept-alive connection (a restart, an
                     # idle limit): one new connection before calling it down.
                     conn.close()
-                    status, data = _call(conn, "GET", query + str(n), None, headers)
+                    status, data = _call(conn, "GET", path, None, pull_headers)
                 reused = True
                 if status != 200:
                     raise FrontDown("GET /api/v2/requests answered %d" % status)
                 items = _decode_batch(data).requests
             except (OSError, http.client.HTTPException, FrontDown,
                     msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self.capacity.give(n)
                 if conn is not None:
                     conn.close()
                     conn = None
                 reused = False
+                if answers or errors:
+                    # These clients were answered by the front (or lost with
+                    # it): a restarted front would not know the identifiers.
+                    log.debug("front %s: %d answers not delivered: %s", front.url,
+                              len(answers) + len(errors), exc)
+                    answers, errors = [], []
                 failures = front.failed(exc)
                 self.stopping.wait(backoff(failures, cap=self.max_backoff))
                 continue
             front.succeeded()
-            self.capacity.give(n - len(items))
+            started = time.monotonic()
             for item in items:
-                self.pool.submit(self._handle, front, item)
+                self._handle(front, item, answers, errors)
+            self.pace.took(time.monotonic() - started, len(items))
         if conn is not None:
             conn.close()
 
-    def _handle(self, front: _Front, item: wire.RequestItem) -> None:
+    def _handle(self, front: _Front, item: wire.RequestItem, answers: list,
+                errors: list) -> None:
+        req = Request(item.id, item.env, item.body, item.deadline, front.url)
         try:
-            req = Request(item.id, item.env, item.body, item.deadline, front.url)
-            try:
-                resp = self.handler(req)
-                out = wire.ResponseItem(item.id, int(resp.status), _pairs(resp.headers),
-                                        bytes(resp.body))
-            except Exception as exc:
-                log.exception("handler failed on %s %s", item.env.get("REQUEST_METHOD"),
-                              item.env.get("PATH_INFO"))
-                front.posts.put(("error", item.id, "%s: %s" % (exc.__class__.__name__,
-                                                             _reason(exc))))
-            else:
-                if time.time() < item.deadline:
-                    front.posts.put(out)
-        finally:
-            self.capacity.give(1)
-
-    # -- posting ----------------------------------------------------------------------
-
-    def _post_loop(self, front: _Front) -> None:
-        conn = None
-        done = False
-        while not done:
-            batch = [front.posts.get()]
-            while len(batch) < POST_BATCH:
-                try:
-                    batch.append(front.posts.get_nowait())
-                except queue.Empty:
-                    break
-            if None in batch:
-                done = True
-                batch = [x for x in batch if x is not None]
-            responses = [x for x in batch if isinstance(x, wire.ResponseItem)]
-            errors = [x for x in batch if isinstance(x, tuple)]
-            for attempt in range(2):     # a kept-alive connection may have been closed
-                try:
-                    if conn is None:
-                        conn = front.connect()
-                    if responses:
-                        self._post_responses(conn, responses)
-                        responses = []
-                    while errors:
-                        _, ident, reason = errors[0]
-                        _call(conn, "POST", "/api/v2/requests/%s/error" % ident,
-                              _encode(wire.Error(reason)), {"Content-Type": MSGPACK})
-                        errors.pop(0)
-                    break
-                except (OSError, http.client.HTTPException, FrontDown,
-                        msgspec.DecodeError) as exc:
-                    if conn is not None:
-                        conn.close()
-                        conn = None
-                    if attempt:
-                        # The front is gone: these clients were answered by
-                        # it (or lost with it); nothing to retry.
-                        log.debug("front %s: %d responses not delivered: %s", front.url,
-                                  len(responses) + len(errors), exc)
-        if conn is not None:
-            conn.close()
+            resp = self.handler(req)
+            out = wire.ResponseItem(item.id, int(resp.status), _pairs(resp.headers),
+                                    bytes(resp.body))
+        except Exception as exc:
+            log.exception("handler failed on %s %s", item.env.get("REQUEST_METHOD"),
+                          item.env.get("PATH_INFO"))
+            errors.append((item.id, "%s: %s" % (exc.__class__.__name__, _reason(exc))))
+            return
+        if time.time() < item.deadline:
+            answers.append(out)
 
     @staticmethod
-    def _post_responses(conn, responses) -> None:
-        status, data = _call(conn, "POST", "/api/v2/responses",
-                             _encode(wire.ResponseBatch(responses)),
-                             {"Content-Type": MSGPACK, "Accept": MSGPACK})
-        if status != 200:
-            raise FrontDown("POST /api/v2/responses answered %d" % status)
-        for result in _decode_results(data).results:
-            if result.status == "invalid":
-                log.error("front refused the response to %s: %s", result.id, result.error)
-            elif result.status != "ok":
-                log.info("response to %s not delivered: %s", result.id, result.status)
+    def _post(conn, answers: list, errors: list) -> None:
+        if answers:
+            status, data = _call(conn, "POST", "/api/v2/responses",
+                                 _encode(wire.ResponseBatch(answers)),
+                                 {"Content-Type": MSGPACK, "Accept": MSGPACK})
+            if status != 200:
+                raise FrontDown("POST /api/v2/responses answered %d" % status)
+            for result in _decode_results(data).results:
+                if result.status == "invalid":
+                    log.error("front refused the response to %s: %s", result.id, result.error)
+                elif result.status != "ok":
+                    log.info("response to %s not delivered: %s", result.id, result.status)
+        for ident, reason in errors:
+            _call(conn, "POST", "/api/v2/requests/%s/error" % ident,
+                  _encode(wire.Error(reason)), {"Content-Type": MSGPACK})
 
 
 def _pairs(headers) -> list:
@@ -342,7 +290,7 @@ def _pairs(headers) -> list:
 def serve(handler, fronts=(DEFAULT_FRONT,), concurrency: int = 8, **options) -> int:
     """Serve `handler` until SIGTERM or SIGINT, then stop pulling, finish the
     requests held and return 0. A second signal returns 1 at once. Options:
-    those of Worker (pulls, wait, max_backoff)."""
+    those of Worker (batch, wait, max_backoff)."""
     return run(Worker(handler, fronts, concurrency, **options))
 
 
