@@ -27,7 +27,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import secrets
 
 import posix_ipc
 
@@ -102,7 +101,7 @@ class Segment:
         size = lib.prk_segment_size(nrings, nslots, capacity)
         if size == 0:
             raise ValueError(f"bad ring geometry: nrings={nrings} nslots={nslots} capacity={capacity}")
-        name = "/prack-" + secrets.token_hex(8)
+        name = "/prack-" + os.urandom(8).hex()
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600)
         fd = shm.fd
         # Unlink at once, before anything else can fail or the process can be
