@@ -99,6 +99,22 @@ _HEAD, _BODY_LENGTH, _BODY_CHUNKED, _DONE, _ERROR = range(5)
 _HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
 
+_arrays: dict[int, tuple] = {}
+
+
+def _parse_arrays(max_headers: int) -> tuple:
+    """(prk_request, prk_header[max_headers], and uint32 views of both),
+    made once per process and size."""
+    arrays = _arrays.get(max_headers)
+    if arrays is None:
+        req = ffi.new("prk_request *")
+        headers = ffi.new("prk_header[]", max_headers)
+        arrays = _arrays[max_headers] = (
+            req, headers, memoryview(ffi.buffer(req)).cast("I"),
+            memoryview(ffi.buffer(headers)).cast("I"))
+    return arrays
+
+
 class RequestReader:
     """Reads requests from one connection, one at a time.
 
@@ -119,12 +135,14 @@ class RequestReader:
         self._chunked = None
         self._body: bytearray | None = None
         self.wants_continue = False
-        self._c_req = ffi.new("prk_request *")
-        self._c_headers = ffi.new("prk_header[]", limits.max_headers)
+        # The parser's output arrays are the process's, not the reader's: a
+        # head is parsed and turned into a Request in one synchronous call,
+        # so readers never need them at the same time, and an idle
+        # connection does not carry max_headers * 16 bytes of them.
+        (self._c_req, self._c_headers, self._v_req,
+         self._v_headers) = _parse_arrays(limits.max_headers)
         self._c_out_len = None
         self._scanned = 0
-        self._v_req = memoryview(ffi.buffer(self._c_req)).cast("I")
-        self._v_headers = memoryview(ffi.buffer(self._c_headers)).cast("I")
 
     # -- input -----------------------------------------------------------
 
