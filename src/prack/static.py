@@ -103,6 +103,13 @@ def _etag_list_matches(value: bytes, etag: bytes, weak: bool) -> bool:
     return False
 
 
+def _position(digits: bytes) -> int:
+    """A byte position of a range. Past 18 digits it is beyond any file, and
+    int() would refuse the digit strings a 32 KiB header allows (ValueError
+    past 4300 digits, which would crash the acceptor): clamp it."""
+    return int(digits) if len(digits) <= 18 else 10 ** 18
+
+
 def parse_range(value: bytes, size: int) -> tuple[int, int] | None | bool:
     """One `bytes=` range of a file of `size` bytes: (first, last) inclusive;
     None when the header is to be ignored (other units, several ranges,
@@ -118,12 +125,12 @@ def parse_range(value: bytes, size: int) -> tuple[int, int] | None | bool:
             (not first and not last):
         return None
     if not first:                       # suffix: the last N bytes
-        n = int(last)
+        n = _position(last)
         if n == 0 or size == 0:
             return False
         return max(0, size - n), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = _position(first)
+    end = _position(last) if last else size - 1
     if last and end < start:
         return None                     # invalid range-spec: ignore the header
     if start >= size:
