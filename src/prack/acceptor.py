@@ -191,7 +191,10 @@ class Acceptor(ChildLoop):
             return
         sock.setblocking(False)
         self.api = sock
-        self.api_in.clear()
+        # A new buffer, not clear(): this can run from inside _on_api's frame
+        # loop (a wake-up that finds the link gone), which must finish the
+        # frames it already read (they answer our clients) in the old one.
+        self.api_in = bytearray()
         self.api_out = [wire.FRAME_LEN.pack(wire.HELLO.size),
                         wire.HELLO.pack(wire.F_HELLO, self.index, self.generation, os.getpid())]
         self.api_events = selectors.EVENT_READ | selectors.EVENT_WRITE
