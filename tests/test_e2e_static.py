@@ -221,3 +221,23 @@ def test_changed_file_is_seen_at_once(srv, site):
     assert get(srv, "/static/changing.txt").body == b"v3\n"
     f.unlink()
     assert get(srv, "/static/changing.txt").status == 404
+
+
+def test_http10_keep_alive_is_announced(srv):
+    """An HTTP/1.0 connection stays open only if the response says
+    Connection: keep-alive (RFC 9112 9.3); without it a 1.0 client waits for
+    the close. Files, 304 and Prack's own answers (404) all say it."""
+    with srv.raw() as c:
+        etag = None
+        for path, extra, status in (("/static/hello.txt", b"", 200),
+                                    ("/static/big.bin", b"", 200),
+                                    ("/static/hello.txt", None, 304),
+                                    ("/static/nothing-here", b"", 404)):
+            if extra is None:
+                extra = b"If-None-Match: %s\r\n" % etag.encode()
+            c.send(b"GET %s HTTP/1.0\r\nConnection: keep-alive\r\n%s\r\n" % (path.encode(), extra))
+            r = c.read_response()
+            assert r.status == status
+            assert r.header("Connection") == "keep-alive", path
+            if etag is None:
+                etag = r.header("ETag")             # hello.txt's, for the 304

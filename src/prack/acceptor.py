@@ -472,28 +472,33 @@ class Acceptor(ChildLoop):
         """A response Prack makes itself (errors, timeouts, a full queue)."""
         keep = conn.keep_alive and not close and not self.stopping
         data = http.simple_response(status, body, keep_alive=keep, server=self.server,
-                                    extra=extra, head_only=conn.method == "HEAD")
+                                    extra=extra, head_only=conn.method == "HEAD",
+                                    http10_keep_alive=keep and conn.version_minor == 0)
         self._start_response(conn, status, keep, [data])
 
     def _serve_static(self, conn: Conn, req: http.Request) -> None:
         """A file under static.prefix, answered here without a worker."""
         ans = self.static.answer(req.method, req.path, req.headers)
         keep = conn.keep_alive
+        ka10 = keep and conn.version_minor == 0     # HTTP/1.0 keep-alive is announced
         head_only = req.method == "HEAD"
         if ans.__class__ is static.SimpleAnswer:
             if ans.status == 304:
-                head = http.response_head(304, ans.header_block, None, keep, self.server)
+                head = http.response_head(304, ans.header_block, None, keep, self.server,
+                                          True, ka10)
                 self._start_response(conn, 304, keep, [head])
             else:
                 self._respond_local(conn, ans.status, ans.body, ans.header_block)
             return
         if ans.__class__ is static.BytesAnswer:
             body = ans.body
-            head = http.response_head(ans.status, ans.header_block, len(body), keep, self.server)
+            head = http.response_head(ans.status, ans.header_block, len(body), keep, self.server,
+                                      True, ka10)
             self._start_response(conn, ans.status, keep,
                                  [head] if head_only or not body else [head, body])
             return
-        head = http.response_head(ans.status, ans.header_block, ans.length, keep, self.server)
+        head = http.response_head(ans.status, ans.header_block, ans.length, keep, self.server,
+                                  True, ka10)
         if head_only or not ans.length:
             os.close(ans.fd)
             self._start_response(conn, ans.status, keep, [head])
