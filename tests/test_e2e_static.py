@@ -81,6 +81,12 @@ def test_head(srv):
         r = c.read_response(head=True)
         assert r.status == 200 and r.body == b""
         assert r.header("Content-Length") == str(len(BIG))
+        # RFC 9110 14.2: range handling is defined for GET only; a server
+        # MUST ignore Range on other methods, HEAD included.
+        c.send(b"HEAD /static/big.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n")
+        r = c.read_response(head=True)
+        assert r.status == 200 and r.header("Content-Range") is None
+        assert r.header("Content-Length") == str(len(BIG))
         # The connection goes on: nothing of the file was sent.
         c.send(b"GET /static/hello.txt HTTP/1.1\r\nHost: x\r\n\r\n")
         assert c.read_response().body == b"Hello, static world!\n"

@@ -211,7 +211,7 @@ class StaticFiles:
             if st.st_size <= SMALL_FILE:
                 body = self._small_body(path, st)
                 if body is not None:
-                    return self._answer(path, st, headers, -1, body)
+                    return self._answer(method, path, st, headers, -1, body)
             fd = os.open(path, _OPEN_FLAGS)
         except OSError:
             return SimpleAnswer(404, b"not found\n")
@@ -220,7 +220,7 @@ class StaticFiles:
             # points to by now.
             st = os.fstat(fd)
             if stat.S_ISREG(st.st_mode):
-                return self._answer(path, st, headers, fd, None)
+                return self._answer(method, path, st, headers, fd, None)
         except OSError:
             pass
         os.close(fd)
@@ -261,7 +261,7 @@ class StaticFiles:
             hit = self._heads[key] = (etag, mtime, validators, block)
         return hit
 
-    def _answer(self, path: bytes, st, headers: list, fd: int,
+    def _answer(self, method: str, path: bytes, st, headers: list, fd: int,
                 body: bytes | None) -> FileAnswer | BytesAnswer | SimpleAnswer:
         """Conditionals and ranges for one version of a file, held either
         as an open descriptor `fd` or as its bytes `body`."""
@@ -272,8 +272,8 @@ class StaticFiles:
                 inm = value if inm is None else inm + b"," + value
             elif name == b"if-modified-since":
                 ims = value
-            elif name == b"range":
-                rng = value
+            elif name == b"range" and method == "GET":
+                rng = value     # RFC 9110 14.2: a HEAD ignores Range
             elif name == b"if-range":
                 if_range = value
         # RFC 9110 13.2.2: If-None-Match first; If-Modified-Since only without it.
