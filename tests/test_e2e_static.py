@@ -247,3 +247,18 @@ def test_http10_keep_alive_is_announced(srv):
             assert r.header("Connection") == "keep-alive", path
             if etag is None:
                 etag = r.header("ETag")             # hello.txt's, for the 304
+
+
+def test_access_log_counts_the_file(start_server, site):
+    """A file over SMALL_FILE goes out with sendfile; when the socket takes
+    it all at once the access log line must still count its bytes."""
+    (site / "mid.bin").write_bytes(b"m" * 100_000)
+    s = start_server("--access-log", acceptors=1, static_root=str(site),
+                     static_prefix="/static/")
+    with s.raw() as c:
+        c.send(b"GET /static/mid.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200 and len(r.body) == 100_000
+    line = s.wait_log(r'prack\.access: 127\.0\.0\.1 - "GET /static/mid\.bin HTTP/1\.1" 200 \d+ ')
+    sent = int(line.split('" 200 ')[1].split()[0])
+    assert 100_000 < sent < 100_000 + 1024

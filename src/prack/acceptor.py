@@ -505,7 +505,6 @@ class Acceptor(ChildLoop):
             return
         conn.file = [ans.fd, ans.offset, ans.length]
         self._start_response(conn, ans.status, keep, [head])
-        conn.sent += ans.length
 
     def _send_file(self, conn: Conn) -> None:
         """Send the static file after its head, until the socket is full.
@@ -538,7 +537,8 @@ class Acceptor(ChildLoop):
         conn.keep_alive = keep
         conn.state = WRITING
         conn.status = status
-        conn.sent = sum(map(len, buffers))
+        # Counted before the first write, which may send it all and log it.
+        conn.sent = sum(map(len, buffers)) + (conn.file[2] if conn.file is not None else 0)
         conn.deadline = time.monotonic() + self.t_send
         self._write(conn, buffers)
 
