@@ -2,6 +2,7 @@
 cannot force (the API process dying between two frames of one read)."""
 from __future__ import annotations
 
+import errno
 import os
 import selectors
 import socket
@@ -81,3 +82,60 @@ def test_api_lost_while_handling_a_read_of_several_frames(acceptor):
     assert conn_b.state != QUEUED and conn_b.status == 200
     assert b"answer b" in b.recv(1 << 16)
     assert b"answer a" in a.recv(1 << 16)
+
+
+class _Listener:
+    """Stands in for the listening socket: hands out `results` in turn."""
+
+    family = socket.AF_INET
+
+    def __init__(self, results):
+        self.results = list(results)
+
+    def accept(self):
+        r = self.results.pop(0)
+        if isinstance(r, BaseException):
+            raise r
+        return r
+
+
+class _ResetSocket:
+    """An accepted socket the peer already reset: BSD and macOS refuse
+    setsockopt on it (EINVAL / ECONNRESET)."""
+
+    family = socket.AF_INET
+    closed = False
+
+    def setblocking(self, flag):
+        pass
+
+    def setsockopt(self, *args):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    def fileno(self):
+        return 10_000
+
+    def close(self):
+        self.closed = True
+
+
+def test_errors_of_one_new_connection_do_not_crash_the_acceptor(acceptor):
+    """accept(2) passes a new connection's pending network errors on
+    (ENETUNREACH, EHOSTUNREACH, EPERM from a firewall ...; Linux says to
+    retry), and a reset connection may refuse setsockopt: each concerns one
+    connection, and the acceptor goes on with the next."""
+    acc, seg, listener, api_listener, api_side, clients = acceptor
+    reset = _ResetSocket()
+    real = socket.create_connection(listener.getsockname())
+    clients.append(real)
+    good = listener.accept()
+    acc.listener = _Listener([OSError(errno.ENETUNREACH, "unreachable"),
+                              OSError(errno.EPERM, "firewall"),
+                              OSError(errno.EHOSTUNREACH, "unreachable"),
+                              (reset, ("127.0.0.1", 1)),
+                              good, BlockingIOError()])
+    acc._on_accept(selectors.EVENT_READ)
+    assert reset.closed
+    conn, = acc.conns.values()
+    assert conn.sock is good[0]
+    acc.listener = listener

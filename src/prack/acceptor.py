@@ -37,6 +37,12 @@ LINGER_SECONDS = 2.0      # drain time after an error before closing (RFC 9112 9
 LINGER_MAX_BYTES = 1 << 20
 RETIRE_IDLE_GRACE = 1.0   # an idle keep-alive connection's last chance when retiring
 RECV_SIZE = 65536
+# accept(2) errors that concern only the connection being accepted (Linux
+# passes its pending network errors on, and says to retry; EPERM is a
+# firewall rule): go on with the next one.
+_ACCEPT_RETRY = frozenset(getattr(errno, name) for name in (
+    "ECONNABORTED", "EPROTO", "EPERM", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+    "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ETIMEDOUT") if hasattr(errno, name))
 BODY_RATE_GRACE = 5.0     # seconds of body before min_body_rate is enforced
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -282,16 +288,21 @@ class Acceptor(ChildLoop):
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     self._pause_accepting(self.listener, self._on_accept, exc)
                     return
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                if exc.errno in _ACCEPT_RETRY:
                     continue
                 raise
             if not self.free_slots:
                 # Over max_connections: refuse quickly rather than queue forever.
                 self._refuse(sock)
                 continue
-            sock.setblocking(False)
-            if sock.family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.setblocking(False)
+                if sock.family != socket.AF_UNIX:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                # Reset before we got to it (BSD and macOS refuse setsockopt then).
+                sock.close()
+                continue
             slot = self.free_slots.popleft()
             conn = Conn(sock, slot, http.RequestReader(self.limits), addr)
             conn.deadline = time.monotonic() + self.t_keepalive
