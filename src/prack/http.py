@@ -88,6 +88,8 @@ class Request:
 _FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
                       b"expect", b"content-type"})
 # Raw header name -> lower-case name, so common names are lowered only once.
+# It lives as long as the process: only names up to 64 bytes are kept, else
+# a client sending new 32 KiB names would make it hold hundreds of MB.
 _names: dict[bytes, bytes] = {}
 
 # States of the reader.
@@ -240,7 +242,7 @@ class RequestReader:
             name = names.get(raw)
             if name is None:
                 name = raw.lower()
-                if len(names) < 4096:
+                if len(names) < 4096 and len(raw) <= 64:   # long names: not kept
                     names[raw] = name
             value = head[h[i + 2]:h[i + 2] + h[i + 3]]
             headers.append((name, value))

@@ -184,7 +184,7 @@ def env_key(name: bytes) -> str | None:
             key = None
         else:
             key = "HTTP_" + name.decode("ascii").upper().replace("-", "_")
-        if len(_env_keys) < 4096:
+        if len(_env_keys) < 4096 and len(name) <= 64:   # as http._names
             _env_keys[name] = key
     return key
 
