@@ -25,6 +25,7 @@ _TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg
 _ALLOW = b"Allow: GET, HEAD\r\n"
 CACHE_SECONDS = 1.0     # how long a path resolution is trusted
 CACHE_ENTRIES = 4096    # entries per cache before it starts over
+CACHE_PATH_MAX = 256    # longer request paths are resolved every time
 SMALL_FILE = 64 * 1024  # files up to this size are kept in memory...
 CACHE_BYTES = 8 << 20   # ...up to this many bytes per acceptor
 # Non-blocking: opening a FIFO someone placed under the root must not hang.
@@ -160,6 +161,8 @@ class StaticFiles:
         if hit is not None and hit[0] > now:
             return hit[1]
         real = self._resolve(raw_path)
+        if len(raw_path) > CACHE_PATH_MAX:
+            return real         # not kept: 4096 of them would be 64 MB
         if len(self._paths) >= CACHE_ENTRIES:
             self._paths.clear()
         self._paths[raw_path] = (now + CACHE_SECONDS, real)
