@@ -112,6 +112,32 @@ def test_conditional_requests(srv):
                                                   ("If-Modified-Since", modified)]).status == 200
 
 
+def test_preconditions_if_match_if_unmodified_since(srv):
+    """RFC 9110 13.1.1, 13.1.4, 13.2.2: an origin server MUST evaluate
+    If-Match (strong comparison) and, without it, If-Unmodified-Since: a
+    false condition is 412 and nothing is sent."""
+    first = get(srv, "/static/hello.txt")
+    etag, modified = first.header("ETag"), first.header("Last-Modified")
+    cases = [
+        ([("If-Match", etag)], 200),
+        ([("If-Match", '"other", %s' % etag)], 200),
+        ([("If-Match", "*")], 200),
+        ([("If-Match", '"other"')], 412),
+        ([("If-Match", "W/" + etag)], 412),                    # weak never matches
+        ([("If-Unmodified-Since", modified)], 200),
+        ([("If-Unmodified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")], 412),
+        ([("If-Unmodified-Since", "not a date")], 200),         # ignored
+        ([("If-Match", etag), ("If-Unmodified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")], 200),
+        ([("If-Match", '"other"'), ("If-None-Match", etag)], 412),  # before 304
+    ]
+    for headers, status in cases:
+        r = get(srv, "/static/hello.txt", headers=headers)
+        assert r.status == status, headers
+        if status == 200:
+            assert r.body == b"Hello, static world!\n"
+    assert get(srv, "/static/big.bin", headers=[("If-Match", '"other"')]).status == 412
+
+
 @pytest.mark.parametrize("spec,status,part", [
     ("bytes=0-9", 206, (0, 9)),
     ("bytes=10-", 206, (10, len(BIG) - 1)),

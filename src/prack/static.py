@@ -6,8 +6,9 @@ request under the configured prefix to a ready response (404, 405, 304,
 file's size and modification time on every request), or to an open file plus
 the byte range to send after the head, which the acceptor streams with
 sendfile(2) (or reads, where there is no sendfile). Validators and ranges follow RFC 9110 sections 8.8, 13 and 14:
-strong ETags from size and modification time, Last-Modified, If-None-Match
-before If-Modified-Since, If-Range, and a single byte range (a request for
+strong ETags from size and modification time, Last-Modified, If-Match and
+If-Unmodified-Since (412), If-None-Match before If-Modified-Since (304),
+If-Range, and a single byte range (a request for
 several ranges gets the whole file, which the RFC allows).
 """
 from __future__ import annotations
@@ -269,17 +270,34 @@ class StaticFiles:
         """Conditionals and ranges for one version of a file, held either
         as an open descriptor `fd` or as its bytes `body`."""
         etag, mtime, validators, block = self._describe(path, st)
-        inm = ims = rng = if_range = None
+        inm = ims = im = ius = rng = if_range = None
         for name, value in headers:
             if name == b"if-none-match":
                 inm = value if inm is None else inm + b"," + value
+            elif name == b"if-match":
+                im = value if im is None else im + b"," + value
+            elif name == b"if-unmodified-since":
+                ius = value
             elif name == b"if-modified-since":
                 ims = value
             elif name == b"range" and method == "GET":
                 rng = value     # RFC 9110 14.2: a HEAD ignores Range
             elif name == b"if-range":
                 if_range = value
-        # RFC 9110 13.2.2: If-None-Match first; If-Modified-Since only without it.
+        # RFC 9110 13.2.2: If-Match (strong comparison), or If-Unmodified-Since
+        # without it: false gives 412. Then If-None-Match, or If-Modified-Since
+        # without it: false gives 304.
+        if im is not None:
+            failed = not _etag_list_matches(im, etag, weak=False)
+        elif ius is not None:
+            since = _parse_http_date(ius)
+            failed = since is not None and mtime > since
+        else:
+            failed = False
+        if failed:
+            if fd >= 0:
+                os.close(fd)
+            return SimpleAnswer(412, b"precondition failed\n")
         if inm is not None:
             not_modified = _etag_list_matches(inm, etag, weak=True)
         elif ims is not None:
