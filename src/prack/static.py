@@ -236,10 +236,16 @@ class StaticFiles:
         key = (path, st.st_size, st.st_mtime_ns)
         body = self._bodies.get(key)
         if body is None:
-            with open(path, "rb") as f:
-                body = f.read(SMALL_FILE + 1)
-                now = os.fstat(f.fileno())
-            if (now.st_size, now.st_mtime_ns) != key[1:] or len(body) != st.st_size:
+            # Non-blocking like every open here: the name may have come to
+            # point at a FIFO since the stat.
+            fd = os.open(path, _OPEN_FLAGS)
+            try:
+                body = os.read(fd, SMALL_FILE + 1)
+                now = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if not stat.S_ISREG(now.st_mode) or (now.st_size, now.st_mtime_ns) != key[1:] \
+                    or len(body) != st.st_size:
                 return None
             if self._body_bytes + len(body) > CACHE_BYTES:
                 self._bodies.clear()
