@@ -31,10 +31,6 @@ RECORD = struct.Struct("<HHIQdII")
 SLOT_FREE, SLOT_QUEUED, SLOT_TAKEN, SLOT_GONE = 0, 1, 2, 3
 
 
-def slot_word(key: int, state: int) -> int:
-    return (key << 2) | state
-
-
 # -- identifiers ---------------------------------------------------------------
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 
