@@ -224,6 +224,14 @@ def test_environ():
     assert all(type(v) is str for v in env.values())
 
 
+def test_proxy_header_is_not_passed():
+    """httpoxy (CVE-2016-5385): a client's "Proxy:" header must not reach the
+    worker as HTTP_PROXY, the name of the outgoing proxy setting."""
+    req = one(b"GET / HTTP/1.1\r\nHost: x\r\nProxy: http://evil:1\r\nX-B: 1\r\n\r\n")
+    env = wire.environ(req, "h", "80", "", "")
+    assert "HTTP_PROXY" not in env and env["HTTP_X_B"] == "1"
+
+
 def test_valid_hosts():
     for host in [b"example.com", b"example.com:8080", b"127.0.0.1:80", b"[::1]:9000", b"[::1]",
                  b"", b"xn--bcher-kva.example", b"h:"]:

@@ -165,9 +165,11 @@ class ResultBatch(msgspec.Struct):
 # -- the request environment -----------------------------------------------------
 
 _env_keys: dict[bytes, str | None] = {}
-# Dropped from the environment: the body arrives de-chunked and complete, and
-# Content-Type/Length have their CGI names.
-_NOT_HTTP = {b"content-type": None, b"content-length": None, b"transfer-encoding": None}
+# Dropped from the environment: the body arrives de-chunked and complete,
+# Content-Type/Length have their CGI names, and a "Proxy" header would become
+# HTTP_PROXY, which CGI-style code takes for its outgoing proxy ("httpoxy").
+_NOT_HTTP = {b"content-type": None, b"content-length": None, b"transfer-encoding": None,
+             b"proxy": None}
 
 
 def env_key(name: bytes) -> str | None:
