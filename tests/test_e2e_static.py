@@ -81,6 +81,12 @@ def test_head(srv):
         r = c.read_response(head=True)
         assert r.status == 200 and r.body == b""
         assert r.header("Content-Length") == str(len(BIG))
+        # RFC 9110 14.2: range handling is defined for GET only; a server
+        # MUST ignore Range on other methods, HEAD included.
+        c.send(b"HEAD /static/big.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n")
+        r = c.read_response(head=True)
+        assert r.status == 200 and r.header("Content-Range") is None
+        assert r.header("Content-Length") == str(len(BIG))
         # The connection goes on: nothing of the file was sent.
         c.send(b"GET /static/hello.txt HTTP/1.1\r\nHost: x\r\n\r\n")
         assert c.read_response().body == b"Hello, static world!\n"
@@ -106,6 +112,32 @@ def test_conditional_requests(srv):
                                                   ("If-Modified-Since", modified)]).status == 200
 
 
+def test_preconditions_if_match_if_unmodified_since(srv):
+    """RFC 9110 13.1.1, 13.1.4, 13.2.2: an origin server MUST evaluate
+    If-Match (strong comparison) and, without it, If-Unmodified-Since: a
+    false condition is 412 and nothing is sent."""
+    first = get(srv, "/static/hello.txt")
+    etag, modified = first.header("ETag"), first.header("Last-Modified")
+    cases = [
+        ([("If-Match", etag)], 200),
+        ([("If-Match", '"other", %s' % etag)], 200),
+        ([("If-Match", "*")], 200),
+        ([("If-Match", '"other"')], 412),
+        ([("If-Match", "W/" + etag)], 412),                    # weak never matches
+        ([("If-Unmodified-Since", modified)], 200),
+        ([("If-Unmodified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")], 412),
+        ([("If-Unmodified-Since", "not a date")], 200),         # ignored
+        ([("If-Match", etag), ("If-Unmodified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")], 200),
+        ([("If-Match", '"other"'), ("If-None-Match", etag)], 412),  # before 304
+    ]
+    for headers, status in cases:
+        r = get(srv, "/static/hello.txt", headers=headers)
+        assert r.status == status, headers
+        if status == 200:
+            assert r.body == b"Hello, static world!\n"
+    assert get(srv, "/static/big.bin", headers=[("If-Match", '"other"')]).status == 412
+
+
 @pytest.mark.parametrize("spec,status,part", [
     ("bytes=0-9", 206, (0, 9)),
     ("bytes=10-", 206, (10, len(BIG) - 1)),
@@ -117,6 +149,10 @@ def test_conditional_requests(srv):
     ("bytes=9-5", 200, None),           # invalid: ignored
     ("items=0-5", 200, None),           # unknown unit: ignored
     ("bytes=x-5", 200, None),
+    # Positions of thousands of digits (int() refuses past 4300): clamped.
+    ("bytes=0-" + "9" * 5000, 206, (0, len(BIG) - 1)),
+    ("bytes=-" + "9" * 5000, 206, (0, len(BIG) - 1)),
+    ("bytes=" + "9" * 5000 + "-", 416, None),
 ])
 def test_ranges(srv, spec, status, part):
     r = get(srv, "/static/big.bin", headers=[("Range", spec)])
@@ -217,3 +253,38 @@ def test_changed_file_is_seen_at_once(srv, site):
     assert get(srv, "/static/changing.txt").body == b"v3\n"
     f.unlink()
     assert get(srv, "/static/changing.txt").status == 404
+
+
+def test_http10_keep_alive_is_announced(srv):
+    """An HTTP/1.0 connection stays open only if the response says
+    Connection: keep-alive (RFC 9112 9.3); without it a 1.0 client waits for
+    the close. Files, 304 and Prack's own answers (404) all say it."""
+    with srv.raw() as c:
+        etag = None
+        for path, extra, status in (("/static/hello.txt", b"", 200),
+                                    ("/static/big.bin", b"", 200),
+                                    ("/static/hello.txt", None, 304),
+                                    ("/static/nothing-here", b"", 404)):
+            if extra is None:
+                extra = b"If-None-Match: %s\r\n" % etag.encode()
+            c.send(b"GET %s HTTP/1.0\r\nConnection: keep-alive\r\n%s\r\n" % (path.encode(), extra))
+            r = c.read_response()
+            assert r.status == status
+            assert r.header("Connection") == "keep-alive", path
+            if etag is None:
+                etag = r.header("ETag")             # hello.txt's, for the 304
+
+
+def test_access_log_counts_the_file(start_server, site):
+    """A file over SMALL_FILE goes out with sendfile; when the socket takes
+    it all at once the access log line must still count its bytes."""
+    (site / "mid.bin").write_bytes(b"m" * 100_000)
+    s = start_server("--access-log", acceptors=1, static_root=str(site),
+                     static_prefix="/static/")
+    with s.raw() as c:
+        c.send(b"GET /static/mid.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200 and len(r.body) == 100_000
+    line = s.wait_log(r'prack\.access: 127\.0\.0\.1 - "GET /static/mid\.bin HTTP/1\.1" 200 \d+ ')
+    sent = int(line.split('" 200 ')[1].split()[0])
+    assert 100_000 < sent < 100_000 + 1024

@@ -224,6 +224,14 @@ def test_environ():
     assert all(type(v) is str for v in env.values())
 
 
+def test_proxy_header_is_not_passed():
+    """httpoxy (CVE-2016-5385): a client's "Proxy:" header must not reach the
+    worker as HTTP_PROXY, the name of the outgoing proxy setting."""
+    req = one(b"GET / HTTP/1.1\r\nHost: x\r\nProxy: http://evil:1\r\nX-B: 1\r\n\r\n")
+    env = wire.environ(req, "h", "80", "", "")
+    assert "HTTP_PROXY" not in env and env["HTTP_X_B"] == "1"
+
+
 def test_valid_hosts():
     for host in [b"example.com", b"example.com:8080", b"127.0.0.1:80", b"[::1]:9000", b"[::1]",
                  b"", b"xn--bcher-kva.example", b"h:"]:
@@ -267,3 +275,23 @@ def test_errors_know_a_head_request():
     with pytest.raises(http.ProtocolError) as info:
         reader.maybe_read_request()
     assert not info.value.head
+
+
+def test_name_caches_stay_small_under_unique_long_names():
+    """The caches of lower-cased header names (http) and HTTP_* keys (wire)
+    live as long as the acceptor. A client sending a new long name per
+    request (up to max_header_size each) must not make them hold megabytes."""
+    limits = http.Limits(max_body_size=1024, max_header_size=40_000, max_request_line=512,
+                         max_headers=20)
+    reader = http.RequestReader(limits)
+    for i in range(5000):
+        name = b"X%05d" % i + b"a" * 8000
+        reader.feed(b"GET / HTTP/1.1\r\nHost: x\r\n" + name + b": 1\r\n\r\n")
+        req = reader.maybe_read_request()
+        wire.environ(req, "h", "80", "", "")
+        reader.next()
+
+    def size(cache):
+        return sum(len(k) + len(v or "") for k, v in cache.items())
+    assert size(http._names) < 1 << 20
+    assert size(wire._env_keys) < 1 << 20

@@ -37,6 +37,12 @@ LINGER_SECONDS = 2.0      # drain time after an error before closing (RFC 9112 9
 LINGER_MAX_BYTES = 1 << 20
 RETIRE_IDLE_GRACE = 1.0   # an idle keep-alive connection's last chance when retiring
 RECV_SIZE = 65536
+# accept(2) errors that concern only the connection being accepted (Linux
+# passes its pending network errors on, and says to retry; EPERM is a
+# firewall rule): go on with the next one.
+_ACCEPT_RETRY = frozenset(getattr(errno, name) for name in (
+    "ECONNABORTED", "EPROTO", "EPERM", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+    "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ETIMEDOUT") if hasattr(errno, name))
 BODY_RATE_GRACE = 5.0     # seconds of body before min_body_rate is enforced
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -191,7 +197,10 @@ class Acceptor(ChildLoop):
             return
         sock.setblocking(False)
         self.api = sock
-        self.api_in.clear()
+        # A new buffer, not clear(): this can run from inside _on_api's frame
+        # loop (a wake-up that finds the link gone), which must finish the
+        # frames it already read (they answer our clients) in the old one.
+        self.api_in = bytearray()
         self.api_out = [wire.FRAME_LEN.pack(wire.HELLO.size),
                         wire.HELLO.pack(wire.F_HELLO, self.index, self.generation, os.getpid())]
         self.api_events = selectors.EVENT_READ | selectors.EVENT_WRITE
@@ -279,16 +288,21 @@ class Acceptor(ChildLoop):
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     self._pause_accepting(self.listener, self._on_accept, exc)
                     return
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                if exc.errno in _ACCEPT_RETRY:
                     continue
                 raise
             if not self.free_slots:
                 # Over max_connections: refuse quickly rather than queue forever.
                 self._refuse(sock)
                 continue
-            sock.setblocking(False)
-            if sock.family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.setblocking(False)
+                if sock.family != socket.AF_UNIX:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                # Reset before we got to it (BSD and macOS refuse setsockopt then).
+                sock.close()
+                continue
             slot = self.free_slots.popleft()
             conn = Conn(sock, slot, http.RequestReader(self.limits), addr)
             conn.deadline = time.monotonic() + self.t_keepalive
@@ -469,35 +483,39 @@ class Acceptor(ChildLoop):
         """A response Prack makes itself (errors, timeouts, a full queue)."""
         keep = conn.keep_alive and not close and not self.stopping
         data = http.simple_response(status, body, keep_alive=keep, server=self.server,
-                                    extra=extra, head_only=conn.method == "HEAD")
+                                    extra=extra, head_only=conn.method == "HEAD",
+                                    http10_keep_alive=keep and conn.version_minor == 0)
         self._start_response(conn, status, keep, [data])
 
     def _serve_static(self, conn: Conn, req: http.Request) -> None:
         """A file under static.prefix, answered here without a worker."""
         ans = self.static.answer(req.method, req.path, req.headers)
         keep = conn.keep_alive
+        ka10 = keep and conn.version_minor == 0     # HTTP/1.0 keep-alive is announced
         head_only = req.method == "HEAD"
         if ans.__class__ is static.SimpleAnswer:
             if ans.status == 304:
-                head = http.response_head(304, ans.header_block, None, keep, self.server)
+                head = http.response_head(304, ans.header_block, None, keep, self.server,
+                                          True, ka10)
                 self._start_response(conn, 304, keep, [head])
             else:
                 self._respond_local(conn, ans.status, ans.body, ans.header_block)
             return
         if ans.__class__ is static.BytesAnswer:
             body = ans.body
-            head = http.response_head(ans.status, ans.header_block, len(body), keep, self.server)
+            head = http.response_head(ans.status, ans.header_block, len(body), keep, self.server,
+                                      True, ka10)
             self._start_response(conn, ans.status, keep,
                                  [head] if head_only or not body else [head, body])
             return
-        head = http.response_head(ans.status, ans.header_block, ans.length, keep, self.server)
+        head = http.response_head(ans.status, ans.header_block, ans.length, keep, self.server,
+                                  True, ka10)
         if head_only or not ans.length:
             os.close(ans.fd)
             self._start_response(conn, ans.status, keep, [head])
             return
         conn.file = [ans.fd, ans.offset, ans.length]
         self._start_response(conn, ans.status, keep, [head])
-        conn.sent += ans.length
 
     def _send_file(self, conn: Conn) -> None:
         """Send the static file after its head, until the socket is full.
@@ -530,7 +548,8 @@ class Acceptor(ChildLoop):
         conn.keep_alive = keep
         conn.state = WRITING
         conn.status = status
-        conn.sent = sum(map(len, buffers))
+        # Counted before the first write, which may send it all and log it.
+        conn.sent = sum(map(len, buffers)) + (conn.file[2] if conn.file is not None else 0)
         conn.deadline = time.monotonic() + self.t_send
         self._write(conn, buffers)
 

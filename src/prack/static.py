@@ -6,8 +6,9 @@ request under the configured prefix to a ready response (404, 405, 304,
 file's size and modification time on every request), or to an open file plus
 the byte range to send after the head, which the acceptor streams with
 sendfile(2) (or reads, where there is no sendfile). Validators and ranges follow RFC 9110 sections 8.8, 13 and 14:
-strong ETags from size and modification time, Last-Modified, If-None-Match
-before If-Modified-Since, If-Range, and a single byte range (a request for
+strong ETags from size and modification time, Last-Modified, If-Match and
+If-Unmodified-Since (412), If-None-Match before If-Modified-Since (304),
+If-Range, and a single byte range (a request for
 several ranges gets the whole file, which the RFC allows).
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ _TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg
 _ALLOW = b"Allow: GET, HEAD\r\n"
 CACHE_SECONDS = 1.0     # how long a path resolution is trusted
 CACHE_ENTRIES = 4096    # entries per cache before it starts over
+CACHE_PATH_MAX = 256    # longer request paths are resolved every time
 SMALL_FILE = 64 * 1024  # files up to this size are kept in memory...
 CACHE_BYTES = 8 << 20   # ...up to this many bytes per acceptor
 # Non-blocking: opening a FIFO someone placed under the root must not hang.
@@ -103,6 +105,13 @@ def _etag_list_matches(value: bytes, etag: bytes, weak: bool) -> bool:
     return False
 
 
+def _position(digits: bytes) -> int:
+    """A byte position of a range. Past 18 digits it is beyond any file, and
+    int() would refuse the digit strings a 32 KiB header allows (ValueError
+    past 4300 digits, which would crash the acceptor): clamp it."""
+    return int(digits) if len(digits) <= 18 else 10 ** 18
+
+
 def parse_range(value: bytes, size: int) -> tuple[int, int] | None | bool:
     """One `bytes=` range of a file of `size` bytes: (first, last) inclusive;
     None when the header is to be ignored (other units, several ranges,
@@ -118,12 +127,12 @@ def parse_range(value: bytes, size: int) -> tuple[int, int] | None | bool:
             (not first and not last):
         return None
     if not first:                       # suffix: the last N bytes
-        n = int(last)
+        n = _position(last)
         if n == 0 or size == 0:
             return False
         return max(0, size - n), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = _position(first)
+    end = _position(last) if last else size - 1
     if last and end < start:
         return None                     # invalid range-spec: ignore the header
     if start >= size:
@@ -153,6 +162,8 @@ class StaticFiles:
         if hit is not None and hit[0] > now:
             return hit[1]
         real = self._resolve(raw_path)
+        if len(raw_path) > CACHE_PATH_MAX:
+            return real         # not kept: 4096 of them would be 64 MB
         if len(self._paths) >= CACHE_ENTRIES:
             self._paths.clear()
         self._paths[raw_path] = (now + CACHE_SECONDS, real)
@@ -204,7 +215,7 @@ class StaticFiles:
             if st.st_size <= SMALL_FILE:
                 body = self._small_body(path, st)
                 if body is not None:
-                    return self._answer(path, st, headers, -1, body)
+                    return self._answer(method, path, st, headers, -1, body)
             fd = os.open(path, _OPEN_FLAGS)
         except OSError:
             return SimpleAnswer(404, b"not found\n")
@@ -213,7 +224,7 @@ class StaticFiles:
             # points to by now.
             st = os.fstat(fd)
             if stat.S_ISREG(st.st_mode):
-                return self._answer(path, st, headers, fd, None)
+                return self._answer(method, path, st, headers, fd, None)
         except OSError:
             pass
         os.close(fd)
@@ -225,10 +236,16 @@ class StaticFiles:
         key = (path, st.st_size, st.st_mtime_ns)
         body = self._bodies.get(key)
         if body is None:
-            with open(path, "rb") as f:
-                body = f.read(SMALL_FILE + 1)
-                now = os.fstat(f.fileno())
-            if (now.st_size, now.st_mtime_ns) != key[1:] or len(body) != st.st_size:
+            # Non-blocking like every open here: the name may have come to
+            # point at a FIFO since the stat.
+            fd = os.open(path, _OPEN_FLAGS)
+            try:
+                body = os.read(fd, SMALL_FILE + 1)
+                now = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if not stat.S_ISREG(now.st_mode) or (now.st_size, now.st_mtime_ns) != key[1:] \
+                    or len(body) != st.st_size:
                 return None
             if self._body_bytes + len(body) > CACHE_BYTES:
                 self._bodies.clear()
@@ -254,22 +271,39 @@ class StaticFiles:
             hit = self._heads[key] = (etag, mtime, validators, block)
         return hit
 
-    def _answer(self, path: bytes, st, headers: list, fd: int,
+    def _answer(self, method: str, path: bytes, st, headers: list, fd: int,
                 body: bytes | None) -> FileAnswer | BytesAnswer | SimpleAnswer:
         """Conditionals and ranges for one version of a file, held either
         as an open descriptor `fd` or as its bytes `body`."""
         etag, mtime, validators, block = self._describe(path, st)
-        inm = ims = rng = if_range = None
+        inm = ims = im = ius = rng = if_range = None
         for name, value in headers:
             if name == b"if-none-match":
                 inm = value if inm is None else inm + b"," + value
+            elif name == b"if-match":
+                im = value if im is None else im + b"," + value
+            elif name == b"if-unmodified-since":
+                ius = value
             elif name == b"if-modified-since":
                 ims = value
-            elif name == b"range":
-                rng = value
+            elif name == b"range" and method == "GET":
+                rng = value     # RFC 9110 14.2: a HEAD ignores Range
             elif name == b"if-range":
                 if_range = value
-        # RFC 9110 13.2.2: If-None-Match first; If-Modified-Since only without it.
+        # RFC 9110 13.2.2: If-Match (strong comparison), or If-Unmodified-Since
+        # without it: false gives 412. Then If-None-Match, or If-Modified-Since
+        # without it: false gives 304.
+        if im is not None:
+            failed = not _etag_list_matches(im, etag, weak=False)
+        elif ius is not None:
+            since = _parse_http_date(ius)
+            failed = since is not None and mtime > since
+        else:
+            failed = False
+        if failed:
+            if fd >= 0:
+                os.close(fd)
+            return SimpleAnswer(412, b"precondition failed\n")
         if inm is not None:
             not_modified = _etag_list_matches(inm, etag, weak=True)
         elif ims is not None:

@@ -31,10 +31,6 @@ RECORD = struct.Struct("<HHIQdII")
 SLOT_FREE, SLOT_QUEUED, SLOT_TAKEN, SLOT_GONE = 0, 1, 2, 3
 
 
-def slot_word(key: int, state: int) -> int:
-    return (key << 2) | state
-
-
 # -- identifiers ---------------------------------------------------------------
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 
@@ -169,9 +165,11 @@ class ResultBatch(msgspec.Struct):
 # -- the request environment -----------------------------------------------------
 
 _env_keys: dict[bytes, str | None] = {}
-# Dropped from the environment: the body arrives de-chunked and complete, and
-# Content-Type/Length have their CGI names.
-_NOT_HTTP = {b"content-type": None, b"content-length": None, b"transfer-encoding": None}
+# Dropped from the environment: the body arrives de-chunked and complete,
+# Content-Type/Length have their CGI names, and a "Proxy" header would become
+# HTTP_PROXY, which CGI-style code takes for its outgoing proxy ("httpoxy").
+_NOT_HTTP = {b"content-type": None, b"content-length": None, b"transfer-encoding": None,
+             b"proxy": None}
 
 
 def env_key(name: bytes) -> str | None:
@@ -184,7 +182,7 @@ def env_key(name: bytes) -> str | None:
             key = None
         else:
             key = "HTTP_" + name.decode("ascii").upper().replace("-", "_")
-        if len(_env_keys) < 4096:
+        if len(_env_keys) < 4096 and len(name) <= 64:   # as http._names
             _env_keys[name] = key
     return key
 
