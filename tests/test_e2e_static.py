@@ -288,3 +288,26 @@ def test_access_log_counts_the_file(start_server, site):
     line = s.wait_log(r'prack\.access: 127\.0\.0\.1 - "GET /static/mid\.bin HTTP/1\.1" 200 \d+ ')
     sent = int(line.split('" 200 ')[1].split()[0])
     assert 100_000 < sent < 100_000 + 1024
+
+
+def test_half_closed_client_gets_the_whole_file(srv, site):
+    """A client that shuts down its sending side right after its request
+    (as `nc -N` does) still reads the whole answer being written. The file
+    is larger than the two kernels' socket buffers together, so the end of
+    the request arrives while the answer is still being written."""
+    import socket as _socket
+    huge = os.urandom(1 << 20) * 40
+    (site / "huge.bin").write_bytes(huge)
+    sock = _socket.create_connection((srv.host, srv.port), timeout=20)
+    try:
+        sock.sendall(b"GET /static/huge.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.shutdown(_socket.SHUT_WR)
+        data = bytearray()
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    finally:
+        sock.close()
+        (site / "huge.bin").unlink()
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert len(body) == len(huge) and body == huge     # and then the server closed

@@ -341,9 +341,19 @@ class Acceptor(ChildLoop):
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
+            self._close(conn)       # reset: nobody is there to answer
+            return
         if not data:
-            # The client closed (or reset). A request in flight is abandoned.
+            if conn.state == WRITING:
+                # The client ended its side after its request (a half-close,
+                # or a close): finish the answer being written, read nothing
+                # more. A client that has really gone resets the write.
+                conn.keep_alive = False
+                self._set_events(conn, conn.events & ~selectors.EVENT_READ)
+                return
+            # The client closed. A request still queued or with a worker is
+            # withdrawn (a worker holding it learns the client has gone), as
+            # nginx does for a client that closes before its answer.
             self._close(conn)
             return
         state = conn.state
