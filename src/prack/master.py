@@ -437,7 +437,12 @@ class Master:
             data = self.wake_r.recv(256)
         except BlockingIOError:
             return
-        for signum in data:
+        self._act_on(data)
+
+    def _act_on(self, data: bytes) -> None:
+        # Stop signals first: one that came with SIGUSR2 must not be lost to
+        # an exec in place (and an upgrade after it would be stopped anyway).
+        for signum in sorted(data, key=lambda signum: signum not in _STOP):
             if signum in _STOP:
                 if self.stopping and (not self.retire or self.stop_asked):
                     log.warning("%s again: stopping now", _STOP[signum])
@@ -667,6 +672,16 @@ class Master:
         if failed:
             log.error("%s: upgrade failed: the new generation does not load: %s; "
                       "generation %d keeps serving", why, reason, self.generation)
+            return
+        # Signals that came during the check are still unread on the wake-up
+        # socket, which the exec closes: a stop among them wins over the exec.
+        try:
+            late = self.wake_r.recv(256)
+        except BlockingIOError:
+            late = b""
+        if any(signum in _STOP for signum in late):
+            log.info("%s: a stop signal came during the check; not re-executing", why)
+            self._act_on(late)
             return
         env[upgrade.ENV_RETIRING_CHILDREN] = ",".join(
             "%d:%s:%d" % (c.pid, c.role, c.index) for c in self.children.values())

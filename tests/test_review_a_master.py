@@ -1,0 +1,94 @@
+"""Review findings in the master's in-place re-exec (server.reexec = "in-place",
+what PID 1 in a container does): a stop must never be lost or hang because an
+upgrade is under way.
+
+Both tests shape the new image through a `sitecustomize` module put on the
+server's PYTHONPATH (Python imports it at start, before prack runs): it makes
+the `--check` run slow, or the new image's acceptors die at once, so the
+window under test is open for as long as the test needs, with no timing race.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import textwrap
+
+import pytest
+
+from upgrade_helpers import children_of, wait_until
+
+SITECUSTOMIZE = textwrap.dedent("""\
+    import os, sys
+    mode = os.environ.get("REVIEW_A_MODE")
+    if mode == "slow-check" and "--check" in sys.orig_argv:
+        import time
+        time.sleep(float(os.environ["REVIEW_A_SECONDS"]))
+    elif mode == "broken-acceptors" and os.environ.get("PRACK_RETIRING_CHILDREN"):
+        # Only the re-executed image: its acceptors die as they start, so
+        # it never becomes ready and the old children keep serving.
+        import prack.acceptor
+        prack.acceptor.Acceptor.run = lambda self: os._exit(3)
+""")
+
+
+@pytest.fixture
+def shaped(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    path = [str(site)] + [os.path.abspath(p) for p in
+                          os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
+
+    def shape(mode: str, seconds: float = 0.0) -> None:
+        monkeypatch.setenv("REVIEW_A_MODE", mode)
+        monkeypatch.setenv("REVIEW_A_SECONDS", str(seconds))
+    return shape
+
+
+def _get(s, path: str) -> int:
+    c = s.client()
+    c.request("GET", path)
+    r = c.getresponse()
+    r.read()
+    c.close()
+    return r.status
+
+
+def test_stop_during_the_in_place_check_is_not_lost(start_server, shaped):
+    """SIGTERM while the master runs `--check` before exec'ing itself: the
+    signal's wake-up byte was still unread when execve() closed the wake-up
+    socket, so the new image never saw it and kept serving."""
+    shaped("slow-check", 4.0)
+    s = start_server("--log-level", "debug", server_reexec="in-place", acceptors=1,
+                     timeouts_graceful_timeout=2)
+    mark = s.log_mark()
+    os.kill(s.pid, signal.SIGUSR2)
+    wait_until(lambda: any("--check" in _cmdline(p) for p in children_of(s.pid)), 10,
+               "the --check run")
+    os.kill(s.pid, signal.SIGTERM)
+    try:
+        code = s.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the SIGTERM sent during the check was lost:\n"
+                             + "\n".join(s.log[mark:])) from None
+    assert code == 0
+    s.wait_log(r"prack.master: stopped", since=mark)
+    assert not any("re-executing in place" in line for line in s.log[mark:])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _state(pid: int) -> str:
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
