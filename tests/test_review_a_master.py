@@ -78,6 +78,29 @@ def test_stop_during_the_in_place_check_is_not_lost(start_server, shaped):
     assert not any("re-executing in place" in line for line in s.log[mark:])
 
 
+def test_stop_before_the_in_place_image_is_ready(start_server, shaped):
+    """A stop while the re-executed image is not ready yet (its acceptors
+    keep dying): the previous generation's children, which it holds, must
+    stop too, or the master waits for them for ever."""
+    shaped("broken-acceptors")
+    s = start_server("--log-level", "debug", server_reexec="in-place", acceptors=1,
+                     timeouts_graceful_timeout=2, timeouts_queue_timeout=1)
+    old = set(children_of(s.pid))
+    assert len(old) == 2
+    mark = s.log_mark()
+    os.kill(s.pid, signal.SIGUSR2)
+    s.wait_log(r"generation 2 \(re-executed in place\) takes over 2 children", since=mark)
+    s.wait_log(r"acceptor 0 \(pid \d+\) exited with code 3", since=mark)
+    assert _get(s, "/old-still-serves") == 504     # the old acceptor answers (no worker)
+    os.kill(s.pid, signal.SIGTERM)
+    try:
+        code = s.proc.wait(20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the master waits for ever:\n" + "\n".join(s.log[mark:])) from None
+    assert code == 0
+    assert not any(os.path.exists("/proc/%d" % pid) and _state(pid) != "Z" for pid in old)
+
+
 def _cmdline(pid: int) -> str:
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as f:

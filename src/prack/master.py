@@ -447,6 +447,8 @@ class Master:
                 if self.stopping and (not self.retire or self.stop_asked):
                     log.warning("%s again: stopping now", _STOP[signum])
                     self._kill_all(signal.SIGKILL)
+                    for child in self.old.values():
+                        _kill(child.pid, signal.SIGKILL)
                     self.stop_phase = "now"
                 elif self.stopping:
                     log.info("%s: this generation is already retiring (another one "
@@ -494,6 +496,10 @@ class Master:
                 _kill(child.pid, signal.SIGUSR2 if retire else signal.SIGTERM)
             else:   # retire: stop taking workers; stop: /readyz says draining
                 _kill(child.pid, signal.SIGUSR2 if retire else signal.SIGUSR1)
+        if self.old_phase == "waiting":
+            # Re-executed in place and not ready yet: the previous
+            # generation's children still serve; they stop with us.
+            self._retire_old()
 
     def _stop_progress(self, now: float) -> bool:
         """Advance the graceful stop; True when every child is gone."""
@@ -705,8 +711,8 @@ class Master:
                       sys.executable, exc, self.generation)
 
     def _retire_old(self) -> None:
-        log.info("generation %d is ready; retiring the previous generation's %d children",
-                 self.generation, len(self.old))
+        log.info("generation %d is %s; retiring the previous generation's %d children",
+                 self.generation, "stopping" if self.stopping else "ready", len(self.old))
         self.old_phase = "acceptors"
         self.old_deadline = time.monotonic() + self.cfg.timeouts.graceful_timeout
         for child in self.old.values():
