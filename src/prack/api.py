@@ -109,6 +109,8 @@ class ApiServer(ApiLifecycle, ChildLoop):
                                   lim.max_request_line, lim.max_headers)
         self.poll_timeout = cfg.api.poll_timeout
         self.server = cfg.server.server_header.encode("latin-1")
+        # What a worker connection may buffer behind a call in progress.
+        self.pipeline_cap = cfg.api.max_request_size + lim.max_header_size
         self.tick = min(0.5, max(0.05, self.poll_timeout / 4 if self.poll_timeout else 0.5))
         self.links: list[Link | None] = [None] * segment.nrings
         self.workers: dict[int, WorkerConn] = {}
@@ -392,6 +394,11 @@ class ApiServer(ApiLifecycle, ChildLoop):
         conn.reader.feed(data)
         if not conn.busy:
             self._process(conn)
+        if conn.busy and conn.sock is not None and len(conn.reader.buf) > self.pipeline_cap:
+            # Bytes pipelined behind a call still in progress (a long poll,
+            # a held or forwarded post): keep one more request's worth, then
+            # stop reading until the answer goes out (TCP pushes back).
+            self._watch(conn, conn.events & ~selectors.EVENT_READ)
 
     def _process(self, conn: WorkerConn) -> None:
         """Handle buffered requests one after another. A loop, not recursion:
@@ -750,18 +757,27 @@ class ApiServer(ApiLifecycle, ChildLoop):
         except OSError:
             self._close_worker(conn)
             return
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
-        if want != conn.events:
-            conn.events = want
-            self.sel.modify(conn.sock, want, conn)
+        self._watch(conn, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0))
         if not out and conn.close_after:
             self._close_worker(conn)
+
+    def _watch(self, conn: WorkerConn, want: int) -> None:
+        """Watch a worker connection for `want` (0: not at all, for now)."""
+        if want != conn.events:
+            if not conn.events:
+                self.sel.register(conn.sock, want, conn)
+            elif not want:
+                self.sel.unregister(conn.sock)
+            else:
+                self.sel.modify(conn.sock, want, conn)
+            conn.events = want
 
     def _close_worker(self, conn: WorkerConn) -> None:
         if conn.sock is None:
             return
         conn.waiting = False
-        self.sel.unregister(conn.sock)
+        if conn.events:
+            self.sel.unregister(conn.sock)
         del self.workers[conn.sock.fileno()]
         conn.sock.close()
         conn.sock = None
