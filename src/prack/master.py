@@ -153,17 +153,21 @@ class Master:
                              or sockets.bind_tcp(cfg.api.bind, cfg.server.backlog, "api.bind"))
         inh.close_unused()
         if cfg.server.runtime_dir:
-            self.runtime_dir = cfg.server.runtime_dir
+            base = cfg.server.runtime_dir
             try:
-                os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
+                os.makedirs(base, mode=0o700, exist_ok=True)
+                self.runtime_dir = tempfile.mkdtemp(prefix="prack-", dir=base)
             except OSError as exc:
-                raise StartupError("server.runtime_dir %s: %s" % (self.runtime_dir, exc.strerror))
-            self.runtime_dir = tempfile.mkdtemp(prefix="prack-", dir=self.runtime_dir)
+                raise StartupError("server.runtime_dir %s: %s" % (base, exc.strerror or exc))
         else:
             base = os.environ.get("XDG_RUNTIME_DIR")
             if not base or not os.access(base, os.W_OK):
                 base = None
-            self.runtime_dir = tempfile.mkdtemp(prefix="prack-", dir=base)
+            try:
+                self.runtime_dir = tempfile.mkdtemp(prefix="prack-", dir=base)
+            except OSError as exc:
+                raise StartupError("cannot create a runtime directory (set server.runtime_dir): "
+                                   "%s" % (exc.strerror or exc))
         self.own_runtime_dir = True
         self.link_path = os.path.join(self.runtime_dir, "api.sock")
         self.link_listener = sockets.bind_unix(self.link_path, 128)
