@@ -40,3 +40,53 @@ def test_bytes_pipelined_behind_a_long_poll_are_bounded(start_server):
         assert _api_rss_kib(s) - before < 16 << 10
     finally:
         sock.close()
+
+
+def test_worker_sock_accept_failure_pauses_instead_of_spinning(tmp_path):
+    """accept() on worker.sock failing with EMFILE: the listener stays
+    readable, so returning without pausing (as the worker port does) made the
+    API loop spin, silently, until a descriptor came free."""
+    import errno
+    import selectors
+
+    from prack import config
+    from prack.api import ApiServer
+
+    class FullListener:
+        """worker.sock of a process out of descriptors."""
+
+        def __init__(self, sock):
+            self.sock = sock
+
+        def fileno(self):
+            return self.sock.fileno()
+
+        def accept(self):
+            raise OSError(errno.EMFILE, "Too many open files")
+
+    class Segment:
+        nrings = 1
+        nslots = 4
+
+        def ring(self, i):
+            return None
+
+    real = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    real.bind(str(tmp_path / "worker.sock"))
+    real.listen(1)
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    peer.connect(str(tmp_path / "worker.sock"))     # readable from now on
+    cfg = config.load(None)
+    api = ApiServer(cfg, 1, real, real, Segment(), -1)
+    try:
+        api.forward_listener = FullListener(real)
+        api.sel.register(api.forward_listener, selectors.EVENT_READ, api._on_accept_forwarded)
+        for key, mask in api.sel.select(1):
+            key.data(mask)
+        assert all(key.fileobj is not api.forward_listener
+                   for key in api.sel.get_map().values()), "still watched: the loop spins"
+        assert [lst for lst, _ in api._paused] == [api.forward_listener]
+    finally:
+        api.sel.close()
+        peer.close()
+        real.close()

@@ -357,14 +357,18 @@ class ApiServer(ApiLifecycle, ChildLoop):
     # -- worker connections ------------------------------------------------------------
 
     def _on_accept_worker(self, mask) -> None:
+        self._accept_workers(self.listener, self._on_accept_worker)
+
+    def _accept_workers(self, listener, callback) -> None:
+        """Accept worker connections on the worker port or on worker.sock."""
         for _ in range(64):
             try:
-                sock, _ = self.listener.accept()
+                sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._pause_accepting(self.listener, self._on_accept_worker, exc)
+                    self._pause_accepting(listener, callback, exc)
                 else:
                     log.warning("API process: accept: %s", exc)
                 return

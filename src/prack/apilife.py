@@ -84,16 +84,7 @@ class ApiLifecycle:
     def _on_accept_forwarded(self, mask) -> None:
         """A post passed on by the other generation's API process: served
         like any worker connection."""
-        from prack import http
-        from prack.api import WorkerConn
-        try:
-            sock, _ = self.forward_listener.accept()
-        except OSError:
-            return
-        sock.setblocking(False)
-        conn = WorkerConn(sock, http.RequestReader(self.limits))
-        self.workers[sock.fileno()] = conn
-        self.sel.register(sock, selectors.EVENT_READ, conn)
+        self._accept_workers(self.forward_listener, self._on_accept_forwarded)
 
     def _elsewhere(self, parsed) -> str | None:
         """The runtime directory of the generation an identifier belongs to,
