@@ -283,7 +283,15 @@ class Master:
     def _spawn(self, role: str, index: int) -> None:
         beat = index if role == ACCEPTOR else API_BEAT
         self.heartbeats.set(beat, time.monotonic())    # a full timeout to start
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            # Out of processes or memory (a container's pids limit): the
+            # others keep serving, and this one is tried again later.
+            _, delay = self._respawn_later((role, index), True)
+            log.error("%s %d: cannot start it: fork: %s; trying again in %.1fs",
+                      role, index, exc.strerror or exc, delay)
+            return
         if pid == 0:
             self._child_main(role, index, beat)   # never returns
         self.children[pid] = Child(role, index, pid, time.monotonic())
@@ -405,15 +413,21 @@ class Master:
             log.info("acceptor %d (pid %d) %s (removed by SIGTTOU)", child.index, child.pid, how)
             return
         lived = time.monotonic() - child.started
-        failures = self.failures.get(ident, 0) + 1 if lived < QUICK_DEATH else 0
-        self.failures[ident] = failures
-        delay = 0.0 if failures == 0 else min(MAX_BACKOFF, 0.1 * 2 ** (failures - 1))
+        failures, delay = self._respawn_later(ident, lived < QUICK_DEATH)
         if failures >= 3:
             log.error("%s %d (pid %d) %s; it keeps dying, restarting in %.1fs",
                       child.role, child.index, child.pid, how, delay)
         else:
             log.warning("%s %d (pid %d) %s; restarting", child.role, child.index, child.pid, how)
+
+    def _respawn_later(self, ident: tuple[str, int], failed: bool) -> tuple[int, float]:
+        """Schedule a respawn: at once, or with backoff after repeated
+        failures; (failures in a row, delay)."""
+        failures = self.failures.get(ident, 0) + 1 if failed else 0
+        self.failures[ident] = failures
+        delay = 0.0 if failures == 0 else min(MAX_BACKOFF, 0.1 * 2 ** (failures - 1))
         self.respawn_at[ident] = time.monotonic() + delay
+        return failures, delay
 
     def _respawn_due(self, now: float) -> None:
         for ident, when in list(self.respawn_at.items()):
