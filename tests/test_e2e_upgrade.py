@@ -308,6 +308,35 @@ def test_v2_batches_reach_both_generations(tmp_path, adopt):
     finish(s, before)
 
 
+def test_error_report_passed_on_is_answered_in_the_encoding_asked_for(tmp_path, adopt):
+    """An error report without a body (so no Content-Type) from a worker that
+    accepts msgpack, for the other generation's request: the answer relayed
+    from there must be msgpack too, not JSON labelled msgpack."""
+    import msgspec
+    before = shm_entries()
+    code = code_copy(tmp_path / "code")
+    s = start_upgrading(tmp_path, code, api_poll_timeout=1, acceptors=1)
+    client = s.raw(timeout=20)
+    client.send(b"GET /old HTTP/1.1\r\nHost: x\r\n\r\n")
+    old_ident = _pull(s.api_host, s.api_port)
+    mark = s.log_mark()
+    os.kill(s.master, signal.SIGUSR2)
+    s.wait_log(r"generation 2 \(pid \d+\) is ready; generation 1 .* retires", since=mark)
+    c = http.client.HTTPConnection(s.api_host, s.api_port, timeout=10)
+    c.request("POST", "/api/v2/requests/%s/error" % old_ident, b"",
+              {"Accept": "application/msgpack"})
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    assert r.status == 200, body
+    assert r.getheader("Content-Type") == "application/msgpack"
+    assert msgspec.msgpack.decode(body) == {"message": "reported"}, body
+    assert client.read_response().status == 502
+    client.close()
+    s.wait_log(r"prack.master: generation 1 retired", since=mark)
+    finish(s, before)
+
+
 def test_ttin_without_a_spare_ring_starts_a_bigger_generation(tmp_path, adopt):
     """The rings are fixed per generation: SIGTTIN grows the server through a
     new generation; SIGUSR2 keeps the count, SIGHUP goes back to the file."""

@@ -631,7 +631,10 @@ class ApiServer(ApiLifecycle, ChildLoop):
             return
         target = self._elsewhere(parsed)
         if target is not None:          # the other generation's request
-            self._forward(target, req.path, codec.ctype, req.body,
+            # Its answer is relayed as is: ask for the encoding this call's
+            # answer must have, which may differ from the body's.
+            accept = b"Accept: application/%s\r\n" % (b"msgpack" if conn.msgpack else b"json")
+            self._forward(target, req.path, codec.ctype + accept, req.body,
                           lambda status, answer: self._reply(conn, status, answer,
                                                              ctype=self._ctype(conn)))
             return

@@ -57,7 +57,8 @@ class Forward:
 
     def __init__(self, sel, path: str, target: str, ctype: bytes, body: bytes, done) -> None:
         """POST `body` to `target` (a path of the worker API) over the Unix
-        socket at `path`; `ctype` is the whole Content-Type header line."""
+        socket at `path`; `ctype` is the whole Content-Type header line
+        (and any other header lines the call needs, such as Accept)."""
         self.sel = sel
         self.done = done
         self.inbuf = bytearray()
