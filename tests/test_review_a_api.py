@@ -90,3 +90,21 @@ def test_worker_sock_accept_failure_pauses_instead_of_spinning(tmp_path):
         api.sel.close()
         peer.close()
         real.close()
+
+
+def test_health_methods(start_server):
+    """/livez and /readyz: GET and HEAD; any other method is the routes
+    table's 405 with Allow (the handler's own method check was dead code)."""
+    import http.client
+    s = start_server()
+    for path in ("/livez", "/readyz"):
+        c = http.client.HTTPConnection(s.api_host, s.api_port, timeout=10)
+        c.request("POST", path, b"{}")
+        r = c.getresponse()
+        assert (r.status, r.getheader("Allow")) == (405, "GET, HEAD"), path
+        assert b"error" in r.read()
+        c.request("HEAD", path)
+        r = c.getresponse()
+        assert r.status in (200, 503) and r.read() == b""
+        assert int(r.getheader("Content-Length")) > 0
+        c.close()
