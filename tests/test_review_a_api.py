@@ -108,3 +108,39 @@ def test_health_methods(start_server):
         assert r.status in (200, 503) and r.read() == b""
         assert int(r.getheader("Content-Length")) > 0
         c.close()
+
+
+def test_a_worker_that_does_not_read_cannot_pull_everything(start_server):
+    """A worker pipelining pulls without reading the answers: the API process
+    answered one call after another into its send buffer, so that worker
+    took every queued request (and held it in the API's memory) while the
+    workers that do read got nothing. Now the next pipelined call waits
+    until the previous answer has left."""
+    import http.client
+    import json
+    import time
+
+    n = 24
+    s = start_server(acceptors=1, limits_ring_size="64M", api_poll_timeout=30,
+                     timeouts_graceful_timeout=1)
+    bad = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    bad.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    bad.connect((s.api_host, s.api_port))
+    try:
+        bad.sendall(b"GET /api/v1/request HTTP/1.1\r\nHost: x\r\n\r\n" * n)
+        body = b"x" * 1_000_000
+        for i in range(n):
+            s.raw(timeout=30).send(b"POST /r%d HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                                   % (i, len(body)) + body)
+        got = 0
+        deadline = time.monotonic() + 15
+        c = http.client.HTTPConnection(s.api_host, s.api_port, timeout=10)
+        while got < n // 2 and time.monotonic() < deadline:
+            c.request("GET", "/api/v2/requests?max=%d&wait=1" % n)
+            r = c.getresponse()
+            assert r.status == 200
+            got += len(json.loads(r.read())["requests"])
+        c.close()
+        assert got >= n // 2, "the worker that reads got %d of %d requests" % (got, n)
+    finally:
+        bad.close()

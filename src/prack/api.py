@@ -384,6 +384,8 @@ class ApiServer(ApiLifecycle, ChildLoop):
             self._flush_worker(conn)
             if conn.sock is None:
                 return
+            if not conn.out and not conn.busy and conn.reader.buf:
+                self._process(conn)     # calls that waited for the answers to drain
         if not mask & selectors.EVENT_READ:
             return
         try:
@@ -396,12 +398,14 @@ class ApiServer(ApiLifecycle, ChildLoop):
             self._close_worker(conn)
             return
         conn.reader.feed(data)
-        if not conn.busy:
+        if not conn.busy and not conn.out:
             self._process(conn)
-        if conn.busy and conn.sock is not None and len(conn.reader.buf) > self.pipeline_cap:
+        if ((conn.busy or conn.out) and conn.sock is not None
+                and len(conn.reader.buf) > self.pipeline_cap):
             # Bytes pipelined behind a call still in progress (a long poll,
-            # a held or forwarded post): keep one more request's worth, then
-            # stop reading until the answer goes out (TCP pushes back).
+            # a held or forwarded post) or an answer the worker has not read
+            # yet: keep one more request's worth, then stop reading until
+            # the answer goes out (TCP pushes back).
             self._watch(conn, conn.events & ~selectors.EVENT_READ)
 
     def _process(self, conn: WorkerConn) -> None:
@@ -439,7 +443,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
         conn.head = req.method == "HEAD"
         self._route(conn, req)
         return (not conn.busy and conn.sock is not None and not conn.close_after
-                and bool(reader.buf))
+                and not conn.out and bool(reader.buf))
 
     def _route(self, conn: WorkerConn, req: http.Request) -> None:
         path = req.path
@@ -748,7 +752,10 @@ class ApiServer(ApiLifecycle, ChildLoop):
         self._write(conn, [head] if conn.head else [head, body])
         if conn.sock is not None and not conn.close_after:
             conn.reader.next()
-            if conn.reader.buf:
+            # The next pipelined call waits until this answer has left: a
+            # worker that does not read cannot pull request after request
+            # into our memory (and away from the workers that do read).
+            if conn.reader.buf and not conn.out:
                 self._process(conn)
 
     def _write(self, conn: WorkerConn, buffers: list) -> None:
