@@ -28,6 +28,8 @@ log = logging.getLogger("prack.api")
 
 SOCKET_NAME = "worker.sock"
 SUCCESSOR_FILE = "successor"
+# The answer to a forwarded call is read up to this, plus four times the
+# call's body (a v2 batch's results grow with it; an error names a field).
 MAX_ANSWER = 1 << 16
 
 
@@ -62,6 +64,7 @@ class Forward:
         self.sel = sel
         self.done = done
         self.inbuf = bytearray()
+        self.limit = MAX_ANSWER + 4 * len(body)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.out = memoryview(b"POST %s HTTP/1.1\r\nHost: prack\r\n%sConnection: close\r\n"
                               b"Content-Length: %d\r\n\r\n" % (target.encode("latin-1"), ctype,
@@ -90,7 +93,7 @@ class Forward:
             return
         except OSError:
             data = b""
-        if data and len(self.inbuf) < MAX_ANSWER:
+        if data and len(self.inbuf) < self.limit:
             self.inbuf += data
             return
         self.sel.unregister(self.sock)
