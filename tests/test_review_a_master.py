@@ -24,6 +24,19 @@ SITECUSTOMIZE = textwrap.dedent("""\
     if mode == "slow-check" and "--check" in sys.orig_argv:
         import time
         time.sleep(float(os.environ["REVIEW_A_SECONDS"]))
+    elif mode == "slow-child-start":
+        # A respawned child is slow to reach its first instruction (a busy
+        # machine): the window between fork() and its own signal handling.
+        import time
+        import prack.master
+        start = prack.master.Master._child_main
+        def slow(self, *args, **kw):
+            if os.path.exists(os.environ["REVIEW_A_FLAG"]):
+                with open(os.environ["REVIEW_A_FLAG"] + ".pid", "w") as f:
+                    f.write(str(os.getpid()))
+                time.sleep(float(os.environ["REVIEW_A_SECONDS"]))
+            return start(self, *args, **kw)
+        prack.master.Master._child_main = slow
     elif mode == "broken-acceptors" and os.environ.get("PRACK_RETIRING_CHILDREN"):
         # Only the re-executed image: its acceptors die as they start, so
         # it never becomes ready and the old children keep serving.
@@ -44,6 +57,7 @@ def shaped(tmp_path, monkeypatch):
     def shape(mode: str, seconds: float = 0.0) -> None:
         monkeypatch.setenv("REVIEW_A_MODE", mode)
         monkeypatch.setenv("REVIEW_A_SECONDS", str(seconds))
+        monkeypatch.setenv("REVIEW_A_FLAG", str(tmp_path / "slow"))
     return shape
 
 
@@ -115,3 +129,28 @@ def _state(pid: int) -> str:
             return f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_a_signal_to_a_child_just_forked_does_not_reach_the_master(start_server, shaped,
+                                                                   tmp_path):
+    """Between fork() and the child's own signal set-up, the child ran the
+    master's handlers, and the wake-up fd it inherited is the master's: a
+    SIGTERM for the child (the master's own stop, SIGTTOU) landed in the
+    master as a second stop signal ("stopping now": everything killed)."""
+    shaped("slow-child-start", 3.0)
+    s = start_server("--log-level", "debug", acceptors=1)
+    [acceptor] = s.pids("acceptor")
+    (tmp_path / "slow").write_text("")
+    mark = s.log_mark()
+    os.kill(acceptor, signal.SIGKILL)
+    s.wait_log(r"acceptor 0 \(pid %d\) was killed by SIGKILL" % acceptor, since=mark)
+    wait_until(lambda: (tmp_path / "slow.pid").exists(), 10, "the new acceptor")
+    new = int((tmp_path / "slow.pid").read_text())
+    os.kill(new, signal.SIGTERM)        # for the child only
+    # The child stops when its loop starts (a graceful stop with nothing to
+    # finish) and is respawned; the master never heard a stop signal.
+    s.wait_log(r"acceptor 0 \(pid %d\) exited with code 0; restarting" % new, since=mark,
+               timeout=15)
+    assert not any("graceful stop" in line for line in s.log[mark:]), "\n".join(s.log[mark:])
+    (tmp_path / "slow").unlink()
+    s.wait_log(r"acceptor 0 is back", since=mark, timeout=15)

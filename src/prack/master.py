@@ -47,6 +47,9 @@ MAX_BACKOFF = 10.0
 UPGRADE_TIMEOUT = 60.0   # a new generation not ready by then has failed
 MAX_ACCEPTORS = 256
 API_BEAT = MAX_ACCEPTORS  # heartbeat word of the API process (acceptor i uses word i)
+# Blocked across fork(): until a child has its own handlers, the master's
+# would run in it and write to the master's wake-up fd.
+_HANDLED = frozenset({*_STOP, signal.SIGCHLD, *_CONTROL, signal.SIGUSR1})
 
 
 def setup_logging(cfg) -> None:
@@ -283,9 +286,11 @@ class Master:
     def _spawn(self, role: str, index: int) -> None:
         beat = index if role == ACCEPTOR else API_BEAT
         self.heartbeats.set(beat, time.monotonic())    # a full timeout to start
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
         try:
             pid = os.fork()
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             # Out of processes or memory (a container's pids limit): the
             # others keep serving, and this one is tried again later.
             _, delay = self._respawn_later((role, index), True)
@@ -293,10 +298,11 @@ class Master:
                       role, index, exc.strerror or exc, delay)
             return
         if pid == 0:
-            self._child_main(role, index, beat)   # never returns
+            self._child_main(role, index, beat, mask)   # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.children[pid] = Child(role, index, pid, time.monotonic())
 
-    def _child_main(self, role: str, index: int, beat: int) -> None:
+    def _child_main(self, role: str, index: int, beat: int, mask) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -308,6 +314,7 @@ class Master:
                 signal.signal(sig, signal.SIG_DFL)
             for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
                 signal.signal(sig, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # blocked ones arrive now
             self.sel.close()
             self.wake_r.close()
             self.wake_w.close()
