@@ -43,3 +43,42 @@ def test_a_failed_fork_is_retried_not_fatal(monkeypatch):
     assert "acceptor 0: cannot start it: fork:" in first and "trying again in 0.1s" in first
     assert "trying again in 0.2s" in second
     assert (master.ACCEPTOR, 0) in m.respawn_at
+
+
+def test_api_process_that_dies_during_a_stop_is_replaced_for_the_last_responses(start_server):
+    """A graceful stop waits for the acceptors' requests in flight, whose
+    answers need the API process. One that died then was not respawned
+    ("stopping"), so those clients got nothing until graceful_timeout cut
+    them off, and workers could not post at all."""
+    import base64
+    import http.client
+    import json
+    import signal
+
+    s = start_server("--log-level", "debug", acceptors=1, api_poll_timeout=5,
+                     timeouts_graceful_timeout=20)
+    client = s.raw(timeout=30)
+    client.send(b"GET /in-flight HTTP/1.1\r\nHost: x\r\n\r\n")
+    c = http.client.HTTPConnection(s.api_host, s.api_port, timeout=10)
+    c.request("GET", "/api/v1/request")
+    r = c.getresponse()
+    assert r.status == 200
+    ident = json.loads(r.read())["identifier"]
+    c.close()
+    [api] = s.pids("API process")
+    mark = s.log_mark()
+    os.kill(s.pid, signal.SIGTERM)
+    s.wait_log(r"SIGTERM: graceful stop", since=mark)
+    os.kill(api, signal.SIGKILL)
+    s.wait_log(r"API process ready \(pid (?!%d\))" % api, since=mark)
+    s.wait_log(r"acceptor 0 \(pid \d+\) linked", since=mark)
+    c = http.client.HTTPConnection(s.api_host, s.api_port, timeout=10)
+    c.request("POST", "/api/v1/response", json.dumps(
+        {"identifier": ident, "code": 200, "body": base64.b64encode(b"made it").decode()}))
+    r = c.getresponse()
+    assert r.status == 200, r.read()
+    r.read()
+    c.close()
+    got = client.read_response()
+    assert (got.status, got.body) == (200, b"made it")
+    assert s.proc.wait(15) == 0

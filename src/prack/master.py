@@ -328,7 +328,8 @@ class Master:
                 child = Acceptor(self.cfg, index, self.generation, self.listener, self.segment,
                                  self.link_path, self.status_w)
             else:
-                self.listener.close()
+                if self.listener is not None:   # closed when a stop began
+                    self.listener.close()
                 child = ApiServer(self.cfg, self.generation, self.api_listener,
                                   self.link_listener, self.segment, self.status_w)
                 child.forward_listener = self.forward_listener
@@ -414,7 +415,20 @@ class Master:
         self.ready.discard(ident)
         how = _describe_status(status)
         if self.stopping:
-            log.debug("%s %d (pid %d) %s", child.role, child.index, child.pid, how)
+            quick = time.monotonic() - child.started < QUICK_DEATH
+            failures = self.failures.get(ident, 0) + 1 if quick else 0
+            self.failures[ident] = failures
+            if (child.role == API and self.stop_phase == "acceptors" and not self.retire
+                    and failures < 3):
+                # The draining acceptors need an API process for the answers
+                # to the requests they still hold: replace it (told at once
+                # that the server is stopping), unless it keeps dying.
+                log.warning("%s %d (pid %d) %s during the stop; restarting it for the "
+                            "requests in flight", child.role, child.index, child.pid, how)
+                self._spawn(API, 0)
+                self._kill_all_of(API, signal.SIGUSR1)
+            else:
+                log.debug("%s %d (pid %d) %s", child.role, child.index, child.pid, how)
             return
         if child.role == ACCEPTOR and child.index >= self.acceptors:
             log.info("acceptor %d (pid %d) %s (removed by SIGTTOU)", child.index, child.pid, how)
@@ -549,6 +563,11 @@ class Master:
     def _kill_all(self, sig: int) -> None:
         for child in self.children.values():
             _kill(child.pid, sig)
+
+    def _kill_all_of(self, role: str, sig: int) -> None:
+        for child in self.children.values():
+            if child.role == role:
+                _kill(child.pid, sig)
 
     # -- scaling -------------------------------------------------------------------
 
