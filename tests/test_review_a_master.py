@@ -37,6 +37,13 @@ SITECUSTOMIZE = textwrap.dedent("""\
                 time.sleep(float(os.environ["REVIEW_A_SECONDS"]))
             return start(self, *args, **kw)
         prack.master.Master._child_main = slow
+    elif mode == "slow-new-image" and os.environ.get("PRACK_RETIRING_CHILDREN"):
+        # The re-executed image takes its time to start (imports, a busy
+        # machine): the window before it has its signal handlers.
+        import time
+        with open(os.environ["REVIEW_A_FLAG"], "w") as f:
+            f.write("starting")
+        time.sleep(float(os.environ["REVIEW_A_SECONDS"]))
     elif mode == "broken-acceptors" and os.environ.get("PRACK_RETIRING_CHILDREN"):
         # Only the re-executed image: its acceptors die as they start, so
         # it never becomes ready and the old children keep serving.
@@ -154,3 +161,25 @@ def test_a_signal_to_a_child_just_forked_does_not_reach_the_master(start_server,
     assert not any("graceful stop" in line for line in s.log[mark:]), "\n".join(s.log[mark:])
     (tmp_path / "slow").unlink()
     s.wait_log(r"acceptor 0 is back", since=mark, timeout=15)
+
+
+def test_stop_while_the_in_place_image_starts(start_server, shaped, tmp_path):
+    """SIGTERM after the exec, before the new image has installed its
+    handlers: the default action killed the master outright (its children
+    orphaned, its runtime directory left behind; as PID 1 the signal was
+    dropped instead). The signals are now blocked across the exec and taken
+    once the new image is set up: a graceful stop."""
+    shaped("slow-new-image", 2.0)
+    s = start_server("--log-level", "debug", server_reexec="in-place", acceptors=1,
+                     timeouts_graceful_timeout=2)
+    mark = s.log_mark()
+    os.kill(s.pid, signal.SIGUSR2)
+    wait_until(lambda: (tmp_path / "slow").exists(), 15, "the new image")
+    os.kill(s.pid, signal.SIGTERM)
+    try:
+        code = s.proc.wait(20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("no stop:\n" + "\n".join(s.log[mark:])) from None
+    assert code == 0, "exit %r:\n%s" % (code, "\n".join(s.log[mark:]))
+    s.wait_log(r"SIGTERM: graceful stop", since=mark)
+    s.wait_log(r"prack.master: stopped", since=mark)

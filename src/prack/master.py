@@ -192,6 +192,8 @@ class Master:
         for sig in (*_STOP, signal.SIGCHLD, *_CONTROL):
             signal.signal(sig, _noop)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        # Blocked by a predecessor's exec in place: delivered now, to the loop.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_signal)
         self.sel.register(self.status_r, selectors.EVENT_READ, self._on_status)
@@ -723,13 +725,19 @@ class Master:
             log.error("%s: upgrade failed: the new generation does not load: %s; "
                       "generation %d keeps serving", why, reason, self.generation)
             return
-        # Signals that came during the check are still unread on the wake-up
-        # socket, which the exec closes: a stop among them wins over the exec.
+        # From here to the new image's _setup, signals stay pending (blocked
+        # across the exec, which keeps both the mask and pending signals):
+        # until it has handlers, their default action would kill us (or, as
+        # PID 1, drop them). Those that came during the check are still
+        # unread on the wake-up socket, which the exec closes: a stop among
+        # them wins over the exec.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
         try:
             late = self.wake_r.recv(256)
         except BlockingIOError:
             late = b""
         if any(signum in _STOP for signum in late):
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             log.info("%s: a stop signal came during the check; not re-executing", why)
             self._act_on(late)
             return
@@ -749,6 +757,7 @@ class Master:
             os.execve(sys.executable, argv, env)
         except OSError as exc:
             signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             for fd in keep:
                 os.set_inheritable(fd, False)
             log.error("%s: upgrade failed: exec %s: %s; generation %d keeps serving", why,
