@@ -120,15 +120,17 @@ def test_a_worker_that_does_not_read_cannot_pull_everything(start_server):
     import json
     import time
 
-    n = 24
-    s = start_server(acceptors=1, limits_ring_size="64M", api_poll_timeout=30,
-                     timeouts_graceful_timeout=1)
+    # Answers of 4 MiB (3 MB bodies in base64): the socket buffers between
+    # the API process and that worker hold only a few of them.
+    n = 16
+    s = start_server(acceptors=1, limits_ring_size="64M", limits_max_body_size="4M",
+                     api_poll_timeout=30, timeouts_graceful_timeout=1)
     bad = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     bad.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
     bad.connect((s.api_host, s.api_port))
     try:
         bad.sendall(b"GET /api/v1/request HTTP/1.1\r\nHost: x\r\n\r\n" * n)
-        body = b"x" * 1_000_000
+        body = b"x" * 3_000_000
         for i in range(n):
             s.raw(timeout=30).send(b"POST /r%d HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
                                    % (i, len(body)) + body)
