@@ -365,6 +365,33 @@ def test_a_large_batch_passed_on_gets_all_its_results(tmp_path, adopt):
     finish(s, before)
 
 
+def test_a_malformed_v1_answer_for_the_other_generation_gets_its_client_a_502(tmp_path, adopt):
+    """A v1 post that does not decode (bad base64 here) but names a request
+    of the other generation: its client must get 502 at once, as it does
+    for this generation's requests, not wait for response_timeout."""
+    before = shm_entries()
+    code = code_copy(tmp_path / "code")
+    s = start_upgrading(tmp_path, code, api_poll_timeout=1, acceptors=1,
+                        timeouts_response_timeout=60)
+    client = s.raw(timeout=10)
+    client.send(b"GET /old HTTP/1.1\r\nHost: x\r\n\r\n")
+    old_ident = _pull(s.api_host, s.api_port)
+    mark = s.log_mark()
+    os.kill(s.master, signal.SIGUSR2)
+    s.wait_log(r"generation 2 \(pid \d+\) is ready; generation 1 .* retires", since=mark)
+    c = http.client.HTTPConnection(s.api_host, s.api_port, timeout=10)
+    c.request("POST", "/api/v1/response", json.dumps(
+        {"identifier": old_ident, "code": 200, "body": "not base64!"}).encode())
+    r = c.getresponse()
+    body = json.loads(r.read())
+    c.close()
+    assert r.status == 400 and body["error"].startswith("body"), body
+    assert client.read_response().status == 502
+    client.close()
+    s.wait_log(r"prack.master: generation 1 retired", since=mark)
+    finish(s, before)
+
+
 def test_ttin_without_a_spare_ring_starts_a_bigger_generation(tmp_path, adopt):
     """The rings are fixed per generation: SIGTTIN grows the server through a
     new generation; SIGUSR2 keeps the count, SIGHUP goes back to the file."""

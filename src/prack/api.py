@@ -525,6 +525,11 @@ class ApiServer(ApiLifecycle, ChildLoop):
             msg = self.decode_response(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             parsed = wire.parse_identifier(_identifier_of(body, _decode_ident))
+            target = self._elsewhere(parsed) if parsed is not None else None
+            if target is not None:      # there, it gets the same 400 and its client a 502
+                self._forward(target, "/api/v1/response", JSON_TYPE, body,
+                              lambda status, answer: self._reply(conn, status, answer))
+                return
             if parsed is not None and self._known(parsed):
                 self._answer_502(*parsed[1:], out)
             self._send_frames(out)
