@@ -82,3 +82,38 @@ def test_api_process_that_dies_during_a_stop_is_replaced_for_the_last_responses(
     got = client.read_response()
     assert (got.status, got.body) == (200, b"made it")
     assert s.proc.wait(15) == 0
+
+
+def test_an_error_report_waits_for_its_acceptor_to_link_like_a_post(start_server):
+    """After an API restart, a post for a request whose acceptor has not
+    linked to the new API process yet is held (up to 3 s); an error report
+    (POST /api/v2/requests/{id}/error) was answered 410 at once instead, and
+    its client waited for response_timeout rather than getting its 502."""
+    import json
+    import select
+    import signal
+
+    s = start_server("--log-level", "debug", acceptors=1, timeouts_response_timeout=60)
+    client = s.raw(timeout=10)
+    client.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+    pull = s.raw_api()
+    pull.send(b"GET /api/v2/requests?max=1&wait=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+    [item] = json.loads(pull.read_response().body)["requests"]
+    pull.close()
+    [acceptor] = s.pids("acceptor")
+    [api] = s.pids("API process")
+    mark = s.log_mark()
+    os.kill(acceptor, signal.SIGSTOP)      # cannot link to the next API process yet
+    try:
+        os.kill(api, signal.SIGKILL)
+        s.wait_log(r"API process ready \(pid (?!%d\))" % api, since=mark)
+        report = s.raw_api()
+        report.send(b"POST /api/v2/requests/%s/error HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Length: 0\r\n\r\n" % item["id"].encode())
+        # Held: no answer while the acceptor is away (refused at once before).
+        assert select.select([report.sock], [], [], 0.5)[0] == [], report.read_response()
+    finally:
+        os.kill(acceptor, signal.SIGCONT)
+    r = report.read_response()
+    assert r.status == 200 and json.loads(r.body) == {"message": "reported"}, r
+    assert client.read_response().status == 502

@@ -622,7 +622,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
         self._reply(conn, 200, self._codec(conn).encode(wire.ResultBatch(results)),
                     ctype=self._ctype(conn))
 
-    def _post_error_v2(self, conn: WorkerConn, req: http.Request) -> None:
+    def _post_error_v2(self, conn: WorkerConn, req: http.Request, hold: bool = True) -> None:
         """A worker gives up on a request: its client gets 502 and the
         worker's reason goes to the log."""
         codec = self._codec_in(req)
@@ -646,6 +646,10 @@ class ApiServer(ApiLifecycle, ChildLoop):
             self._forward(target, req.path, codec.ctype + accept, req.body,
                           lambda status, answer: self._reply(conn, status, answer,
                                                              ctype=self._ctype(conn)))
+            return
+        if hold and self._unlinked(parsed):
+            self._hold_until_linked(conn, parsed[1],
+                                    lambda: self._post_error_v2(conn, req, False))
             return
         outcome, why = self._lookup(parsed)
         if outcome is not OK:
