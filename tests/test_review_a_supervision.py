@@ -117,3 +117,52 @@ def test_an_error_report_waits_for_its_acceptor_to_link_like_a_post(start_server
     r = report.read_response()
     assert r.status == 200 and json.loads(r.body) == {"message": "reported"}, r
     assert client.read_response().status == 502
+
+
+def test_a_held_batch_waits_for_every_acceptor_it_names(start_server):
+    """A v2 batch naming requests of two acceptors, posted after an API
+    restart before either has relinked: it was held for the first one only,
+    and replayed when that one linked with the second still missing, whose
+    items were then reported "gone" (their clients waited for the 504)."""
+    import json
+    import select
+    import signal
+
+    s = start_server("--log-level", "debug", acceptors=2, timeouts_response_timeout=60)
+    ids: dict[int, str] = {}
+    clients = []
+    while len(ids) < 2 and len(clients) < 40:
+        for _ in range(4):
+            c = s.raw(timeout=10)
+            c.send(b"GET /r%d HTTP/1.1\r\nHost: x\r\n\r\n" % len(clients))
+            clients.append(c)
+        pull = s.raw_api()
+        for _ in range(4):
+            pull.send(b"GET /api/v2/requests?max=1&wait=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+            [item] = json.loads(pull.read_response().body)["requests"]
+            ids.setdefault(int(item["id"][4:8], 16), item["id"])
+        pull.close()
+    assert sorted(ids) == [0, 1]
+    acceptors = [s.pids("acceptor", 0)[-1], s.pids("acceptor", 1)[-1]]
+    [api] = s.pids("API process")
+    mark = s.log_mark()
+    for pid in acceptors:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        os.kill(api, signal.SIGKILL)
+        s.wait_log(r"API process ready \(pid (?!%d\))" % api, since=mark)
+        post = s.raw_api()
+        batch = json.dumps({"responses": [{"id": ids[0], "status": 200},
+                                          {"id": ids[1], "status": 200}]}).encode()
+        post.send(b"POST /api/v2/responses HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(batch), batch))
+        assert select.select([post.sock], [], [], 0.3)[0] == []
+        os.kill(acceptors[0], signal.SIGCONT)
+        s.wait_log(r"acceptor 0 \(pid %d\) linked" % acceptors[0], since=mark)
+        # Acceptor 1 is still away: the batch waits for it too.
+        assert select.select([post.sock], [], [], 0.3)[0] == [], post.read_response()
+    finally:
+        for pid in acceptors:
+            os.kill(pid, signal.SIGCONT)
+    r = post.read_response()
+    assert [x["status"] for x in json.loads(r.body)["results"]] == ["ok", "ok"], r.body

@@ -544,7 +544,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
                 return
             if hold and self._unlinked(parsed):
                 self._hold_until_linked(conn, parsed[1],
-                                        lambda: self._post_v1_body(conn, body, False))
+                                        lambda _: self._post_v1_body(conn, body, False))
                 return
         outcome, reason = self._deliver(msg.identifier, msg.code, msg.headers, msg.body,
                                         "code", out)
@@ -558,7 +558,8 @@ class ApiServer(ApiLifecycle, ChildLoop):
         else:
             self._reply(conn, 400, self.encode(wire.Error(reason)))
 
-    def _post_v2(self, conn: WorkerConn, req: http.Request, hold: bool = True) -> None:
+    def _post_v2(self, conn: WorkerConn, req: http.Request, hold: bool = True,
+                 deadline: float | None = None) -> None:
         codec = self._codec_in(req)
         try:
             batch = codec.decode_batch(req.body)
@@ -570,9 +571,12 @@ class ApiServer(ApiLifecycle, ChildLoop):
         if hold:
             for parsed in parsed_ids:
                 if parsed is not None and self._unlinked(parsed):
-                    # Nothing is delivered before the whole batch is replayed.
-                    self._hold_until_linked(conn, parsed[1],
-                                            lambda: self._post_v2(conn, req, False))
+                    # Nothing is delivered before the whole batch is replayed
+                    # (which holds again while another acceptor is missing).
+                    self._hold_until_linked(
+                        conn, parsed[1],
+                        lambda until: self._post_v2(conn, req, until is not None, until),
+                        deadline)
                     return
         out: dict = {}
         results: list = []
@@ -649,7 +653,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
             return
         if hold and self._unlinked(parsed):
             self._hold_until_linked(conn, parsed[1],
-                                    lambda: self._post_error_v2(conn, req, False))
+                                    lambda _: self._post_error_v2(conn, req, False))
             return
         outcome, why = self._lookup(parsed)
         if outcome is not OK:

@@ -45,21 +45,24 @@ class ApiLifecycle:
     # after the restart. A worker that re-posts its answer at once (its POST
     # died with the old process) must not be told "gone" meanwhile: the post
     # waits, up to HOLD_SECONDS, and is handled again when the link is there:
-    # `replay()` runs the call once more, this time without holding (so a
-    # link still missing at the deadline means "gone").
+    # `replay(deadline)` runs the call once more; it may hold again until the
+    # same deadline (a batch naming another acceptor still missing), and at
+    # the deadline `replay(None)` runs it without holding (a link still
+    # missing then means "gone").
 
-    def _hold_until_linked(self, conn, acceptor: int, replay) -> None:
+    def _hold_until_linked(self, conn, acceptor: int, replay,
+                           deadline: float | None = None) -> None:
         if self.held is None:
             self.held = {}
         self.held.setdefault(acceptor, []).append(
-            (conn, replay, time.monotonic() + HOLD_SECONDS))
+            (conn, replay, deadline or time.monotonic() + HOLD_SECONDS))
 
     def _replay_held(self, acceptor: int) -> None:
         if not self.held:
             return
-        for conn, replay, _ in self.held.pop(acceptor, ()):
+        for conn, replay, deadline in self.held.pop(acceptor, ()):
             if conn.sock is not None:
-                replay()
+                replay(deadline)
 
     def _housekeeping(self, now: float) -> None:
         if not self.held:
@@ -72,7 +75,7 @@ class ApiLifecycle:
                 del self.held[acceptor]
             for conn, replay, deadline in posts:
                 if deadline <= now and conn.sock is not None:
-                    replay()
+                    replay(None)
 
     def serve(self, status_fd: int, ready: bytes) -> int:
         if self.forward_listener is not None:
