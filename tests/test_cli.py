@@ -254,3 +254,19 @@ def test_main_function(monkeypatch, capsys):
         cli.main(["--check", "-a", "999"])
     assert info.value.code == 2
     assert capsys.readouterr().err.startswith("prack-server: error: --acceptors:")
+
+
+def test_python_m_runtime_dir_that_cannot_hold_ours_no_traceback(tmp_path):
+    """server.runtime_dir exists but no directory can be made in it: one
+    line naming the key and the reason (mkdtemp's error was a traceback)."""
+    if os.geteuid() == 0:
+        base = "/proc"          # root may write anywhere else
+    else:
+        base = str(tmp_path / "ro")
+        os.mkdir(base, 0o500)
+    out = run_module("-b", "127.0.0.1:0", "--api-bind", "127.0.0.1:0", "-a", "1",
+                     env={"PRACK_SERVER_RUNTIME_DIR": base})
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.splitlines()[-1].startswith(
+        "prack-server: error: server.runtime_dir %s: " % base), out.stderr

@@ -308,6 +308,90 @@ def test_v2_batches_reach_both_generations(tmp_path, adopt):
     finish(s, before)
 
 
+def test_error_report_passed_on_is_answered_in_the_encoding_asked_for(tmp_path, adopt):
+    """An error report without a body (so no Content-Type) from a worker that
+    accepts msgpack, for the other generation's request: the answer relayed
+    from there must be msgpack too, not JSON labelled msgpack."""
+    import msgspec
+    before = shm_entries()
+    code = code_copy(tmp_path / "code")
+    s = start_upgrading(tmp_path, code, api_poll_timeout=1, acceptors=1)
+    client = s.raw(timeout=20)
+    client.send(b"GET /old HTTP/1.1\r\nHost: x\r\n\r\n")
+    old_ident = _pull(s.api_host, s.api_port)
+    mark = s.log_mark()
+    os.kill(s.master, signal.SIGUSR2)
+    s.wait_log(r"generation 2 \(pid \d+\) is ready; generation 1 .* retires", since=mark)
+    c = http.client.HTTPConnection(s.api_host, s.api_port, timeout=10)
+    c.request("POST", "/api/v2/requests/%s/error" % old_ident, b"",
+              {"Accept": "application/msgpack"})
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    assert r.status == 200, body
+    assert r.getheader("Content-Type") == "application/msgpack"
+    assert msgspec.msgpack.decode(body) == {"message": "reported"}, body
+    assert client.read_response().status == 502
+    client.close()
+    s.wait_log(r"prack.master: generation 1 retired", since=mark)
+    finish(s, before)
+
+
+def test_a_large_batch_passed_on_gets_all_its_results(tmp_path, adopt):
+    """A v2 batch with many items for the other generation: their results
+    come back as one answer, which was cut at 64 KiB, so the whole batch was
+    reported "its generation did not answer" although it had been delivered."""
+    before = shm_entries()
+    code = code_copy(tmp_path / "code")
+    s = start_upgrading(tmp_path, code, api_poll_timeout=1, acceptors=1)
+    client = s.raw(timeout=20)
+    client.send(b"GET /old HTTP/1.1\r\nHost: x\r\n\r\n")
+    old_ident = _pull(s.api_host, s.api_port)
+    mark = s.log_mark()
+    os.kill(s.master, signal.SIGUSR2)
+    s.wait_log(r"generation 2 \(pid \d+\) is ready; generation 1 .* retires", since=mark)
+    stale = ["0001%028x" % (i + 1) for i in range(1500)]     # unknown to generation 1
+    items = [{"id": old_ident, "status": 200, "body": b"all of it"}] + \
+        [{"id": ident, "status": 200} for ident in stale]
+    status, got = _call_v2(s.api_host, s.api_port, "POST", "/api/v2/responses",
+                           {"responses": items}, msgpack=True)
+    assert status == 200
+    assert [(r["id"], r["status"]) for r in got["results"]] == \
+        [(old_ident, "ok")] + [(ident, "unknown") for ident in stale]
+    r = client.read_response()
+    assert (r.status, r.body) == (200, b"all of it")
+    client.close()
+    s.wait_log(r"prack.master: generation 1 retired", since=mark)
+    finish(s, before)
+
+
+def test_a_malformed_v1_answer_for_the_other_generation_gets_its_client_a_502(tmp_path, adopt):
+    """A v1 post that does not decode (bad base64 here) but names a request
+    of the other generation: its client must get 502 at once, as it does
+    for this generation's requests, not wait for response_timeout."""
+    before = shm_entries()
+    code = code_copy(tmp_path / "code")
+    s = start_upgrading(tmp_path, code, api_poll_timeout=1, acceptors=1,
+                        timeouts_response_timeout=60)
+    client = s.raw(timeout=10)
+    client.send(b"GET /old HTTP/1.1\r\nHost: x\r\n\r\n")
+    old_ident = _pull(s.api_host, s.api_port)
+    mark = s.log_mark()
+    os.kill(s.master, signal.SIGUSR2)
+    s.wait_log(r"generation 2 \(pid \d+\) is ready; generation 1 .* retires", since=mark)
+    c = http.client.HTTPConnection(s.api_host, s.api_port, timeout=10)
+    c.request("POST", "/api/v1/response", json.dumps(
+        {"identifier": old_ident, "code": 200, "body": "not base64!"}).encode())
+    r = c.getresponse()
+    body = json.loads(r.read())
+    c.close()
+    assert r.status == 400 and body["error"].startswith("body"), body
+    assert client.read_response().status == 502
+    client.close()
+    s.wait_log(r"prack.master: generation 1 retired", since=mark)
+    finish(s, before)
+
+
 def test_ttin_without_a_spare_ring_starts_a_bigger_generation(tmp_path, adopt):
     """The rings are fixed per generation: SIGTTIN grows the server through a
     new generation; SIGUSR2 keeps the count, SIGHUP goes back to the file."""

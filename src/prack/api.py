@@ -109,6 +109,8 @@ class ApiServer(ApiLifecycle, ChildLoop):
                                   lim.max_request_line, lim.max_headers)
         self.poll_timeout = cfg.api.poll_timeout
         self.server = cfg.server.server_header.encode("latin-1")
+        # What a worker connection may buffer behind a call in progress.
+        self.pipeline_cap = cfg.api.max_request_size + lim.max_header_size
         self.tick = min(0.5, max(0.05, self.poll_timeout / 4 if self.poll_timeout else 0.5))
         self.links: list[Link | None] = [None] * segment.nrings
         self.workers: dict[int, WorkerConn] = {}
@@ -355,14 +357,18 @@ class ApiServer(ApiLifecycle, ChildLoop):
     # -- worker connections ------------------------------------------------------------
 
     def _on_accept_worker(self, mask) -> None:
+        self._accept_workers(self.listener, self._on_accept_worker)
+
+    def _accept_workers(self, listener, callback) -> None:
+        """Accept worker connections on the worker port or on worker.sock."""
         for _ in range(64):
             try:
-                sock, _ = self.listener.accept()
+                sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._pause_accepting(self.listener, self._on_accept_worker, exc)
+                    self._pause_accepting(listener, callback, exc)
                 else:
                     log.warning("API process: accept: %s", exc)
                 return
@@ -378,6 +384,8 @@ class ApiServer(ApiLifecycle, ChildLoop):
             self._flush_worker(conn)
             if conn.sock is None:
                 return
+            if not conn.out and not conn.busy and conn.reader.buf:
+                self._process(conn)     # calls that waited for the answers to drain
         if not mask & selectors.EVENT_READ:
             return
         try:
@@ -390,8 +398,15 @@ class ApiServer(ApiLifecycle, ChildLoop):
             self._close_worker(conn)
             return
         conn.reader.feed(data)
-        if not conn.busy:
+        if not conn.busy and not conn.out:
             self._process(conn)
+        if ((conn.busy or conn.out) and conn.sock is not None
+                and len(conn.reader.buf) > self.pipeline_cap):
+            # Bytes pipelined behind a call still in progress (a long poll,
+            # a held or forwarded post) or an answer the worker has not read
+            # yet: keep one more request's worth, then stop reading until
+            # the answer goes out (TCP pushes back).
+            self._watch(conn, conn.events & ~selectors.EVENT_READ)
 
     def _process(self, conn: WorkerConn) -> None:
         """Handle buffered requests one after another. A loop, not recursion:
@@ -428,7 +443,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
         conn.head = req.method == "HEAD"
         self._route(conn, req)
         return (not conn.busy and conn.sock is not None and not conn.close_after
-                and bool(reader.buf))
+                and not conn.out and bool(reader.buf))
 
     def _route(self, conn: WorkerConn, req: http.Request) -> None:
         path = req.path
@@ -510,6 +525,11 @@ class ApiServer(ApiLifecycle, ChildLoop):
             msg = self.decode_response(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             parsed = wire.parse_identifier(_identifier_of(body, _decode_ident))
+            target = self._elsewhere(parsed) if parsed is not None else None
+            if target is not None:      # there, it gets the same 400 and its client a 502
+                self._forward(target, "/api/v1/response", JSON_TYPE, body,
+                              lambda status, answer: self._reply(conn, status, answer))
+                return
             if parsed is not None and self._known(parsed):
                 self._answer_502(*parsed[1:], out)
             self._send_frames(out)
@@ -524,7 +544,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
                 return
             if hold and self._unlinked(parsed):
                 self._hold_until_linked(conn, parsed[1],
-                                        lambda: self._post_v1_body(conn, body, False))
+                                        lambda _: self._post_v1_body(conn, body, False))
                 return
         outcome, reason = self._deliver(msg.identifier, msg.code, msg.headers, msg.body,
                                         "code", out)
@@ -538,7 +558,8 @@ class ApiServer(ApiLifecycle, ChildLoop):
         else:
             self._reply(conn, 400, self.encode(wire.Error(reason)))
 
-    def _post_v2(self, conn: WorkerConn, req: http.Request, hold: bool = True) -> None:
+    def _post_v2(self, conn: WorkerConn, req: http.Request, hold: bool = True,
+                 deadline: float | None = None) -> None:
         codec = self._codec_in(req)
         try:
             batch = codec.decode_batch(req.body)
@@ -550,9 +571,12 @@ class ApiServer(ApiLifecycle, ChildLoop):
         if hold:
             for parsed in parsed_ids:
                 if parsed is not None and self._unlinked(parsed):
-                    # Nothing is delivered before the whole batch is replayed.
-                    self._hold_until_linked(conn, parsed[1],
-                                            lambda: self._post_v2(conn, req, False))
+                    # Nothing is delivered before the whole batch is replayed
+                    # (which holds again while another acceptor is missing).
+                    self._hold_until_linked(
+                        conn, parsed[1],
+                        lambda until: self._post_v2(conn, req, until is not None, until),
+                        deadline)
                     return
         out: dict = {}
         results: list = []
@@ -602,7 +626,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
         self._reply(conn, 200, self._codec(conn).encode(wire.ResultBatch(results)),
                     ctype=self._ctype(conn))
 
-    def _post_error_v2(self, conn: WorkerConn, req: http.Request) -> None:
+    def _post_error_v2(self, conn: WorkerConn, req: http.Request, hold: bool = True) -> None:
         """A worker gives up on a request: its client gets 502 and the
         worker's reason goes to the log."""
         codec = self._codec_in(req)
@@ -620,9 +644,16 @@ class ApiServer(ApiLifecycle, ChildLoop):
             return
         target = self._elsewhere(parsed)
         if target is not None:          # the other generation's request
-            self._forward(target, req.path, codec.ctype, req.body,
+            # Its answer is relayed as is: ask for the encoding this call's
+            # answer must have, which may differ from the body's.
+            accept = b"Accept: application/%s\r\n" % (b"msgpack" if conn.msgpack else b"json")
+            self._forward(target, req.path, codec.ctype + accept, req.body,
                           lambda status, answer: self._reply(conn, status, answer,
                                                              ctype=self._ctype(conn)))
+            return
+        if hold and self._unlinked(parsed):
+            self._hold_until_linked(conn, parsed[1],
+                                    lambda _: self._post_error_v2(conn, req, False))
             return
         outcome, why = self._lookup(parsed)
         if outcome is not OK:
@@ -734,7 +765,10 @@ class ApiServer(ApiLifecycle, ChildLoop):
         self._write(conn, [head] if conn.head else [head, body])
         if conn.sock is not None and not conn.close_after:
             conn.reader.next()
-            if conn.reader.buf:
+            # The next pipelined call waits until this answer has left: a
+            # worker that does not read cannot pull request after request
+            # into our memory (and away from the workers that do read).
+            if conn.reader.buf and not conn.out:
                 self._process(conn)
 
     def _write(self, conn: WorkerConn, buffers: list) -> None:
@@ -750,18 +784,27 @@ class ApiServer(ApiLifecycle, ChildLoop):
         except OSError:
             self._close_worker(conn)
             return
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
-        if want != conn.events:
-            conn.events = want
-            self.sel.modify(conn.sock, want, conn)
+        self._watch(conn, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0))
         if not out and conn.close_after:
             self._close_worker(conn)
+
+    def _watch(self, conn: WorkerConn, want: int) -> None:
+        """Watch a worker connection for `want` (0: not at all, for now)."""
+        if want != conn.events:
+            if not conn.events:
+                self.sel.register(conn.sock, want, conn)
+            elif not want:
+                self.sel.unregister(conn.sock)
+            else:
+                self.sel.modify(conn.sock, want, conn)
+            conn.events = want
 
     def _close_worker(self, conn: WorkerConn) -> None:
         if conn.sock is None:
             return
         conn.waiting = False
-        self.sel.unregister(conn.sock)
+        if conn.events:
+            self.sel.unregister(conn.sock)
         del self.workers[conn.sock.fileno()]
         conn.sock.close()
         conn.sock = None

@@ -45,21 +45,24 @@ class ApiLifecycle:
     # after the restart. A worker that re-posts its answer at once (its POST
     # died with the old process) must not be told "gone" meanwhile: the post
     # waits, up to HOLD_SECONDS, and is handled again when the link is there:
-    # `replay()` runs the call once more, this time without holding (so a
-    # link still missing at the deadline means "gone").
+    # `replay(deadline)` runs the call once more; it may hold again until the
+    # same deadline (a batch naming another acceptor still missing), and at
+    # the deadline `replay(None)` runs it without holding (a link still
+    # missing then means "gone").
 
-    def _hold_until_linked(self, conn, acceptor: int, replay) -> None:
+    def _hold_until_linked(self, conn, acceptor: int, replay,
+                           deadline: float | None = None) -> None:
         if self.held is None:
             self.held = {}
         self.held.setdefault(acceptor, []).append(
-            (conn, replay, time.monotonic() + HOLD_SECONDS))
+            (conn, replay, deadline or time.monotonic() + HOLD_SECONDS))
 
     def _replay_held(self, acceptor: int) -> None:
         if not self.held:
             return
-        for conn, replay, _ in self.held.pop(acceptor, ()):
+        for conn, replay, deadline in self.held.pop(acceptor, ()):
             if conn.sock is not None:
-                replay()
+                replay(deadline)
 
     def _housekeeping(self, now: float) -> None:
         if not self.held:
@@ -72,7 +75,7 @@ class ApiLifecycle:
                 del self.held[acceptor]
             for conn, replay, deadline in posts:
                 if deadline <= now and conn.sock is not None:
-                    replay()
+                    replay(None)
 
     def serve(self, status_fd: int, ready: bytes) -> int:
         if self.forward_listener is not None:
@@ -84,16 +87,7 @@ class ApiLifecycle:
     def _on_accept_forwarded(self, mask) -> None:
         """A post passed on by the other generation's API process: served
         like any worker connection."""
-        from prack import http
-        from prack.api import WorkerConn
-        try:
-            sock, _ = self.forward_listener.accept()
-        except OSError:
-            return
-        sock.setblocking(False)
-        conn = WorkerConn(sock, http.RequestReader(self.limits))
-        self.workers[sock.fileno()] = conn
-        self.sel.register(sock, selectors.EVENT_READ, conn)
+        self._accept_workers(self.forward_listener, self._on_accept_forwarded)
 
     def _elsewhere(self, parsed) -> str | None:
         """The runtime directory of the generation an identifier belongs to,
@@ -112,9 +106,7 @@ class ApiLifecycle:
                         body, done)
 
     def _health(self, conn, req) -> None:
-        if req.method not in ("GET", "HEAD"):
-            self._reply(conn, 405, b'{"error":"use GET"}', b"Allow: GET, HEAD\r\n")
-            return
+        """GET or HEAD (the routes table answers other methods 405)."""
         if req.path == "/livez":
             body = self.encode({"status": "alive", "version": __version__,
                                 "generation": self.generation, "pid": os.getppid(),

@@ -28,6 +28,8 @@ log = logging.getLogger("prack.api")
 
 SOCKET_NAME = "worker.sock"
 SUCCESSOR_FILE = "successor"
+# The answer to a forwarded call is read up to this, plus four times the
+# call's body (a v2 batch's results grow with it; an error names a field).
 MAX_ANSWER = 1 << 16
 
 
@@ -57,10 +59,12 @@ class Forward:
 
     def __init__(self, sel, path: str, target: str, ctype: bytes, body: bytes, done) -> None:
         """POST `body` to `target` (a path of the worker API) over the Unix
-        socket at `path`; `ctype` is the whole Content-Type header line."""
+        socket at `path`; `ctype` is the whole Content-Type header line
+        (and any other header lines the call needs, such as Accept)."""
         self.sel = sel
         self.done = done
         self.inbuf = bytearray()
+        self.limit = MAX_ANSWER + 4 * len(body)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.out = memoryview(b"POST %s HTTP/1.1\r\nHost: prack\r\n%sConnection: close\r\n"
                               b"Content-Length: %d\r\n\r\n" % (target.encode("latin-1"), ctype,
@@ -89,7 +93,7 @@ class Forward:
             return
         except OSError:
             data = b""
-        if data and len(self.inbuf) < MAX_ANSWER:
+        if data and len(self.inbuf) < self.limit:
             self.inbuf += data
             return
         self.sel.unregister(self.sock)

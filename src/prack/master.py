@@ -47,6 +47,9 @@ MAX_BACKOFF = 10.0
 UPGRADE_TIMEOUT = 60.0   # a new generation not ready by then has failed
 MAX_ACCEPTORS = 256
 API_BEAT = MAX_ACCEPTORS  # heartbeat word of the API process (acceptor i uses word i)
+# Blocked across fork(): until a child has its own handlers, the master's
+# would run in it and write to the master's wake-up fd.
+_HANDLED = frozenset({*_STOP, signal.SIGCHLD, *_CONTROL, signal.SIGUSR1})
 
 
 def setup_logging(cfg) -> None:
@@ -153,17 +156,21 @@ class Master:
                              or sockets.bind_tcp(cfg.api.bind, cfg.server.backlog, "api.bind"))
         inh.close_unused()
         if cfg.server.runtime_dir:
-            self.runtime_dir = cfg.server.runtime_dir
+            base = cfg.server.runtime_dir
             try:
-                os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
+                os.makedirs(base, mode=0o700, exist_ok=True)
+                self.runtime_dir = tempfile.mkdtemp(prefix="prack-", dir=base)
             except OSError as exc:
-                raise StartupError("server.runtime_dir %s: %s" % (self.runtime_dir, exc.strerror))
-            self.runtime_dir = tempfile.mkdtemp(prefix="prack-", dir=self.runtime_dir)
+                raise StartupError("server.runtime_dir %s: %s" % (base, exc.strerror or exc))
         else:
             base = os.environ.get("XDG_RUNTIME_DIR")
             if not base or not os.access(base, os.W_OK):
                 base = None
-            self.runtime_dir = tempfile.mkdtemp(prefix="prack-", dir=base)
+            try:
+                self.runtime_dir = tempfile.mkdtemp(prefix="prack-", dir=base)
+            except OSError as exc:
+                raise StartupError("cannot create a runtime directory (set server.runtime_dir): "
+                                   "%s" % (exc.strerror or exc))
         self.own_runtime_dir = True
         self.link_path = os.path.join(self.runtime_dir, "api.sock")
         self.link_listener = sockets.bind_unix(self.link_path, 128)
@@ -185,6 +192,8 @@ class Master:
         for sig in (*_STOP, signal.SIGCHLD, *_CONTROL):
             signal.signal(sig, _noop)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        # Blocked by a predecessor's exec in place: delivered now, to the loop.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_signal)
         self.sel.register(self.status_r, selectors.EVENT_READ, self._on_status)
@@ -279,12 +288,23 @@ class Master:
     def _spawn(self, role: str, index: int) -> None:
         beat = index if role == ACCEPTOR else API_BEAT
         self.heartbeats.set(beat, time.monotonic())    # a full timeout to start
-        pid = os.fork()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            # Out of processes or memory (a container's pids limit): the
+            # others keep serving, and this one is tried again later.
+            _, delay = self._respawn_later((role, index), True)
+            log.error("%s %d: cannot start it: fork: %s; trying again in %.1fs",
+                      role, index, exc.strerror or exc, delay)
+            return
         if pid == 0:
-            self._child_main(role, index, beat)   # never returns
+            self._child_main(role, index, beat, mask)   # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.children[pid] = Child(role, index, pid, time.monotonic())
 
-    def _child_main(self, role: str, index: int, beat: int) -> None:
+    def _child_main(self, role: str, index: int, beat: int, mask) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -296,6 +316,7 @@ class Master:
                 signal.signal(sig, signal.SIG_DFL)
             for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
                 signal.signal(sig, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # blocked ones arrive now
             self.sel.close()
             self.wake_r.close()
             self.wake_w.close()
@@ -309,7 +330,8 @@ class Master:
                 child = Acceptor(self.cfg, index, self.generation, self.listener, self.segment,
                                  self.link_path, self.status_w)
             else:
-                self.listener.close()
+                if self.listener is not None:   # closed when a stop began
+                    self.listener.close()
                 child = ApiServer(self.cfg, self.generation, self.api_listener,
                                   self.link_listener, self.segment, self.status_w)
                 child.forward_listener = self.forward_listener
@@ -395,21 +417,40 @@ class Master:
         self.ready.discard(ident)
         how = _describe_status(status)
         if self.stopping:
-            log.debug("%s %d (pid %d) %s", child.role, child.index, child.pid, how)
+            quick = time.monotonic() - child.started < QUICK_DEATH
+            failures = self.failures.get(ident, 0) + 1 if quick else 0
+            self.failures[ident] = failures
+            if (child.role == API and self.stop_phase == "acceptors" and not self.retire
+                    and failures < 3):
+                # The draining acceptors need an API process for the answers
+                # to the requests they still hold: replace it (told at once
+                # that the server is stopping), unless it keeps dying.
+                log.warning("%s %d (pid %d) %s during the stop; restarting it for the "
+                            "requests in flight", child.role, child.index, child.pid, how)
+                self._spawn(API, 0)
+                self._kill_all_of(API, signal.SIGUSR1)
+            else:
+                log.debug("%s %d (pid %d) %s", child.role, child.index, child.pid, how)
             return
         if child.role == ACCEPTOR and child.index >= self.acceptors:
             log.info("acceptor %d (pid %d) %s (removed by SIGTTOU)", child.index, child.pid, how)
             return
         lived = time.monotonic() - child.started
-        failures = self.failures.get(ident, 0) + 1 if lived < QUICK_DEATH else 0
-        self.failures[ident] = failures
-        delay = 0.0 if failures == 0 else min(MAX_BACKOFF, 0.1 * 2 ** (failures - 1))
+        failures, delay = self._respawn_later(ident, lived < QUICK_DEATH)
         if failures >= 3:
             log.error("%s %d (pid %d) %s; it keeps dying, restarting in %.1fs",
                       child.role, child.index, child.pid, how, delay)
         else:
             log.warning("%s %d (pid %d) %s; restarting", child.role, child.index, child.pid, how)
+
+    def _respawn_later(self, ident: tuple[str, int], failed: bool) -> tuple[int, float]:
+        """Schedule a respawn: at once, or with backoff after repeated
+        failures; (failures in a row, delay)."""
+        failures = self.failures.get(ident, 0) + 1 if failed else 0
+        self.failures[ident] = failures
+        delay = 0.0 if failures == 0 else min(MAX_BACKOFF, 0.1 * 2 ** (failures - 1))
         self.respawn_at[ident] = time.monotonic() + delay
+        return failures, delay
 
     def _respawn_due(self, now: float) -> None:
         for ident, when in list(self.respawn_at.items()):
@@ -437,11 +478,18 @@ class Master:
             data = self.wake_r.recv(256)
         except BlockingIOError:
             return
-        for signum in data:
+        self._act_on(data)
+
+    def _act_on(self, data: bytes) -> None:
+        # Stop signals first: one that came with SIGUSR2 must not be lost to
+        # an exec in place (and an upgrade after it would be stopped anyway).
+        for signum in sorted(data, key=lambda signum: signum not in _STOP):
             if signum in _STOP:
                 if self.stopping and (not self.retire or self.stop_asked):
                     log.warning("%s again: stopping now", _STOP[signum])
                     self._kill_all(signal.SIGKILL)
+                    for child in self.old.values():
+                        _kill(child.pid, signal.SIGKILL)
                     self.stop_phase = "now"
                 elif self.stopping:
                     log.info("%s: this generation is already retiring (another one "
@@ -489,6 +537,10 @@ class Master:
                 _kill(child.pid, signal.SIGUSR2 if retire else signal.SIGTERM)
             else:   # retire: stop taking workers; stop: /readyz says draining
                 _kill(child.pid, signal.SIGUSR2 if retire else signal.SIGUSR1)
+        if self.old_phase == "waiting":
+            # Re-executed in place and not ready yet: the previous
+            # generation's children still serve; they stop with us.
+            self._retire_old()
 
     def _stop_progress(self, now: float) -> bool:
         """Advance the graceful stop; True when every child is gone."""
@@ -513,6 +565,11 @@ class Master:
     def _kill_all(self, sig: int) -> None:
         for child in self.children.values():
             _kill(child.pid, sig)
+
+    def _kill_all_of(self, role: str, sig: int) -> None:
+        for child in self.children.values():
+            if child.role == role:
+                _kill(child.pid, sig)
 
     # -- scaling -------------------------------------------------------------------
 
@@ -668,6 +725,22 @@ class Master:
             log.error("%s: upgrade failed: the new generation does not load: %s; "
                       "generation %d keeps serving", why, reason, self.generation)
             return
+        # From here to the new image's _setup, signals stay pending (blocked
+        # across the exec, which keeps both the mask and pending signals):
+        # until it has handlers, their default action would kill us (or, as
+        # PID 1, drop them). Those that came during the check are still
+        # unread on the wake-up socket, which the exec closes: a stop among
+        # them wins over the exec.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        try:
+            late = self.wake_r.recv(256)
+        except BlockingIOError:
+            late = b""
+        if any(signum in _STOP for signum in late):
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            log.info("%s: a stop signal came during the check; not re-executing", why)
+            self._act_on(late)
+            return
         env[upgrade.ENV_RETIRING_CHILDREN] = ",".join(
             "%d:%s:%d" % (c.pid, c.role, c.index) for c in self.children.values())
         env[upgrade.ENV_RETIRING_DIR] = self.runtime_dir
@@ -684,14 +757,15 @@ class Master:
             os.execve(sys.executable, argv, env)
         except OSError as exc:
             signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             for fd in keep:
                 os.set_inheritable(fd, False)
             log.error("%s: upgrade failed: exec %s: %s; generation %d keeps serving", why,
                       sys.executable, exc, self.generation)
 
     def _retire_old(self) -> None:
-        log.info("generation %d is ready; retiring the previous generation's %d children",
-                 self.generation, len(self.old))
+        log.info("generation %d is %s; retiring the previous generation's %d children",
+                 self.generation, "stopping" if self.stopping else "ready", len(self.old))
         self.old_phase = "acceptors"
         self.old_deadline = time.monotonic() + self.cfg.timeouts.graceful_timeout
         for child in self.old.values():
