@@ -101,6 +101,50 @@ def plot_sizes(res: dict, path: str) -> bool:
     return True
 
 
+def _median(d: dict, *keys):
+    for k in keys:
+        d = (d or {}).get(k)
+    return (d or {}).get("median") if isinstance(d, dict) else None
+
+
+def targets(res: dict) -> list[tuple[str, str, str, bool | None]]:
+    """(target, measured, goal, met) for each target of the benchmarks issue
+    this run has figures for."""
+    rows = []
+    hello = res.get("hello", {}).get("summary", {})
+    ratios = res.get("hello", {}).get("ratios", {})
+    for conns in ("32", "256"):
+        for peer in ("mongrel2", "uvicorn-2"):
+            r = ratios.get("prack-v2", {}).get(conns, {}).get(peer, {}).get("throughput")
+            if r is not None:
+                rows.append(("v2 hello vs %s, %s connections" % (peer, conns), "%.2f×" % r,
+                             "≥ 1.0×", r >= 1.0))
+        r = ratios.get("prack-v1", {}).get(conns, {}).get("gunicorn", {}).get("throughput")
+        if r is not None:
+            rows.append(("v1 hello vs gunicorn sync, %s connections" % conns, "%.2f×" % r,
+                         "≥ 2.0×", r >= 2.0))
+        cpu = _median(hello, "prack-v2", conns, "cpu_us_per_request")
+        if cpu is not None:
+            rows.append(("CPU per request, v2, %s connections" % conns, "%.0f µs" % cpu,
+                         "≤ 50 µs", cpu <= 50))
+    st = res.get("static", {}).get("ratio_vs_nginx")
+    if st is not None:
+        rows.append(("static file vs nginx (one process each)", "%.2f×" % st, "≥ 0.5×",
+                     st >= 0.5))
+    mem = res.get("memory")
+    if mem:
+        rows.append(("idle PSS of the tree", "%.1f MB" % (mem["idle_pss"] / 1e6), "≤ 25 MB",
+                     mem["idle_pss"] <= 25e6))
+        per = mem["bytes_per_idle_connection"]
+        rows.append(("per idle keep-alive connection", "%.0f B" % per, "≤ 2 KiB", per <= 2048))
+    lat = res.get("latency", {}).get("configs", {}).get("prack-v2")
+    if lat and lat.get("p99"):
+        p99 = lat["p99"]["median"]
+        rows.append(("p99 at half of saturation", "%.2f ms" % (p99 * 1e3), "≤ 2 ms",
+                     p99 <= 0.002))
+    return rows
+
+
 def render(res: dict) -> str:
     out = [INTRO]
     m = res["machine"]
@@ -115,6 +159,17 @@ def render(res: dict) -> str:
     for name, c in res["configs"].items():
         out.append("| %s | %s |" % (name, c["what"]))
     out.append("")
+    rows = targets(res)
+    if rows:
+        out.append("## Targets\n")
+        out.append("| target | this run | goal | met |\n|---|---|---|---|")
+        for name, got, goal, met in rows:
+            out.append("| %s | %s | %s | %s |" % (name, got, goal, "yes" if met else "**no**"))
+        out.append("")
+        analysis = os.path.join(HERE, "analysis.md")
+        if os.path.exists(analysis):
+            with open(analysis) as f:
+                out.append(f.read().rstrip() + "\n")
     if "hello" in res:
         h = res["hello"]["summary"]
         out.append("## Hello, end to end\n")
@@ -213,7 +268,7 @@ def render(res: dict) -> str:
 
 def main() -> None:
     path = sys.argv[1] if len(sys.argv) > 1 else sorted(
-        glob.glob(os.path.join(HERE, "results", "*.json")))[-1]
+        glob.glob(os.path.join(HERE, "results", "[0-9]*.json")))[-1]
     with open(path) as f:
         res = json.load(f)
     os.makedirs(IMG, exist_ok=True)
