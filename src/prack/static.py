@@ -145,6 +145,7 @@ class StaticFiles:
                  cache_control: str = ""):
         self.root = os.path.realpath(root).encode() if root else b""
         self.prefix = prefix.encode("latin-1")
+        self.prefix_text = prefix          # what wants() compares, per request
         self.index = index.encode() if index else b""
         self.extra = (b"Cache-Control: " + cache_control.encode("latin-1") + b"\r\n"
                       if cache_control else b"")
@@ -170,7 +171,7 @@ class StaticFiles:
         return real
 
     def wants(self, path: str) -> bool:
-        return bool(self.root) and path.encode("latin-1").startswith(self.prefix)
+        return bool(self.root) and path.startswith(self.prefix_text)
 
     def _resolve(self, raw_path: str) -> bytes | None:
         """The file a request path names, or None when it is not one we
