@@ -546,7 +546,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
                 self._hold_until_linked(conn, parsed[1],
                                         lambda _: self._post_v1_body(conn, body, False))
                 return
-        outcome, reason = self._deliver(msg.identifier, msg.code, msg.headers, msg.body,
+        outcome, reason = self._deliver(parsed, msg.code, msg.headers, msg.body,
                                         "code", out)
         self._send_frames(out)
         if outcome is OK:
@@ -566,10 +566,20 @@ class ApiServer(ApiLifecycle, ChildLoop):
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             self._reply_error(conn, 400, _describe(exc, codec))
             return
-        idents = [_identifier_of(raw, codec.decode_id) for raw in batch.responses]
-        parsed_ids = [wire.parse_identifier(ident) for ident in idents]
+        # Each item is decoded once; only an unreadable one is read again
+        # for its identifier (its client then gets a 502).
+        entries = []            # (raw, item or None, identifier, parsed, error)
+        for raw in batch.responses:
+            try:
+                item = codec.decode_item(raw)
+                ident, error = item.id, None
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                item, error = None, exc
+                ident = _identifier_of(raw, codec.decode_id)
+            entries.append((raw, item, ident, wire.parse_identifier(ident), error))
         if hold:
-            for parsed in parsed_ids:
+            for entry in entries:
+                parsed = entry[3]
                 if parsed is not None and self._unlinked(parsed):
                     # Nothing is delivered before the whole batch is replayed
                     # (which holds again while another acceptor is missing).
@@ -580,22 +590,20 @@ class ApiServer(ApiLifecycle, ChildLoop):
                     return
         out: dict = {}
         results: list = []
-        foreign: dict = {}      # runtime dir of the other generation -> [(index, raw)]
-        for raw, ident, parsed in zip(batch.responses, idents, parsed_ids):
+        foreign: dict = {}      # runtime dir of the other generation -> [(index, id, raw)]
+        for raw, item, ident, parsed, error in entries:
             target = self._elsewhere(parsed) if parsed is not None else None
             if target is not None:
                 foreign.setdefault(target, []).append((len(results), ident, raw))
                 results.append(None)
                 continue
-            try:
-                item = codec.decode_item(raw)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            if item is None:
                 if parsed is not None and self._known(parsed):
                     self._answer_502(*parsed[1:], out)
                 results.append(wire.ItemResult(ident if type(ident) is str else "", INVALID,
-                                               _describe(exc, codec)))
+                                               _describe(error, codec)))
                 continue
-            outcome, reason = self._deliver(item.id, item.status, item.headers, item.body,
+            outcome, reason = self._deliver(parsed, item.status, item.headers, item.body,
                                             "status", out)
             results.append(wire.ItemResult(item.id, outcome, reason))
         self._send_frames(out)
@@ -691,11 +699,11 @@ class ApiServer(ApiLifecycle, ChildLoop):
             return GONE, "the client has gone"
         return OK, None
 
-    def _deliver(self, ident, code, headers, body, field: str,
+    def _deliver(self, parsed, code, headers, body, field: str,
                  out: dict) -> tuple[str, str | None]:
-        """Validate one posted response and queue its RESPONSE frame in
-        `out` (link -> buffers); (outcome, reason). Shared by v1 and v2."""
-        parsed = wire.parse_identifier(ident)
+        """Validate one posted response (its identifier already parsed, None
+        when malformed) and queue its RESPONSE frame in `out` (link ->
+        buffers); (outcome, reason). Shared by v1 and v2."""
         if parsed is None:
             return INVALID, "identifier: malformed"
         outcome, reason = self._lookup(parsed)
