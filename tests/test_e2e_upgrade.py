@@ -308,11 +308,10 @@ def test_v2_batches_reach_both_generations(tmp_path, adopt):
     finish(s, before)
 
 
-def test_error_report_passed_on_is_answered_in_the_encoding_asked_for(tmp_path, adopt):
-    """An error report without a body (so no Content-Type) from a worker that
-    accepts msgpack, for the other generation's request: the answer relayed
-    from there must be msgpack too, not JSON labelled msgpack."""
-    import msgspec
+def _upgrade_holding_one_request(tmp_path):
+    """A one-acceptor server with a generation-1 request pulled (its client
+    waiting), upgraded to generation 2: (shm before, server, client,
+    identifier, log mark of the upgrade)."""
     before = shm_entries()
     code = code_copy(tmp_path / "code")
     s = start_upgrading(tmp_path, code, api_poll_timeout=1, acceptors=1)
@@ -322,6 +321,15 @@ def test_error_report_passed_on_is_answered_in_the_encoding_asked_for(tmp_path, 
     mark = s.log_mark()
     os.kill(s.master, signal.SIGUSR2)
     s.wait_log(r"generation 2 \(pid \d+\) is ready; generation 1 .* retires", since=mark)
+    return before, s, client, old_ident, mark
+
+
+def test_error_report_passed_on_is_answered_in_the_encoding_asked_for(tmp_path, adopt):
+    """An error report without a body (so no Content-Type) from a worker that
+    accepts msgpack, for the other generation's request: the answer relayed
+    from there must be msgpack too, not JSON labelled msgpack."""
+    import msgspec
+    before, s, client, old_ident, mark = _upgrade_holding_one_request(tmp_path)
     c = http.client.HTTPConnection(s.api_host, s.api_port, timeout=10)
     c.request("POST", "/api/v2/requests/%s/error" % old_ident, b"",
               {"Accept": "application/msgpack"})
@@ -341,15 +349,7 @@ def test_a_large_batch_passed_on_gets_all_its_results(tmp_path, adopt):
     """A v2 batch with many items for the other generation: their results
     come back as one answer, which was cut at 64 KiB, so the whole batch was
     reported "its generation did not answer" although it had been delivered."""
-    before = shm_entries()
-    code = code_copy(tmp_path / "code")
-    s = start_upgrading(tmp_path, code, api_poll_timeout=1, acceptors=1)
-    client = s.raw(timeout=20)
-    client.send(b"GET /old HTTP/1.1\r\nHost: x\r\n\r\n")
-    old_ident = _pull(s.api_host, s.api_port)
-    mark = s.log_mark()
-    os.kill(s.master, signal.SIGUSR2)
-    s.wait_log(r"generation 2 \(pid \d+\) is ready; generation 1 .* retires", since=mark)
+    before, s, client, old_ident, mark = _upgrade_holding_one_request(tmp_path)
     stale = ["0001%028x" % (i + 1) for i in range(1500)]     # unknown to generation 1
     items = [{"id": old_ident, "status": 200, "body": b"all of it"}] + \
         [{"id": ident, "status": 200} for ident in stale]
