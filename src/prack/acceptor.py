@@ -500,32 +500,29 @@ class Acceptor(ChildLoop):
     def _serve_static(self, conn: Conn, req: http.Request) -> None:
         """A file under static.prefix, answered here without a worker."""
         ans = self.static.answer(req.method, req.path, req.headers)
+        cls = ans.__class__
+        if cls is static.SimpleAnswer and ans.status != 304:
+            self._respond_local(conn, ans.status, ans.body, ans.header_block)
+            return
         keep = conn.keep_alive
-        ka10 = keep and conn.version_minor == 0     # HTTP/1.0 keep-alive is announced
-        head_only = req.method == "HEAD"
-        if ans.__class__ is static.SimpleAnswer:
-            if ans.status == 304:
-                head = http.response_head(304, ans.header_block, None, keep, self.server,
-                                          True, ka10)
-                self._start_response(conn, 304, keep, [head])
-            else:
-                self._respond_local(conn, ans.status, ans.body, ans.header_block)
-            return
-        if ans.__class__ is static.BytesAnswer:
+        body = b""
+        if cls is static.FileAnswer:
+            length = ans.length
+        elif cls is static.BytesAnswer:
             body = ans.body
-            head = http.response_head(ans.status, ans.header_block, len(body), keep, self.server,
-                                      True, ka10)
-            self._start_response(conn, ans.status, keep,
-                                 [head] if head_only or not body else [head, body])
-            return
-        head = http.response_head(ans.status, ans.header_block, ans.length, keep, self.server,
-                                  True, ka10)
-        if head_only or not ans.length:
-            os.close(ans.fd)
-            self._start_response(conn, ans.status, keep, [head])
-            return
-        conn.file = [ans.fd, ans.offset, ans.length]
-        self._start_response(conn, ans.status, keep, [head])
+            length = len(body)
+        else:                   # 304: no body, no length
+            length = None
+        head = http.response_head(ans.status, ans.header_block, length, keep, self.server,
+                                  True, keep and conn.version_minor == 0)
+        if req.method == "HEAD":
+            body = b""
+        if cls is static.FileAnswer:
+            if req.method != "HEAD" and length:
+                conn.file = [ans.fd, ans.offset, length]    # sent after the head
+            else:
+                os.close(ans.fd)
+        self._start_response(conn, ans.status, keep, [head, body] if body else [head])
 
     def _send_file(self, conn: Conn) -> None:
         """Send the static file after its head, until the socket is full.
