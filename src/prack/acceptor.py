@@ -445,7 +445,7 @@ class Acceptor(ChildLoop):
         conn.state = QUEUED
         body = req.body
         record = wire.RECORD.pack(self.generation, self.index, slot, key, time.time(),
-                                  len(env_json), len(body))
+                                  len(env_json), len(body), 0)
         try:
             wake = ring.push(record, env_json, body)
         except RingFull:

@@ -273,7 +273,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
                 view = ring.peek()
                 if view is None:
                     break
-                generation, acceptor, slot, key, _queued, env_len, body_len = unpack(view)
+                generation, acceptor, slot, key, _queued, env_len, body_len, _flags = unpack(view)
                 if ring.slot_cas(slot, (key << 2) | SLOT_QUEUED, (key << 2) | SLOT_TAKEN):
                     env_end = rsize + env_len
                     try:

@@ -19,8 +19,10 @@ import struct
 import msgspec
 
 # -- ring records ------------------------------------------------------------
-# generation, acceptor, slot, key, queued_at (unix seconds), env_len, body_len
-RECORD = struct.Struct("<HHIQdII")
+# generation, acceptor, slot, key, queued_at (unix seconds), env_len, body_len, flags
+RECORD = struct.Struct("<HHIQdIII")
+# RECORD flags
+RECF_INPUT_PENDING = 1   # Expect: 100-continue: the body is read only once a worker takes it
 
 # -- slot words ----------------------------------------------------------------
 # A slot word is key << 2 | state. The acceptor writes QUEUED when it pushes a
@@ -53,6 +55,27 @@ FRAME_LEN = struct.Struct("<I")
 F_HELLO = 1      # acceptor -> API: u16 acceptor index, u16 generation, u32 pid
 F_WAKE = 2       # acceptor -> API: its ring has records and the API slept
 F_RESPONSE = 3   # API -> acceptor: RESPONSE header, header block, body
+# Streams (issue 7). F_START has the RESPONSE layout (empty body); the others
+# are a STREAM header followed by their payload.
+F_START = 4      # API -> acceptor: a streamed response's head (status 101: a WebSocket accept)
+F_DATA = 5       # API -> acceptor: number = sequence; payload: a body chunk, or for a
+                 #   WebSocket a message (flags = opcode)
+F_END = 6        # API -> acceptor: the stream ends; flags SF_ABORT = the worker failed
+                 #   mid-stream; payload: trailer block, or a WebSocket close's code + reason
+F_ACK = 7        # acceptor -> API: number = sequence of the F_DATA now buffered with
+                 #   room for more (the worker's post is answered then)
+F_GONE = 8       # acceptor -> API: the client of a taken or streaming request has gone
+F_INPUT = 9      # API -> acceptor: a worker took a RECF_INPUT_PENDING request: send
+                 #   100 Continue and read its body
+F_INPUT_DONE = 10  # acceptor -> API: number = body length; flags SF_SPOOLED = the body
+                 #   is in the spool file, else it is the payload; SF_ABORT = it failed
+F_WS_EVENT = 11  # acceptor -> API: flags = opcode; payload: a WebSocket message from the client
+F_CREDIT = 12    # API -> acceptor: number = WebSocket bytes a worker has received
+
+# type, slot, key, number, flags
+STREAM = struct.Struct("<BIQQB")
+SF_ABORT = 1
+SF_SPOOLED = 2
 
 HELLO = struct.Struct("<BHHI")
 WAKE_FRAME = FRAME_LEN.pack(1) + bytes([F_WAKE])
@@ -90,6 +113,15 @@ def response_frame(slot: int, key: int, status: int, flags: int,
     head = RESPONSE.pack(F_RESPONSE, slot, key, status, flags, len(header_block), declared)
     size = len(head) + len(header_block) + len(body)
     return [FRAME_LEN.pack(size), head, header_block, body]
+
+
+def stream_frame(kind: int, slot: int, key: int, number: int = 0, flags: int = 0,
+                 payload: bytes = b"") -> list[bytes]:
+    """The buffers of one STREAM-layout frame (F_DATA, F_END, F_ACK, ...)."""
+    head = STREAM.pack(kind, slot, key, number, flags)
+    if payload:
+        return [FRAME_LEN.pack(len(head) + len(payload)), head, payload]
+    return [FRAME_LEN.pack(len(head)), head]
 
 
 # -- worker API v1 -------------------------------------------------------------
