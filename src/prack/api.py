@@ -21,6 +21,7 @@ import urllib.parse
 import msgspec
 
 from prack import http, wire
+from prack.apiinput import ApiInput
 from prack.apilife import ApiLifecycle
 from prack.loop import ChildLoop
 from prack.sockets import send_pending
@@ -72,7 +73,7 @@ class Link:
 
 class WorkerConn:
     __slots__ = ("sock", "reader", "out", "events", "waiting", "deadline", "keep_alive",
-                 "busy", "close_after", "head", "processing", "batch", "msgpack")
+                 "busy", "close_after", "head", "processing", "batch", "msgpack", "file")
 
     def __init__(self, sock, reader):
         self.sock = sock
@@ -88,9 +89,10 @@ class WorkerConn:
         self.processing = False    # _process is running for this connection
         self.batch = 0             # the waiting pull: 0 for v1, else v2's `max`
         self.msgpack = False       # answer this v2 call in msgpack
+        self.file = None           # a spooled body being sent: [fd, offset, remaining]
 
 
-class ApiServer(ApiLifecycle, ChildLoop):
+class ApiServer(ApiInput, ApiLifecycle, ChildLoop):
     what = "API process"
 
     def __init__(self, cfg, generation: int, listener: socket.socket,
@@ -219,6 +221,8 @@ class ApiServer(ApiLifecycle, ChildLoop):
                     log.debug("acceptor %d (pid %d) linked", index, pid)
                     self._replay_held(index)
                     woken = True
+            elif kind == wire.F_INPUT_DONE or kind == wire.F_GONE:
+                woken = self._on_input_frame(link, buf, start, end) or woken
         del buf[:consumed]
         if woken:
             self._dispatch_waiters()
@@ -231,6 +235,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
         link.sock = None
         if 0 <= link.index < len(self.links) and self.links[link.index] is link:
             self.links[link.index] = None
+            self._unpark_acceptor(link.index)
 
     def _send_link(self, link: Link, buffers: list) -> None:
         was_empty = not link.out
@@ -257,6 +262,10 @@ class ApiServer(ApiLifecycle, ChildLoop):
         """build(identifier, environment JSON view, body view) for the next
         request still wanted, or None. A record is consumed only here, when a
         worker is waiting for it; successive calls visit the rings in turn."""
+        if self.ready:      # parked requests whose body is in go first
+            data = self._take_ready(build)
+            if data is not None:
+                return data
         rings = self.rings
         n = len(rings)
         unpack = wire.RECORD.unpack_from
@@ -273,9 +282,17 @@ class ApiServer(ApiLifecycle, ChildLoop):
                 view = ring.peek()
                 if view is None:
                     break
-                generation, acceptor, slot, key, _queued, env_len, body_len, _flags = unpack(view)
+                generation, acceptor, slot, key, _queued, env_len, body_len, flags = unpack(view)
                 if ring.slot_cas(slot, (key << 2) | SLOT_QUEUED, (key << 2) | SLOT_TAKEN):
                     env_end = rsize + env_len
+                    if flags & wire.RECF_INPUT_PENDING:
+                        # Its body is read once a worker wants it: park it.
+                        try:
+                            self._park(generation, acceptor, slot, key, view[rsize:env_end])
+                        finally:
+                            view.release()
+                            ring.release()
+                        continue
                     try:
                         data = build(wire.make_identifier(generation, acceptor, slot, key),
                                      view[rsize:env_end], view[env_end:env_end + body_len])
@@ -451,6 +468,8 @@ class ApiServer(ApiLifecycle, ChildLoop):
         if methods is None:
             if path.startswith(V2_PREFIX) and path.endswith("/error"):
                 methods = {"POST": self._post_error_v2}
+            elif path.startswith(V2_PREFIX) and path.endswith("/input"):
+                methods = {"GET": self._get_input}
             else:
                 conn.batch = 0
                 conn.msgpack = False
@@ -789,11 +808,14 @@ class ApiServer(ApiLifecycle, ChildLoop):
         out = conn.out
         try:
             send_pending(conn.sock, out)
+            if conn.file is not None and not out:
+                self._send_input(conn)
         except OSError:
             self._close_worker(conn)
             return
-        self._watch(conn, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0))
-        if not out and conn.close_after:
+        sending = out or conn.file is not None
+        self._watch(conn, selectors.EVENT_READ | (selectors.EVENT_WRITE if sending else 0))
+        if not sending and conn.close_after:
             self._close_worker(conn)
 
     def _watch(self, conn: WorkerConn, want: int) -> None:
@@ -811,6 +833,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
         if conn.sock is None:
             return
         conn.waiting = False
+        self._close_input(conn)
         if conn.events:
             self.sel.unregister(conn.sock)
         del self.workers[conn.sock.fileno()]
