@@ -35,7 +35,9 @@ def test_openapi_schemas_match_the_structs():
 
 def test_openapi_lists_every_endpoint():
     assert set(SPEC["paths"]) == {"/api/v1/request", "/api/v1/response", "/api/v2/requests",
-                                  "/api/v2/responses", "/api/v2/requests/{id}/error"}
+                                  "/api/v2/responses", "/api/v2/requests/{id}/error",
+                                  "/api/v2/requests/{id}/input"}
+    assert set(SPEC["paths"]["/api/v2/requests/{id}/input"]) == {"get"}
     assert set(SPEC["paths"]["/api/v1/request"]) == {"get", "post"}
     assert set(SPEC["paths"]["/api/v2/requests"]) == {"get"}
 
