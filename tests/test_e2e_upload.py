@@ -63,12 +63,14 @@ class RssPeak:
     def __init__(self, server):
         self.server = server
         self.peak = 0
+        self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
             self.peak = max(self.peak, front_rss(self.server))
+            self.samples += 1
             self._stop.wait(0.02)
 
     def __enter__(self):
@@ -203,8 +205,9 @@ def test_100_mib_upload_is_byte_exact_in_bounded_memory(start_server, input_work
         answer = json.loads(r.read())
     took = time.monotonic() - started
     growth = peak.peak - before
-    print("\n%s 100 MiB upload: %.2fs, front RSS %d -> peak %d (growth %.1f MiB)"
-          % (framing, took, before, peak.peak, growth / MiB))
+    print("\n%s 100 MiB upload: %.2fs, front RSS %.1f MiB -> peak %.1f MiB (growth %.1f MiB, "
+          "%d samples)" % (framing, took, before / MiB, peak.peak / MiB, growth / MiB,
+                           peak.samples))
     assert r.status == 200
     assert answer == {"n": BIG, "sha256": expected}
     assert growth < 32 * MiB
@@ -450,3 +453,29 @@ def test_killed_acceptor_spool_files_are_removed_by_its_successor(start_server):
     s.wait_log(r"acceptor 0: removed 1 spool file", since=mark)
     assert not spool_files(s)
     c.close()
+
+
+def test_api_process_killed_during_a_deferred_upload(start_server, input_worker):
+    # The parked request died with the API process: its client gets 503 (it
+    # may retry), its spool file goes, and the next API process serves on.
+    s = upload_server(start_server, "--log-level", "debug", limits_inline_body_size="64k")
+    pid = s.pids("API process")[-1]
+    input_worker(s)
+    c = s.raw(timeout=30)
+    c.send(EXPECT_HEAD % (50 * MiB))
+    assert c.read_response().status == 100
+    c.send(b"x" * MiB)
+    wait_for(lambda: spool_files(s), what="a spool file")
+    mark = s.log_mark()
+    os.kill(pid, signal.SIGKILL)
+    r = c.read_response()
+    assert r.status == 503 and r.header("Connection") == "close"
+    c.close()
+    wait_for(lambda: not spool_files(s), what="the spool file to go")
+    s.wait_log(r"API process ready \(pid (?!%d\))" % pid, since=mark)
+    input_worker(s)
+    with s.raw() as c2:
+        c2.send(EXPECT_HEAD % 5)
+        assert c2.read_response().status == 100
+        c2.send(b"hello")
+        assert c2.read_response().json()["n"] == 5

@@ -189,10 +189,11 @@ class AcceptorUploads:
     def _on_input(self, buf, start: int) -> None:
         """F_INPUT: a worker took the request; let its client send the body."""
         _, slot, key, _, _ = wire.STREAM.unpack_from(buf, start)
+        from prack.acceptor import QUEUED, READING, TAKEN
         conn = self.slots[slot] if slot < self.nslots else None
-        if conn is None or conn.key != key or conn.input != PARKED or conn.sock is None:
-            return
-        from prack.acceptor import READING
+        if (conn is None or conn.key != key or conn.input != PARKED
+                or conn.state not in (QUEUED, TAKEN)):
+            return          # gone, or already answered (a 504 being written)
         now = time.monotonic()
         conn.input = UPLOADING
         conn.state = READING
