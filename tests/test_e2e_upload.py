@@ -267,11 +267,12 @@ def test_small_expect_bodies_arrive_inline_to_v1_and_v2_workers(start_server, wo
         else:
             w = input_worker(s)
         with s.raw() as c:
-            c.send(EXPECT_HEAD % 11)
-            assert c.read_response().status == 100
-            c.send(b"hello world")
-            r = c.read_response()
-            assert r.status == 200
+            for _ in range(2):      # twice on one connection
+                c.send(EXPECT_HEAD % 11)
+                assert c.read_response().status == 100
+                c.send(b"hello world")
+                r = c.read_response()
+                assert r.status == 200
         if version == "v1":
             env, body = rec.seen[-1]
             assert body == b"hello world" and env["CONTENT_LENGTH"] == "11"
@@ -479,3 +480,51 @@ def test_api_process_killed_during_a_deferred_upload(start_server, input_worker)
         assert c2.read_response().status == 100
         c2.send(b"hello")
         assert c2.read_response().json()["n"] == 5
+
+
+# -- upgrades -------------------------------------------------------------------------------
+
+def test_input_of_the_other_generation_is_served_during_an_upgrade(tmp_path):
+    """A worker holding a generation-1 request with a spooled body reads it
+    from the shared API port after the upgrade (generation 2 answers there)."""
+    from conftest import shm_entries
+    from upgrade_helpers import code_copy, set_subreaper, start_upgrading
+    if not set_subreaper(True):
+        pytest.skip("needs prctl(PR_SET_CHILD_SUBREAPER) (Linux)")
+    try:
+        before = shm_entries()
+        code = code_copy(tmp_path / "code")
+        s = start_upgrading(tmp_path, code, api_poll_timeout=1, acceptors=1,
+                            limits_max_body_size="200M", limits_inline_body_size="64k")
+        body = b"".join(blocks(300_000, 4))
+        client = s.raw(timeout=20)
+        client.send(b"POST /old HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                    % len(body) + body)
+        status, data = api_get(s, "/api/v2/requests?wait=5")
+        [item] = json.loads(data)["requests"]
+        assert item["id"].startswith("0001")
+        mark = s.log_mark()
+        os.kill(s.master, signal.SIGUSR2)
+        s.wait_log(r"generation 2 \(pid \d+\) is ready; generation 1 .* retires", since=mark)
+        status, data = api_get(s, item["env"]["prack.input"])
+        assert status == 200 and data == body
+        c = s.api_client()
+        c.request("POST", "/api/v2/responses", json.dumps({"responses": [
+            {"id": item["id"], "status": 200, "body": base64.b64encode(b"got it").decode()}]}),
+            {"Content-Type": "application/json"})
+        r = c.getresponse()
+        assert json.loads(r.read())["results"][0]["status"] == "ok"
+        c.close()
+        assert client.read_response().body == b"got it"
+        # answered: the file has gone, the call says so
+        status, _ = api_get(s, item["env"]["prack.input"])
+        assert status == 404
+        client.close()
+        s.wait_log(r"prack.master: generation 1 retired", since=mark)
+        code = s.stop_current()
+        assert code in (0, None), "\n".join(s.log)
+        s.assert_clean()
+        assert not any("Traceback" in line for line in s.log), "\n".join(s.log)
+        assert shm_entries() <= before
+    finally:
+        set_subreaper(False)

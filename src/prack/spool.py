@@ -221,6 +221,7 @@ class AcceptorUploads:
                                       len(req.body), 0, req.body)
         from prack.acceptor import TAKEN
         conn.input = DONE
+        conn.sent_continue = False      # for the connection's next request
         conn.keep_alive = conn.input_keep and not self.stopping
         conn.state = TAKEN
         conn.deadline = time.monotonic() + self.t_response
