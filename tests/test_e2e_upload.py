@@ -528,3 +528,35 @@ def test_input_of_the_other_generation_is_served_during_an_upgrade(tmp_path):
         assert shm_entries() <= before
     finally:
         set_subreaper(False)
+
+
+def test_a_spool_file_that_cannot_be_written_gets_503(tmp_path):
+    # The server's file size limit (RLIMIT_FSIZE) stands in for a full disk:
+    # the write fails (EFBIG), the client gets 503 and the file goes.
+    import resource
+    from conftest import Server, prack_command  # noqa: F401  (the harness's server)
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRACK_")}
+    env.update(PRACK_SERVER_RUNTIME_DIR=str(runtime), PRACK_LIMITS_MAX_BODY_SIZE="200M",
+               PRACK_LIMITS_INLINE_BODY_SIZE="64k")
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32 * MiB, 32 * MiB))
+    s = Server(["-b", "127.0.0.1:0", "--api-bind", "127.0.0.1:0", "-a", "1"], env,
+               str(runtime), limit)
+    try:
+        with s.raw(timeout=30) as c:
+            c.send(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (40 * MiB))
+            # a little past the limit (not all: unread bytes would reset the
+            # connection and could destroy the answer)
+            for piece in blocks(32 * MiB + 256 * 1024, 2):
+                c.send(piece)
+            r = c.read_response()
+            assert r.status == 503 and b"cannot store the request body" in r.body
+        wait_for(lambda: not spool_files(s), what="the spool file to go")
+        assert any("cannot write a spool file" in line for line in s.log)
+    finally:
+        s.close_clients()
+        assert s.stop() == 0
+    s.assert_clean()
