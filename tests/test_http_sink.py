@@ -146,3 +146,18 @@ def test_a_sink_that_fails_leaves_the_error_to_the_caller():
     reader.set_sink(full)
     with pytest.raises(OSError):
         reader.maybe_read_request()
+
+
+def test_no_more_is_decoded_while_the_sink_is_missing():
+    reader = http.RequestReader(LIMITS, INLINE)
+    reader.feed(b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + b"%x\r\n%s\r\n" % (150, b"a" * 150))
+    assert reader.maybe_read_request() is None and reader.wants_sink
+    rest = b"%x\r\n%s\r\n0\r\n\r\n" % (2000, b"b" * 2000)
+    reader.feed(rest)
+    assert reader.maybe_read_request() is None
+    assert len(reader._body) == 150 and len(reader.buf) == len(rest)   # held, not decoded
+    got = bytearray()
+    reader.set_sink(got.extend)
+    req = reader.maybe_read_request()
+    assert req.content_length == 2150 and got == b"a" * 150 + b"b" * 2000

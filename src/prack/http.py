@@ -448,8 +448,10 @@ class RequestReader:
         return req
 
     def _read_chunked_body(self) -> Request | None:
-        if self._chunked is None:       # complete, waiting for a sink
-            return None if self.wants_sink else self._chunked_done()
+        if self.wants_sink:             # nothing more until the caller gives a sink
+            return None
+        if self._chunked is None:       # complete; the sink has what was buffered
+            return self._chunked_done()
         buf = self.buf
         n = len(buf)
         if not n:
