@@ -575,3 +575,29 @@ def test_body_timeout_applies_to_a_deferred_upload(start_server, input_worker):
         c2.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
         assert c2.read_response().status == 200
     assert [i["env"]["PATH_INFO"] for i in w.seen] == ["/next"]
+
+
+def test_expect_refused_by_a_full_queue_closes_the_connection(start_server):
+    # More Expect requests than the ring holds (no worker): those refused get
+    # 503 before their body was read, so their connections close.
+    ring = 2 * (0 + 2 * 1024) + 65536
+    s = upload_server(start_server, limits_inline_body_size=0, limits_max_header_size="1k",
+                      limits_ring_size=ring)
+    clients = [s.raw() for _ in range(400)]       # ~330 bytes a record: 200 fit
+    for c in clients:
+        c.send(EXPECT_HEAD % 10)
+    refused = []
+    deadline = time.monotonic() + 10
+    while len(refused) < 100 and time.monotonic() < deadline:
+        ready, _, _ = select.select([c.sock for c in clients], [], [], 1.0)
+        if not ready:
+            break
+        for c in [c for c in clients if c.sock in ready]:
+            r = c.read_response()
+            assert r.status == 503 and r.header("Connection") == "close", r
+            c.assert_closed()
+            clients.remove(c)
+            refused.append(c)
+    assert refused, "the ring never filled"
+    for c in clients + refused:
+        c.close()

@@ -175,15 +175,16 @@ class AcceptorUploads:
         if self.static is not None and self.static.wants(req.path):
             return False
         from prack.acceptor import QUEUED
+        # Until its body is read, any answer (a 503 for a full queue, a 504
+        # from it) ends the connection: the client may or may not send the
+        # body it announced (RFC 9110 10.1.1).
+        keep = req.keep_alive
+        req.keep_alive = False
         self._dispatch(conn, req, wire.RECF_INPUT_PENDING)
         conn.sent_continue = True     # (it is sent when F_INPUT comes)
         if conn.state == QUEUED:      # the push worked (else it was answered)
             conn.input = PARKED
-            # Until its body is read, an answer (a 504 from the queue, say)
-            # ends the connection: the client may or may not send the body
-            # it announced (RFC 9110 10.1.1).
-            conn.input_keep = conn.keep_alive
-            conn.keep_alive = False
+            conn.input_keep = keep
         return True
 
     def _on_input(self, buf, start: int) -> None:
