@@ -735,6 +735,11 @@ class ApiServer(ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         if outcome is not OK:
             return outcome, reason
         _, acceptor, slot, key = parsed
+        if (acceptor, slot, key) in self.streams:
+            # Its head went out already: the stream ends as failed.
+            self._answer_502(acceptor, slot, key, out)
+            return INVALID, ("status: the head of a streamed response was sent already "
+                             "(end it with POST /api/v2/requests/{id}/end)")
         try:
             status, flags, block, declared = _check_response(code, headers, field)
         except BadResponse as exc:
@@ -774,6 +779,8 @@ class ApiServer(ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         """The worker's answer is unusable: if the request is still waiting
         for it, its client gets a 502 now (nothing hangs). The frame is
         queued in `out` (link -> buffers); True when it was."""
+        if (acceptor, slot, key) in self.streams:   # streaming: ended incomplete
+            return self._abort_stream((acceptor, slot, key), out)
         link = self.links[acceptor]
         if link is not None and self.rings[acceptor].slot_cas(
                 slot, (key << 2) | SLOT_TAKEN, (key << 2) | SLOT_FREE):

@@ -254,6 +254,25 @@ class ApiStreams:
             wire.F_END, slot, key, 0, flags, trailers))
         return True
 
+    def _abort_stream(self, sid, out: dict) -> bool:
+        """The worker gave up on a streaming request by another call (an
+        /error report, a whole response): the client's response ends
+        incomplete, like an end with "error". The F_END is queued in `out`
+        (link -> buffers); False when the client went first."""
+        acceptor, slot, key = sid
+        st = self.streams.pop(sid)
+        if st.held is not None:
+            conn, st.held = st.held, None
+            # Its F_ACK would find no stream: answer the chunk's post now.
+            self._reply_error(conn, 409, "the response was ended by another call")
+        link = self.links[acceptor]
+        if link is None or not self.rings[acceptor].slot_cas(
+                slot, (key << 2) | SLOT_TAKEN, (key << 2) | SLOT_FREE):
+            return False
+        out.setdefault(link, []).extend(
+            wire.stream_frame(wire.F_END, slot, key, 0, wire.SF_ABORT))
+        return True
+
     def _stream_state(self, conn, req) -> None:
         try:
             wait = _wait_param(req.query, self.poll_timeout)

@@ -1,0 +1,118 @@
+"""Review of issue 7's streamed responses and client-gone notices: each test
+reproduces a defect found by review (real server, real clients)."""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import threading
+import time
+
+GET = b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class Api:
+    """Worker API calls over one raw keep-alive connection."""
+
+    def __init__(self, server, timeout: float = 15):
+        self.raw = server.raw_api(timeout=timeout)
+
+    def send(self, method: str, path: str, body: bytes | dict | None = None,
+             ctype: str = "application/json") -> None:
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+        body = body or b""
+        self.raw.send(b"%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (method.encode(), path.encode(),
+                                                         ctype.encode(), len(body), body))
+
+    def answer(self):
+        r = self.raw.read_response()
+        assert r.header("Content-Type") == "application/json", r
+        return r.status, json.loads(r.body)
+
+    def call(self, method: str, path: str, body=None, ctype: str = "application/json"):
+        self.send(method, path, body, ctype)
+        return self.answer()
+
+    def pull(self) -> str:
+        status, batch = self.call("GET", "/api/v2/requests?max=1&wait=5")
+        assert status == 200 and len(batch["requests"]) == 1, batch
+        return batch["requests"][0]["id"]
+
+
+def client(server, request: bytes = GET, timeout: float = 10):
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    server._track(sock)
+    sock.sendall(request)
+    f = sock.makefile("rb")
+    server._track(f)
+    return sock, f
+
+
+def read_head(f) -> tuple[bytes, dict]:
+    status = f.readline()
+    headers = {}
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+def read_chunk(f) -> tuple[int, bytes]:
+    size = int(f.readline().split(b";")[0], 16)
+    data = f.read(size)
+    assert f.read(2) == b"\r\n"
+    return size, data
+
+
+def test_error_report_for_a_streaming_request_ends_its_stream(start_server):
+    """POST .../error after the head of a streamed response was sent (what an
+    SDK does when the app raises mid-stream): the slot was freed and a 502
+    frame sent that the acceptor ignored (its connection was streaming), so
+    the client hung until stream_idle_timeout with a response that never
+    ended, and the API process kept the stream's entry for ever."""
+    s = start_server(acceptors=1)
+    api = Api(s)
+    sock, f = client(s)
+    rid = api.pull()
+    assert api.call("POST", "/api/v2/requests/%s/head" % rid, {"status": 200})[0] == 200
+    assert api.call("POST", "/api/v2/requests/%s/body" % rid, b"half",
+                    "application/octet-stream")[0] == 200
+    status, body = api.call("POST", "/api/v2/requests/%s/error" % rid, {"error": "boom"})
+    assert (status, body) == (200, {"message": "reported"})
+    assert read_head(f)[0].startswith(b"HTTP/1.1 200")
+    assert read_chunk(f) == (4, b"half")
+    sock.settimeout(5)
+    assert f.read() == b"", "the stream was not ended"   # incomplete: no last chunk
+    s.wait_log(r"reported an error for request %s: boom" % rid)
+    # The request is over for the API too.
+    assert api.call("POST", "/api/v2/requests/%s/body" % rid, b"x",
+                    "application/octet-stream")[0] == 404
+    assert api.call("POST", "/api/v2/requests/%s/end" % rid)[0] == 404
+
+
+def test_whole_response_posted_for_a_streaming_request(start_server):
+    """A whole response posted (v2 batch) after a streamed head: it was
+    reported "ok" though the acceptor dropped it, and the stream hung. Now
+    it is refused as invalid and the stream ends as failed; a chunk post
+    waiting for its acknowledgement is answered too."""
+    s = start_server(acceptors=1)
+    api = Api(s)
+    sock, f = client(s)
+    rid = api.pull()
+    api.call("POST", "/api/v2/requests/%s/head" % rid, {"status": 200})
+    status, body = api.call("POST", "/api/v2/responses",
+                            {"responses": [{"id": rid, "status": 200, "body": "aGk="}]})
+    assert status == 200
+    [result] = body["results"]
+    assert result["status"] == "invalid" and "/end" in result["error"], result
+    assert read_head(f)[0].startswith(b"HTTP/1.1 200")
+    sock.settimeout(5)
+    assert f.read() == b""
+    assert api.call("POST", "/api/v2/requests/%s/end" % rid)[0] == 404
