@@ -116,3 +116,28 @@ def test_whole_response_posted_for_a_streaming_request(start_server):
     sock.settimeout(5)
     assert f.read() == b""
     assert api.call("POST", "/api/v2/requests/%s/end" % rid)[0] == 404
+
+
+def test_a_stream_that_ends_during_a_graceful_stop_closes_its_connection(start_server):
+    """A stream whose head went out before SIGTERM and that ends after it:
+    its connection went back to keep-alive, idle, and held the acceptor
+    (and the whole stop) until graceful_timeout."""
+    s = start_server(acceptors=1, timeouts_graceful_timeout=30, timeouts_keepalive_timeout=60)
+    api = Api(s)
+    sock, f = client(s)
+    rid = api.pull()
+    api.call("POST", "/api/v2/requests/%s/head" % rid, {"status": 200})
+    assert read_head(f)[0].startswith(b"HTTP/1.1 200")
+    mark = s.log_mark()
+    os.kill(s.pid, signal.SIGTERM)
+    s.wait_log(r"graceful stop", since=mark)
+    assert api.call("POST", "/api/v2/requests/%s/body" % rid, b"last",
+                    "application/octet-stream")[0] == 200
+    assert api.call("POST", "/api/v2/requests/%s/end" % rid)[0] == 200
+    assert read_chunk(f) == (4, b"last")
+    assert read_chunk(f) == (0, b"")
+    sock.settimeout(10)
+    assert f.read() == b"", "the connection stayed open"
+    api.raw.close()
+    assert s.stop(timeout=10) == 0
+    assert not any("graceful_timeout passed" in line for line in s.log), s.log

@@ -777,12 +777,17 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
         conn.method = ""
         conn.target = ""
         conn.key = 0
-        if not conn.keep_alive:
+        stopping_idle = self.stopping and not conn.reader.buf
+        if not conn.keep_alive or (stopping_idle and not self.retiring):
+            # Stopping, an answer that ends (a stream's, say, begun before
+            # the stop) leaves no idle keep-alive behind, as _begin_stop.
             self._linger(conn)
             return
         conn.state = READING
         conn.reader.next()
         conn.deadline = time.monotonic() + self.t_keepalive
+        if stopping_idle:   # retiring: the grace _begin_stop gives idle ones
+            conn.deadline = min(conn.deadline, time.monotonic() + RETIRE_IDLE_GRACE)
         if not conn.events & selectors.EVENT_READ:
             self._set_events(conn, conn.events | selectors.EVENT_READ)
         if conn.reader.buf:
