@@ -141,3 +141,22 @@ def test_a_stream_that_ends_during_a_graceful_stop_closes_its_connection(start_s
     api.raw.close()
     assert s.stop(timeout=10) == 0
     assert not any("graceful_timeout passed" in line for line in s.log), s.log
+
+
+def test_state_long_poll_learns_that_an_acceptor_died(start_server):
+    """kill -9 of the acceptor holding the client: a state long-poll of a
+    request it held (not streaming) was left to its wait and then answered
+    "open", though the client's connection had died with the acceptor."""
+    s = start_server("--log-level", "debug", acceptors=1, api_poll_timeout=20)
+    api = Api(s)
+    sock, _ = client(s)
+    rid = api.pull()
+    watcher = Api(s, timeout=30)
+    watcher.send("GET", "/api/v2/requests/%s/state?wait=15" % rid)
+    assert select.select([watcher.raw.sock], [], [], 0.3)[0] == []   # waiting
+    [acceptor] = s.pids("acceptor")
+    t0 = time.monotonic()
+    os.kill(acceptor, signal.SIGKILL)
+    assert watcher.answer() == (200, {"state": "gone"})
+    assert time.monotonic() - t0 < 5
+    s.wait_log(r"acceptor 0 ready \(pid (?!%d\))" % acceptor)

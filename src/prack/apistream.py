@@ -328,8 +328,12 @@ class ApiStreams:
 
     def _streams_lost(self, acceptor: int) -> None:
         """An acceptor's link dropped: it closes its streaming connections
-        (their state was with this link), so every one of them is gone."""
+        (their state was with this link), so every one of them is gone; so
+        is the client of every request a state long-poll waits on (a link
+        drops when its acceptor dies, and its connections with it)."""
         for sid in [s for s in self.streams if s[0] == acceptor]:
+            self._client_gone(sid)
+        for sid in [s for s in self.gone_waiters if s[0] == acceptor]:
             self._client_gone(sid)
 
     def _scan_streams(self, now: float) -> None:
