@@ -160,3 +160,37 @@ def test_state_long_poll_learns_that_an_acceptor_died(start_server):
     assert watcher.answer() == (200, {"state": "gone"})
     assert time.monotonic() - t0 < 5
     s.wait_log(r"acceptor 0 ready \(pid (?!%d\))" % acceptor)
+
+
+def test_state_call_waits_for_the_acceptor_to_relink_after_an_api_restart(start_server):
+    """A new API process (the old one died) before the acceptor relinked:
+    GET .../state said "gone" for a request that is fine (taken requests
+    survive an API restart, and the other calls wait for the link), so a
+    worker watching for cancellation dropped live work."""
+    s = start_server("--log-level", "debug", acceptors=1, timeouts_response_timeout=60)
+    sock, f = client(s)
+    api = Api(s)
+    rid = api.pull()
+    api.raw.close()
+    [acceptor] = s.pids("acceptor")
+    [apipid] = s.pids("API process")
+    mark = s.log_mark()
+    os.kill(acceptor, signal.SIGSTOP)       # cannot link to the next API process yet
+    try:
+        os.kill(apipid, signal.SIGKILL)
+        s.wait_log(r"API process ready \(pid (?!%d\))" % apipid, since=mark)
+        watcher = Api(s)
+        watcher.send("GET", "/api/v2/requests/%s/state" % rid)
+        if select.select([watcher.raw.sock], [], [], 0.5)[0]:
+            # Answered while the acceptor is away: it must not say "gone".
+            assert watcher.answer() == (200, {"state": "open"})
+            watcher = None
+    finally:
+        os.kill(acceptor, signal.SIGCONT)
+    if watcher is not None:
+        assert watcher.answer() == (200, {"state": "open"})
+    api = Api(s)
+    assert api.call("POST", "/api/v2/responses",
+                    {"responses": [{"id": rid, "status": 200, "body": "aGk="}]})[1] == \
+        {"results": [{"id": rid, "status": "ok"}]}
+    assert read_head(f)[0].startswith(b"HTTP/1.1 200")

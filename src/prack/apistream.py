@@ -273,7 +273,7 @@ class ApiStreams:
             wire.stream_frame(wire.F_END, slot, key, 0, wire.SF_ABORT))
         return True
 
-    def _stream_state(self, conn, req) -> None:
+    def _stream_state(self, conn, req, hold: bool = True) -> None:
         try:
             wait = _wait_param(req.query, self.poll_timeout)
         except ValueError as exc:
@@ -283,6 +283,12 @@ class ApiStreams:
         parsed = wire.parse_identifier(ident)
         if parsed is None:
             self._reply_error(conn, 400, "id: malformed")
+            return
+        if hold and self._unlinked(parsed):
+            # A new API process whose acceptors are relinking: the request
+            # is not gone (taken requests outlive the API process).
+            self._hold_until_linked(conn, parsed[1],
+                                    lambda _: self._stream_state(conn, req, False))
             return
         outcome, why = self._lookup(parsed)
         if outcome == "gone":
