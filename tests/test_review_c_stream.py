@@ -7,7 +7,6 @@ import os
 import select
 import signal
 import socket
-import threading
 import time
 
 GET = b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -194,3 +193,42 @@ def test_state_call_waits_for_the_acceptor_to_relink_after_an_api_restart(start_
                     {"responses": [{"id": rid, "status": 200, "body": "aGk="}]})[1] == \
         {"results": [{"id": rid, "status": "ok"}]}
     assert read_head(f)[0].startswith(b"HTTP/1.1 200")
+
+
+def test_a_worker_held_back_by_a_slow_client_is_not_idle(start_server):
+    """stream_idle_timeout counted from the worker's last chunk even while
+    that chunk's post waited for the client to read (backpressure): a
+    client reading a large chunk slowly had its stream cut off as if the
+    worker had stopped sending."""
+    s = start_server(acceptors=1, timeouts_stream_idle_timeout=2, limits_stream_buffer="4k")
+    api = Api(s, timeout=30)
+    sock = socket.socket()
+    s._track(sock)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", s.port))
+    sock.sendall(GET)
+    rid = api.pull()
+    api.call("POST", "/api/v2/requests/%s/head" % rid, {"status": 200})
+    chunk = os.urandom(8 << 20)     # more than the kernel's buffers take
+    api.send("POST", "/api/v2/requests/%s/body" % rid, chunk, "application/octet-stream")
+    # The client reads nothing for longer than stream_idle_timeout (the
+    # worker's post stays unanswered meanwhile: it is held back) ...
+    assert select.select([api.raw.sock], [], [], 3.5)[0] == [], api.answer()
+    # ... then reads it all: the chunk arrives whole and the stream goes on.
+    got = bytearray()
+    want = len(chunk) + 64
+    while len(got) < want:
+        data = sock.recv(1 << 20)
+        assert data, "the stream was cut off after %d bytes" % len(got)
+        got += data
+        if b"\r\n\r\n" in got and len(got) >= got.index(b"\r\n\r\n") + 4 + len(chunk) + 10:
+            break
+    assert api.answer() == (200, {"result": "ok"})
+    assert api.call("POST", "/api/v2/requests/%s/end" % rid)[0] == 200
+    while not got.endswith(b"\r\n0\r\n\r\n"):
+        data = sock.recv(1 << 20)
+        assert data, "closed before the last chunk"
+        got += data
+    body = bytes(got[got.index(b"\r\n\r\n") + 4:])
+    assert body == b"%x\r\n" % len(chunk) + chunk + b"\r\n0\r\n\r\n"

@@ -759,6 +759,7 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
             if st.ack >= 0 and self._stream_pending(conn) <= self.stream_buffer:
                 self._send_api(wire.stream_frame(wire.F_ACK, conn.slot, conn.key, st.ack))
                 st.ack = -1
+                st.last_data = time.monotonic()     # the worker's turn starts now
         if out or conn.file is not None:
             self._set_events(conn, conn.events | selectors.EVENT_WRITE)
             return
@@ -915,7 +916,9 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
             log.info("acceptor %d: client of a streamed %s %s stopped reading: closing",
                      self.index, conn.method, conn.target)
             self._gone(conn)
-        elif now - st.last_data >= self.t_stream_idle:
+        elif st.ack < 0 and now - st.last_data >= self.t_stream_idle:
+            # (While a chunk waits for the client, the worker is held back,
+            # not idle: send_timeout watches the client then.)
             log.warning("acceptor %d: worker sent nothing on the stream of %s %s for %.3gs: "
                         "closing", self.index, conn.method, conn.target, self.t_stream_idle)
             self._gone(conn)
