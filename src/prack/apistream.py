@@ -284,6 +284,14 @@ class ApiStreams:
         if parsed is None:
             self._reply_error(conn, 400, "id: malformed")
             return
+        target = self._elsewhere(parsed)
+        if target is not None:          # the other generation's request: ask there
+            accept = b"Accept: application/%s\r\n" % (b"msgpack" if conn.msgpack else b"json")
+            self._forward(target, req.path + ("?" + req.query if req.query else ""), accept,
+                          b"", lambda status, answer: self._reply(conn, status, answer,
+                                                                  ctype=self._ctype(conn)),
+                          b"GET")
+            return
         if hold and self._unlinked(parsed):
             # A new API process whose acceptors are relinking: the request
             # is not gone (taken requests outlive the API process).
