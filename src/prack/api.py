@@ -271,6 +271,8 @@ class ApiServer(ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         """build(identifier, environment JSON view, body view) for the next
         request still wanted, or None. A record is consumed only here, when a
         worker is waiting for it; successive calls visit the rings in turn."""
+        if self.unstarted:  # parked uploads: room for more now?
+            self._start_uploads()
         if self.ready:      # parked requests whose body is in go first
             data = self._take_ready(build)
             if data is not None:
