@@ -232,3 +232,47 @@ def test_a_worker_held_back_by_a_slow_client_is_not_idle(start_server):
         got += data
     body = bytes(got[got.index(b"\r\n\r\n") + 4:])
     assert body == b"%x\r\n" % len(chunk) + chunk + b"\r\n0\r\n\r\n"
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open("/proc/%d/stat" % pid) as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_buffered_chunks_cost_the_same_however_many_are_buffered(start_server):
+    """Each chunk for a client that does not read made the acceptor sum the
+    sizes of everything buffered for it (to decide the acknowledgement): a
+    worker sending small events to a stalled client cost time growing with
+    the buffer, quadratic in all. Measured as a ratio: the acceptor's CPU
+    for the last 3,000 chunks over that for the first 3,000 (same sizes,
+    same calls; only the amount already buffered differs)."""
+    if not os.path.exists("/proc/self/stat"):
+        import pytest
+        pytest.skip("needs /proc")
+    s = start_server("--log-level", "debug", acceptors=1, limits_stream_buffer="64M",
+                     api_max_request_size="8M")
+    [acceptor] = s.pids("acceptor")
+    api = Api(s, timeout=30)
+    sock = socket.socket()
+    s._track(sock)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", s.port))
+    sock.sendall(GET)
+    rid = api.pull()
+    api.call("POST", "/api/v2/requests/%s/head" % rid, {"status": 200})
+    path = "/api/v2/requests/%s/body" % rid
+    # Fill the kernel's buffers first: from here on chunks stay in the acceptor.
+    assert api.call("POST", path, b"x" * (6 << 20), "application/octet-stream")[0] == 200
+
+    def post(n: int) -> float:
+        before = _cpu_seconds(acceptor)
+        for _ in range(n):
+            assert api.call("POST", path, b"0123456789", "application/octet-stream")[0] == 200
+        return _cpu_seconds(acceptor) - before
+
+    first = post(3000)
+    post(12000)
+    last = post(3000)
+    assert last < 3 * first + 0.1, "first 3000 chunks: %.2fs of CPU, last 3000: %.2fs" % (
+        first, last)
