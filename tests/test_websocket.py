@@ -324,3 +324,105 @@ def test_incomplete_input_waits():
     [m] = list(p.events())
     assert m.data == b"x" * 300
     assert p.buffered == 0
+
+
+# -- the session (acceptor side) ----------------------------------------------------
+
+def client_events(buffers) -> list:
+    p = ws.FrameParser(require_mask=False)
+    p.feed(b"".join(bytes(b) for b in buffers))
+    return list(p.events())
+
+
+def test_session_relays_messages_and_answers_pings():
+    s = ws.WsSession(1 << 20, 1 << 16, now=0.0)
+    s.receive(masked_frame(ws.OP_TEXT, b"hi") + masked_frame(ws.OP_PING, b"x")
+              + masked_frame(ws.OP_PONG, b"") + masked_frame(ws.OP_BINARY, b"\x00"), now=1.0)
+    assert s.to_worker == [(ws.OP_TEXT, b"hi"), (ws.OP_BINARY, b"\x00")]
+    [pong] = client_events(s.to_client)
+    assert isinstance(pong, ws.Pong) and pong.data == b"x"
+    assert s.unacked == 3 + 2 * ws.EVENT_OVERHEAD
+    assert not s.finished
+
+
+def test_session_window_pauses_and_credit_resumes():
+    s = ws.WsSession(1 << 20, 100, now=0.0)
+    data = b"".join(masked_frame(ws.OP_BINARY, b"x" * 60) for _ in range(5))
+    s.receive(data, now=0.0)
+    assert len(s.to_worker) == 2 and s.paused          # 2 * (60 + 32) >= 100
+    s.to_worker.clear()
+    s.credit(92)
+    assert len(s.to_worker) == 1 and s.paused
+    s.credit(1000)
+    assert len(s.to_worker) == 3 and s.parser.buffered == 0
+    s.credit(1000)
+    assert not s.paused
+
+
+def test_session_client_close_is_echoed_and_reported():
+    s = ws.WsSession(1 << 20, 1 << 16, now=0.0)
+    s.receive(masked_frame(ws.OP_CLOSE, ws.close_payload(4000, "bye")), now=0.0)
+    [close] = client_events(s.to_client)
+    assert close.code == 4000
+    assert s.to_worker == [(ws.OP_CLOSE, ws.close_event(4000, "bye"))]
+    assert ws.parse_close_event(s.to_worker[0][1]) == (4000, "bye")
+    assert s.finished and not s.send(ws.OP_TEXT, b"late")
+
+
+def test_session_close_without_code_is_1005():
+    s = ws.WsSession(1 << 20, 1 << 16, now=0.0)
+    s.receive(masked_frame(ws.OP_CLOSE, b""), now=0.0)
+    assert client_events(s.to_client)[0].code == ws.CLOSE_NO_STATUS   # empty echo
+    assert ws.parse_close_event(s.to_worker[0][1])[0] == ws.CLOSE_NO_STATUS
+
+
+@pytest.mark.parametrize("data,code", [
+    (ws.frame(ws.OP_TEXT, b"unmasked"), ws.CLOSE_PROTOCOL_ERROR),
+    (masked_frame(ws.OP_TEXT, b"\xff"), ws.CLOSE_INVALID_DATA),
+    (masked_frame(ws.OP_BINARY, b"x" * 200), ws.CLOSE_MESSAGE_TOO_BIG),
+])
+def test_session_protocol_errors_fail_the_connection(data, code):
+    s = ws.WsSession(150, 1 << 16, now=0.0)
+    s.receive(data, now=0.0)
+    [close] = client_events(s.to_client)
+    assert close.code == code
+    assert ws.parse_close_event(s.to_worker[-1][1])[0] == code
+    assert s.finished
+
+
+def test_session_worker_close_waits_for_the_reply():
+    s = ws.WsSession(1 << 20, 1 << 16, now=0.0)
+    assert s.send(ws.OP_TEXT, b"last")
+    s.close(ws.close_payload(1000, "done"), now=0.0)
+    events = client_events(s.to_client)
+    assert events[0].data == b"last" and events[1].code == 1000
+    assert not s.send(ws.OP_TEXT, b"after close")
+    assert not s.finished
+    # The client's messages still in flight are not relayed; its close ends it.
+    s.to_worker.clear()
+    s.receive(masked_frame(ws.OP_CLOSE, ws.close_payload(1000)), now=1.0)
+    assert s.finished and s.to_worker == []
+
+
+def test_session_close_timeout():
+    s = ws.WsSession(1 << 20, 1 << 16, now=0.0)
+    s.close(ws.close_payload(1001), now=0.0, event=ws.close_event(1001, "going away"))
+    assert s.to_worker == [(ws.OP_CLOSE, ws.close_event(1001, "going away"))]
+    assert s.tick(1.0, 30.0) == ws.TICK_IDLE
+    assert s.tick(ws.CLOSE_TIMEOUT + 0.1, 30.0) == ws.TICK_DEAD and s.finished
+
+
+def test_session_idle_ping_then_dead():
+    s = ws.WsSession(1 << 20, 1 << 16, now=0.0)
+    assert s.tick(5.0, 10.0) == ws.TICK_IDLE
+    assert s.tick(10.0, 10.0) == ws.TICK_PING
+    [ping] = client_events(s.to_client)
+    assert isinstance(ping, ws.Ping)
+    assert s.tick(15.0, 10.0) == ws.TICK_IDLE          # one ping per silence
+    assert s.tick(20.0, 10.0) == ws.TICK_DEAD
+    # An answer in time keeps it alive.
+    s = ws.WsSession(1 << 20, 1 << 16, now=0.0)
+    s.tick(10.0, 10.0)
+    s.receive(masked_frame(ws.OP_PONG, b"prack"), now=12.0)
+    assert s.tick(20.0, 10.0) == ws.TICK_IDLE
+    assert s.tick(0.0, 0.0) == ws.TICK_IDLE            # pings off

@@ -463,3 +463,175 @@ def close_payload(code: int = CLOSE_NORMAL, reason: str = "") -> bytes:
     if len(raw) > MAX_CLOSE_REASON:
         raw = raw[:MAX_CLOSE_REASON].decode("utf-8", "ignore").encode("utf-8")
     return _CLOSE_CODE.pack(code) + raw
+
+
+# -- one accepted connection, server side -------------------------------------------
+
+# Bytes an event is counted for beyond its payload, in the client -> worker
+# window (so a flood of empty messages is bounded too). The acceptor counts
+# events with it and the API process credits them back with it.
+EVENT_OVERHEAD = 32
+CLOSE_TIMEOUT = 5.0     # how long we wait for the peer's close frame after ours
+
+# Session states.
+WS_OPEN, WS_CLOSING, WS_CLOSED = range(3)
+# What tick() found.
+TICK_IDLE, TICK_PING, TICK_DEAD = range(3)
+
+
+def close_event(code: int, reason: str = "") -> bytes:
+    """A close event for the worker: code and UTF-8 reason. Unlike a close
+    frame it may carry the local codes 1005 (no code) and 1006 (dropped)."""
+    return _CLOSE_CODE.pack(code) + reason.encode("utf-8")
+
+
+def parse_close_event(payload) -> tuple[int, str]:
+    if len(payload) < 2:
+        return CLOSE_NO_STATUS, ""
+    return _CLOSE_CODE.unpack_from(payload)[0], bytes(payload[2:]).decode("utf-8", "replace")
+
+
+class WsSession:
+    """The server's side of one WebSocket the acceptor relays; no I/O.
+
+    `receive()` takes the client's bytes. Afterwards `to_client` holds the
+    buffers to write to the client (pongs, close frames), `to_worker` the
+    events for the worker as (opcode, payload) - whole messages, and a close
+    (OP_CLOSE, close_event payload) - and `finished` says the TCP connection
+    should close once `to_client` has been written. Pings are answered here;
+    the worker never sees them.
+
+    Backpressure towards the worker: each event adds its size to
+    `unacked` until the worker has received it (`credit()`); while
+    `unacked` is at `window` or more, the session stops parsing (`paused`),
+    and the caller stops reading the socket.
+    """
+
+    __slots__ = ("parser", "state", "window", "unacked", "to_client", "to_worker",
+                 "finished", "last_heard", "pinged", "close_deadline", "ack", "sent")
+
+    def __init__(self, max_message_size: int, window: int, now: float):
+        self.parser = FrameParser(max_message_size)
+        self.state = WS_OPEN
+        self.window = window
+        self.unacked = 0
+        self.to_client: list = []
+        self.to_worker: list = []
+        self.finished = False
+        self.last_heard = now
+        self.pinged = False
+        self.close_deadline = 0.0
+        self.ack = -1           # a worker message whose acknowledgement waits for the client
+        self.sent = 0           # bytes queued for the client (for the access log)
+
+    @property
+    def paused(self) -> bool:
+        return self.unacked >= self.window
+
+    # -- from the client --------------------------------------------------------------
+
+    def receive(self, data, now: float) -> None:
+        self.last_heard = now
+        self.pinged = False
+        self.parser.feed(data)
+        self.pump()
+
+    def credit(self, n: int) -> None:
+        """The worker received `n` bytes of events; parse on if that unpaused us."""
+        was = self.paused
+        self.unacked = max(0, self.unacked - n)
+        if was and not self.paused:
+            self.pump()
+
+    def pump(self) -> None:
+        """Turn buffered input into events while the window has room."""
+        if self.finished or self.paused:
+            return
+        try:
+            for event in self.parser.events():
+                cls = event.__class__
+                if cls is Message:
+                    self.to_worker.append((event.opcode, event.data))
+                    self.unacked += len(event.data) + EVENT_OVERHEAD
+                    if self.paused:
+                        return
+                elif cls is Ping:
+                    if self.state == WS_OPEN:
+                        self._queue(frame(OP_PONG, event.data))
+                elif cls is Close:
+                    self._on_close(event)
+                    return
+                # Pong: only proves the client is there (last_heard).
+        except WebSocketError as err:
+            # Fail the connection (RFC 6455 7.1.7): our close with the code,
+            # the worker is told, and the TCP connection ends (no waiting
+            # for a reply from a peer that broke the protocol).
+            if self.state == WS_OPEN:
+                self._queue(frame(OP_CLOSE, close_payload(err.code, err.reason)))
+                self.to_worker.append((OP_CLOSE, close_event(err.code, err.reason)))
+            self.state = WS_CLOSED
+            self.finished = True
+
+    def _on_close(self, event: Close) -> None:
+        if self.state == WS_OPEN:
+            # The client closes: echo its code, tell the worker.
+            self._queue(frame(OP_CLOSE, b"" if event.code == CLOSE_NO_STATUS
+                              else _CLOSE_CODE.pack(event.code)))
+            self.to_worker.append((OP_CLOSE, close_event(event.code, event.reason)))
+        # Else it is the answer to our close: the handshake is complete.
+        self.state = WS_CLOSED
+        self.finished = True
+
+    # -- from the worker (or Prack itself) -----------------------------------------------
+
+    def _queue(self, data: bytes) -> None:
+        self.to_client.append(data)
+        self.sent += len(data)
+
+    def send(self, opcode: int, payload) -> bool:
+        """Queue a worker's message; False (dropped) once closing."""
+        if self.state != WS_OPEN:
+            return False
+        head = frame_header(opcode, len(payload))
+        self.to_client += (head, payload)
+        self.sent += len(head) + len(payload)
+        return True
+
+    def close(self, payload: bytes, now: float, event: bytes | None = None) -> None:
+        """Start the closing handshake with a close frame carrying
+        `payload` (see close_payload); `event`, when given, is also
+        reported to the worker (a close Prack decided, not the worker)."""
+        if self.state != WS_OPEN:
+            return
+        self._queue(frame(OP_CLOSE, payload))
+        if event is not None:
+            self.to_worker.append((OP_CLOSE, event))
+        self.state = WS_CLOSING
+        self.close_deadline = now + CLOSE_TIMEOUT
+
+    # -- time --------------------------------------------------------------------------
+
+    def tick(self, now: float, ping_interval: float) -> int:
+        """Housekeeping: TICK_PING when a ping was queued, TICK_DEAD when the
+        connection should be dropped (the client went silent, or never
+        answered our close), else TICK_IDLE."""
+        if self.state == WS_CLOSING:
+            if now >= self.close_deadline:
+                self.state = WS_CLOSED
+                self.finished = True
+                return TICK_DEAD
+            return TICK_IDLE
+        if not ping_interval or self.state != WS_OPEN or self.paused:
+            # While paused we do not read, so silence proves nothing.
+            if self.paused:
+                self.last_heard = now
+            return TICK_IDLE
+        quiet = now - self.last_heard
+        if self.pinged:
+            if quiet >= 2 * ping_interval:
+                return TICK_DEAD
+        elif quiet >= ping_interval:
+            self.pinged = True
+            self._queue(frame(OP_PING, b"prack"))
+            return TICK_PING
+        return TICK_IDLE
