@@ -26,8 +26,10 @@ class WsWorker:
     recorded in `events[path]`; `ended` receives (path, close event, status
     of the call after it, seconds from the close event to then)."""
 
-    def __init__(self, api: str, msgpack: bool = False, protocol: str | None = None):
+    def __init__(self, api: str, msgpack: bool = False, protocol: str | None = None,
+                 hold: threading.Event | None = None):
         host, port = api.split("//", 1)[1].rsplit(":", 1)
+        self.hold = hold        # when given, sessions fetch no events until it is set
         self.host, self.port = host, int(port)
         self.msgpack = msgpack
         self.protocol = protocol
@@ -72,9 +74,13 @@ class WsWorker:
         try:
             while not self._stop.is_set():
                 status, batch = self.call(conn, "GET", "/api/v2/requests?wait=0.5&max=16")
+                if status == 503:
+                    return          # the server is stopping
                 assert status == 200, batch
                 for item in batch["requests"]:
                     self._handle(conn, item)
+        except (ConnectionError, http.client.RemoteDisconnected):
+            pass                    # the server stopped
         except Exception as exc:        # reported by stop()
             self.errors.append(repr(exc))
         finally:
@@ -117,6 +123,8 @@ class WsWorker:
         conn = self._conn()
         base = "/api/v2/requests/%s/" % ident
         try:
+            if self.hold is not None:
+                self.hold.wait(30)
             while not self._stop.is_set():
                 status, answer = self.call(conn, "GET", base + "events?wait=1&max=256")
                 if status == 410:
@@ -418,5 +426,156 @@ def test_idle_connection_is_pinged_and_a_silent_one_dropped(start_server):
         client.shutdown()
         _, close, after, _ = w.wait_end("/idle")
         assert close["code"] == ws.CLOSE_ABNORMAL and after == 410
+    finally:
+        w.stop()
+
+
+# -- backpressure -----------------------------------------------------------------------
+
+def test_a_worker_that_does_not_fetch_events_slows_its_client(start_server):
+    server = start_server(limits_stream_buffer="64k")
+    hold = threading.Event()
+    w = WsWorker(server.api, hold=hold)
+    try:
+        client = connect(server, "/slow-worker")
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        payload = os.urandom(16384)
+        total = 2000                # 32 MiB, far more than any buffer on the way
+        sent = [0]
+
+        def send():
+            for i in range(total):
+                client.send(payload[:-4] + i.to_bytes(4, "big"))
+                sent[0] += 1
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        # The sender stalls: the acceptor stops reading once 64k of events
+        # wait for the worker (then the socket buffers fill).
+        last = -1
+        while sent[0] != last:
+            last = sent[0]
+            sender.join(1.0)
+        print("sender stalled after %d messages" % sent[0])
+        assert sent[0] * 16384 < 12 << 20, sent[0]
+        hold.set()
+        for i in range(total):
+            assert client.recv() == payload[:-4] + i.to_bytes(4, "big"), i
+        sender.join(10)
+        client.close()
+        client.recv_event()
+        client.shutdown()
+        w.wait_end("/slow-worker")
+    finally:
+        hold.set()
+        w.stop()
+
+
+# -- the API's answers ------------------------------------------------------------------
+
+class Api:
+    def __init__(self, server):
+        self.conn = server.api_client()
+
+    def call(self, method: str, path: str, body=None):
+        self.conn.request(method, path, None if body is None else json.dumps(body),
+                          {"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        return resp.status, json.loads(resp.read())
+
+    def pull(self):
+        status, batch = self.call("GET", "/api/v2/requests?wait=5")
+        assert status == 200 and batch["requests"], batch
+        return batch["requests"][0]["id"]
+
+
+def upgrade_request(path: bytes = b"/x") -> bytes:
+    return (b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)) + b"\r\n\r\n")
+
+
+def test_api_errors(start_server):
+    server = start_server()
+    api = Api(server)
+    raw = server.raw()
+    raw.send(upgrade_request())
+    ident = api.pull()
+    base = "/api/v2/requests/%s/" % ident
+    # Before the 101: not a WebSocket.
+    assert api.call("GET", base + "events")[0] == 409
+    assert api.call("POST", base + "send", {"messages": []})[0] == 409
+    assert api.call("POST", base + "head", {"status": 101})[0] == 200
+    bad = [
+        {"messages": [{"type": "ping", "data": "x"}]},
+        {"messages": [{"type": "text", "data": 5}]},
+        {"messages": [{"type": "binary", "data": "not base64!"}]},
+        {"messages": [{"type": "close", "code": 1006}]},
+        {"messages": [{"type": "close", "code": 1000, "reason": "x" * 124}]},
+        {"messages": [{"type": "close"}, {"type": "text", "data": "after"}]},
+        {"message": []},
+    ]
+    for body in bad:
+        status, answer = api.call("POST", base + "send", body)
+        assert status == 400 and answer["error"], (body, answer)
+    assert api.call("GET", base + "events?wait=-1")[0] == 400
+    assert api.call("GET", base + "events?max=0")[0] == 400
+    assert api.call("GET", base + "events?bogus=1")[0] == 400
+    assert api.call("GET", "/api/v2/requests/%s/events" % ("0" * 32))[0] == 404
+    assert api.call("GET", "/api/v2/requests/zz/events")[0] == 400
+    status, answer = api.call("GET", base + "events?wait=0")
+    assert status == 200 and answer == {"events": []}
+    status, answer = api.call("POST", base + "send", {"messages": [
+        {"type": "text", "data": "hi"}, {"type": "close", "code": 4000, "reason": "r"}]})
+    assert status == 200, answer
+    # The worker closed: for it the request is answered.
+    assert api.call("GET", base + "events")[0] == 404
+    raw.close()
+
+
+def test_101_to_a_request_that_is_not_an_upgrade(start_server):
+    server = start_server()
+    api = Api(server)
+    raw = server.raw()
+    raw.send(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
+    ident = api.pull()
+    assert api.call("POST", "/api/v2/requests/%s/head" % ident, {"status": 101})[0] == 200
+    assert raw.read_response().status == 502
+    status, answer = api.call("GET", "/api/v2/requests/%s/events?wait=2" % ident)
+    assert status == 200 and answer["events"][0]["code"] == ws.CLOSE_ABNORMAL
+    assert api.call("GET", "/api/v2/requests/%s/events" % ident)[0] == 410
+    raw.close()
+
+
+def test_unoffered_subprotocol_gives_the_client_502(start_server):
+    server = start_server()
+    w = WsWorker(server.api, protocol="chat")
+    try:
+        with pytest.raises(HandshakeRefused) as err:
+            connect(server, "/unoffered", protocols=("other",), headers=[
+                ("Sec-WebSocket-Protocol", "chat-not")])
+        assert err.value.status == 502
+    finally:
+        w.stop()
+
+
+def test_graceful_stop_closes_websockets_with_1001(start_server):
+    server = start_server()
+    w = WsWorker(server.api)
+    try:
+        client = connect(server, "/stopping")
+        client.send("x")
+        assert client.recv() == "x"
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        event = client.recv_event()
+        assert isinstance(event, ws.Close) and event.code == ws.CLOSE_GOING_AWAY
+        client.close(ws.CLOSE_GOING_AWAY)
+        client.wait_eof()
+        client.shutdown()
+        _, close, _, _ = w.wait_end("/stopping")
+        assert close["code"] == ws.CLOSE_GOING_AWAY
+        stopper.join(30)
+        assert server.proc.returncode == 0
     finally:
         w.stop()

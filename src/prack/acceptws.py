@@ -196,10 +196,13 @@ class AcceptorWebSockets:
 
     def _ws_shutdown(self, conn, code: int, reason: str) -> None:
         """Prack ends a WebSocket (stopping, or the API process is lost):
-        a close frame to the client, a close event to the worker."""
+        a close frame to the client, a close event to the worker, whose
+        later calls get 410 even while the client answers our close."""
         conn.ws.close(websocket.close_payload(code, reason), time.monotonic(),
                       websocket.close_event(code, reason))
         self._ws_pump(conn)
+        if conn.sock is not None and conn.ws is not None:
+            self._withdraw(conn)
 
     def _ws_scan(self, conn, now: float) -> None:
         s = conn.ws
