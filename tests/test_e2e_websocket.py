@@ -73,14 +73,18 @@ class WsWorker:
         conn = self._conn()
         try:
             while not self._stop.is_set():
-                status, batch = self.call(conn, "GET", "/api/v2/requests?wait=0.5&max=16")
+                try:
+                    status, batch = self.call(conn, "GET", "/api/v2/requests?wait=0.5&max=16")
+                except (ConnectionError, http.client.RemoteDisconnected):
+                    conn.close()        # the API process restarted: reconnect
+                    conn = self._conn()
+                    self._stop.wait(0.05)
+                    continue
                 if status == 503:
                     return          # the server is stopping
                 assert status == 200, batch
                 for item in batch["requests"]:
                     self._handle(conn, item)
-        except (ConnectionError, http.client.RemoteDisconnected):
-            pass                    # the server stopped
         except Exception as exc:        # reported by stop()
             self.errors.append(repr(exc))
         finally:
@@ -155,6 +159,8 @@ class WsWorker:
                     if status == 410:
                         continue        # the client went: the events call says how
                     assert status == 200, answer
+        except (ConnectionError, http.client.RemoteDisconnected):
+            self.ended.put((path, None, "link lost", 0.0))     # the API process died
         except Exception as exc:
             self.errors.append("%s: %r" % (path, exc))
         finally:
@@ -577,5 +583,39 @@ def test_graceful_stop_closes_websockets_with_1001(start_server):
         assert close["code"] == ws.CLOSE_GOING_AWAY
         stopper.join(30)
         assert server.proc.returncode == 0
+    finally:
+        w.stop()
+
+
+def test_api_process_death_closes_websockets_with_1011(start_server):
+    import signal
+    server = start_server("--log-level", "debug")
+    w = WsWorker(server.api)
+    try:
+        client = connect(server, "/api-dies")
+        client.send("x")
+        assert client.recv() == "x"
+        [api_pid] = server.pids("API process")
+        os.kill(api_pid, signal.SIGKILL)
+        event = client.recv_event()
+        assert isinstance(event, ws.Close) and event.code == ws.CLOSE_INTERNAL_ERROR
+        client.close(ws.CLOSE_INTERNAL_ERROR)
+        client.wait_eof()
+        client.shutdown()
+        # The new API process serves: a new WebSocket works.
+        server.wait_log(r"API process ready \(pid (?!%d\))" % api_pid)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client = connect(server, "/after")
+                break
+            except HandshakeRefused as exc:
+                # Until a worker reconnects, the request may time out; not here.
+                assert time.monotonic() < deadline, exc.status
+        client.send("y")
+        assert client.recv() == "y"
+        client.close()
+        client.recv_event()
+        client.shutdown()
     finally:
         w.stop()
