@@ -426,3 +426,39 @@ def test_session_idle_ping_then_dead():
     s.receive(masked_frame(ws.OP_PONG, b"prack"), now=12.0)
     assert s.tick(20.0, 10.0) == ws.TICK_IDLE
     assert s.tick(0.0, 0.0) == ws.TICK_IDLE            # pings off
+
+
+def _outcome(data: bytes, cuts) -> tuple:
+    """Events (as tuples) and the error code, feeding `data` cut at `cuts`."""
+    p = ws.FrameParser(max_message_size=5000)
+    out = []
+    prev = 0
+    try:
+        for cut in list(cuts) + [len(data)]:
+            p.feed(data[prev:cut])
+            prev = cut
+            for e in p.events():
+                out.append((type(e).__name__, getattr(e, "opcode", None), getattr(e, "data", None),
+                            getattr(e, "code", None), getattr(e, "reason", None)))
+    except ws.WebSocketError as err:
+        return out, err.code
+    return out, None
+
+
+def test_mutated_streams_fail_cleanly_and_alike_at_any_split():
+    """Random corruptions of a valid stream: only WebSocketError escapes,
+    with a close code a server may send, and the outcome does not depend on
+    how the bytes were cut."""
+    import random
+    rng = random.Random(6455)
+    base = stream()[:2000] + masked_frame(ws.OP_CLOSE, ws.close_payload(1000))
+    allowed = {None, ws.CLOSE_PROTOCOL_ERROR, ws.CLOSE_INVALID_DATA, ws.CLOSE_MESSAGE_TOO_BIG}
+    for _ in range(300):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        data = bytes(data)
+        whole = _outcome(data, [])
+        assert whole[1] in allowed
+        cuts = sorted(rng.sample(range(1, len(data)), 20))
+        assert _outcome(data, cuts) == whole
