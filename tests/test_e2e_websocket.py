@@ -176,7 +176,8 @@ class WsWorker:
 
 @pytest.fixture(scope="module")
 def wsserver(start_module_server):
-    return start_module_server(websocket_max_message_size="64k")
+    # The access log is on: a WebSocket is logged when it ends.
+    return start_module_server("--access-log", websocket_max_message_size="64k")
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +290,7 @@ def test_client_close_reaches_the_worker_with_its_code(wsserver, worker):
     path, close, after, _ = worker.wait_end("/client-closes")
     assert close == {"type": "close", "code": 4001, "reason": "client is leaving"}
     assert after == 410
+    wsserver.wait_log(r'"GET /client-closes HTTP/1.1" 101 \d+')
 
 
 def test_worker_close_reaches_the_client_with_its_code(wsserver, worker):

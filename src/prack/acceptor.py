@@ -857,6 +857,7 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
             os.close(conn.file[0])
             conn.file = None
         conn.stream = None
+        conn.ws = None
         del self.conns[conn.fd]
         self.slots[conn.slot] = None
         self.free_slots.append(conn.slot)

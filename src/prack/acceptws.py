@@ -124,8 +124,8 @@ class AcceptorWebSockets:
         if s.to_client:
             out, s.to_client = s.to_client, []
             self._write(conn, out)
-            if conn.sock is None:
-                return
+            if conn.ws is not s:
+                return          # the write ended it (or found the client gone)
         if s.finished:
             if not conn.out:
                 self._ws_end(conn)
@@ -151,10 +151,10 @@ class AcceptorWebSockets:
         """F_DATA (a message; flags = opcode) or F_END (the worker's close)."""
         s = conn.ws
         if kind == wire.F_DATA:
-            if s.send(flags, bytes(payload)):
+            if s.send(flags, payload):     # a bytearray of its own (sliced off the frame)
                 out, s.to_client = s.to_client, []
                 self._write(conn, out)
-                if conn.sock is None:
+                if conn.ws is not s:
                     return
             if sum(map(len, conn.out)) <= self.ws_window:
                 self._send_api(wire.stream_frame(wire.F_ACK, conn.slot, conn.key, number))
@@ -186,22 +186,23 @@ class AcceptorWebSockets:
         it still holds the connection, and the TCP connection closes (we
         close first, as RFC 6455 7.1.1 asks of servers), after a drain."""
         s = conn.ws
+        conn.ws = None
         self._withdraw(conn)
         if self.access:
             access_log.info('%s - "%s %s HTTP/1.%d" 101 %d %.4f', conn.remote_addr or "-",
                             conn.method, conn.target, conn.version_minor, s.sent,
                             time.monotonic() - conn.started)
-        conn.ws = None
         self._linger(conn)
 
     def _ws_shutdown(self, conn, code: int, reason: str) -> None:
         """Prack ends a WebSocket (stopping, or the API process is lost):
         a close frame to the client, a close event to the worker, whose
         later calls get 410 even while the client answers our close."""
-        conn.ws.close(websocket.close_payload(code, reason), time.monotonic(),
+        session = conn.ws
+        session.close(websocket.close_payload(code, reason), time.monotonic(),
                       websocket.close_event(code, reason))
         self._ws_pump(conn)
-        if conn.sock is not None and conn.ws is not None:
+        if conn.ws is session:
             self._withdraw(conn)
 
     def _ws_scan(self, conn, now: float) -> None:

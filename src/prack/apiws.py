@@ -37,6 +37,7 @@ from prack.apimsg import BadResponse, check_response, describe
 
 log = logging.getLogger("prack.api")
 
+V2_PREFIX = "/api/v2/requests/"
 MAX_EVENTS = 256            # events per call, whatever `max` asks
 EVENTS_BYTES = 4 << 20      # ...and no more once this many bytes are in the answer
 GONE_KEEP = 300.0           # how long the close event of a gone client waits for a worker
@@ -121,7 +122,7 @@ class ApiWebSockets:
         """(sid, state) of a WebSocket call, or None when it has been answered
         (an error, a forward to the other generation, or held until the
         acceptor links)."""
-        ident = req.path[len(wire_prefix):].partition("/")[0]
+        ident = req.path[len(V2_PREFIX):].partition("/")[0]
         parsed = wire.parse_identifier(ident)
         if parsed is None:
             self._reply_error(conn, 400, "id: malformed")
@@ -316,8 +317,6 @@ class ApiWebSockets:
                 ws.waiter = None
                 self._ws_deliver(sid, ws, conn, ws.max)
 
-
-wire_prefix = "/api/v2/requests/"
 
 
 def _events_params(query: str, limit: float) -> tuple[float, int]:

@@ -320,10 +320,9 @@ class FrameParser:
             n = self._length
             if len(buf) < n:
                 return
-            payload = bytes(buf[:n])
+            payload = buf[:n]           # a copy; unmasking makes the bytes
             del buf[:n]
-            if self._mask:
-                payload = unmask(payload, self._mask)
+            payload = unmask(payload, self._mask) if self._mask else bytes(payload)
             self._state = _HEADER
             event = self._complete(payload)
             if event is not None:
