@@ -621,3 +621,17 @@ def test_api_process_death_closes_websockets_with_1011(start_server):
         client.shutdown()
     finally:
         w.stop()
+
+
+def test_upgrade_in_http10_is_an_ordinary_request(start_server):
+    server = start_server()
+    api = Api(server)
+    raw = server.raw()
+    raw.send(upgrade_request().replace(b"HTTP/1.1", b"HTTP/1.0"))
+    ident = api.pull()          # queued, not refused
+    status, answer = api.call("POST", "/api/v2/responses", {"responses": [
+        {"id": ident, "status": 200, "body": base64.b64encode(b"ordinary").decode()}]})
+    assert status == 200, answer
+    resp = raw.read_response()
+    assert resp.status == 200 and resp.body == b"ordinary"
+    raw.close()

@@ -44,13 +44,14 @@ def test_handshake_tokens_are_case_insensitive_lists():
 def test_not_an_upgrade_is_none():
     assert ws.handshake_key("GET", 1, headers(upgrade=None)) is None
     assert ws.handshake_key("POST", 1, headers(upgrade=b"h2c")) is None
+    # RFC 9110 7.8: an HTTP/1.0 request's Upgrade is ignored.
+    assert ws.handshake_key("GET", 0, headers()) is None
     assert not ws.wants_websocket(headers(upgrade=b"h2c"))
     assert ws.wants_websocket(headers())
 
 
 @pytest.mark.parametrize("method,minor,h,status", [
     ("POST", 1, headers(), 400),
-    ("GET", 0, headers(), 400),
     ("GET", 1, headers(connection=b"keep-alive"), 400),
     ("GET", 1, headers(connection=None), 400),
     ("GET", 1, headers(sec_websocket_version=b"8"), 426),

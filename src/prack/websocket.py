@@ -96,7 +96,8 @@ def wants_websocket(headers) -> bool:
 
 def handshake_key(method: str, version_minor: int, headers) -> bytes | None:
     """The Sec-WebSocket-Key of a valid upgrade request, None when the request
-    does not ask for a WebSocket. Raises HandshakeError when it asks for one
+    does not ask for a WebSocket (or is HTTP/1.0, where Upgrade means nothing).
+    Raises HandshakeError when it asks for one
     but breaks RFC 6455 4.2.1. `headers` are (lower-case name, value) pairs."""
     upgrade = connection = False
     keys: list[bytes] = []
@@ -112,12 +113,11 @@ def handshake_key(method: str, version_minor: int, headers) -> bytes | None:
             keys.append(value.strip())
         elif name == b"sec-websocket-version":
             versions.extend(_tokens(value))
-    if not upgrade:
+    if not upgrade or version_minor < 1:
+        # RFC 9110 7.8: Upgrade in an HTTP/1.0 request is ignored.
         return None
     if method != "GET":
         raise HandshakeError(400, "a WebSocket upgrade must be a GET")
-    if version_minor < 1:
-        raise HandshakeError(400, "a WebSocket upgrade needs HTTP/1.1")
     if not connection:
         raise HandshakeError(400, "a WebSocket upgrade needs Connection: upgrade")
     if versions != [VERSION]:
