@@ -211,7 +211,7 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
                 else:
                     self._close(conn)
             elif conn.state == WEBSOCKET:
-                self._ws_shutdown(conn, 1001, "the server is shutting down")
+                self._ws_going_away(conn)
         log.debug("acceptor %d draining %d connections", self.index, len(self.conns))
 
     def _drained(self) -> bool:
@@ -256,8 +256,7 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         for conn in [c for c in self.conns.values() if c.state == STREAMING]:
             self._close(conn)
         self._uploads_api_lost()
-        for conn in [c for c in self.conns.values() if c.state == WEBSOCKET]:
-            self._ws_shutdown(conn, 1011, "the server lost its worker link")
+        self._ws_link_lost()
         # At once, not on the next housekeeping tick (up to 1 s): until we
         # are linked, the API process refuses answers for our requests. The
         # master holds the listening socket, so this succeeds even before the

@@ -97,9 +97,8 @@ class AcceptorWebSockets:
         if conn.sock is None:
             return
         if self.stopping:
-            session.close(websocket.close_payload(websocket.CLOSE_GOING_AWAY), now,
-                          websocket.close_event(websocket.CLOSE_GOING_AWAY,
-                                                "the server is shutting down"))
+            self._ws_going_away(conn)
+            return
         if early:
             session.receive(early, now)
         self._ws_pump(conn)
@@ -193,6 +192,17 @@ class AcceptorWebSockets:
                             conn.method, conn.target, conn.version_minor, s.sent,
                             time.monotonic() - conn.started)
         self._linger(conn)
+
+    def _ws_going_away(self, conn) -> None:
+        """The acceptor stops or retires: close with 1001."""
+        self._ws_shutdown(conn, websocket.CLOSE_GOING_AWAY, "the server is shutting down")
+
+    def _ws_link_lost(self) -> None:
+        """The API process is gone, and with it every WebSocket's state
+        there: close them all with 1011 (clients reconnect)."""
+        for conn in [c for c in self.conns.values() if c.state == WEBSOCKET]:
+            self._ws_shutdown(conn, websocket.CLOSE_INTERNAL_ERROR,
+                              "the server lost its worker link")
 
     def _ws_shutdown(self, conn, code: int, reason: str) -> None:
         """Prack ends a WebSocket (stopping, or the API process is lost):
