@@ -636,3 +636,31 @@ def test_upgrade_in_http10_is_an_ordinary_request(start_server):
     resp = raw.read_response()
     assert resp.status == 200 and resp.body == b"ordinary"
     raw.close()
+
+
+def test_a_client_that_never_reads_is_dropped_after_send_timeout(start_server):
+    server = start_server(timeouts_send_timeout="1", limits_stream_buffer="64k")
+    w = WsWorker(server.api)
+    try:
+        client = connect(server, "/never-reads")
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        errors = []
+
+        def send():
+            try:
+                for _ in range(400):    # 25 MiB of echoes nobody reads
+                    client.send(os.urandom(65536))
+            except OSError as exc:
+                errors.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        started = time.monotonic()
+        sender.start()
+        _, close, after, _ = w.wait_end("/never-reads", timeout=20)
+        assert close["code"] == ws.CLOSE_ABNORMAL and after == 410
+        assert time.monotonic() - started < 10
+        sender.join(10)
+        assert errors, "the connection should have been dropped"
+        client.shutdown()
+    finally:
+        w.stop()
