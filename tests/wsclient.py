@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import struct
 
 from prack import websocket as ws
 
@@ -142,7 +143,6 @@ class WsClient:
 
     def abort(self) -> None:
         """Vanish: close the socket without a close frame (RST if possible)."""
-        import struct
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
 

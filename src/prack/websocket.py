@@ -69,7 +69,6 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 VERSION = b"13"
 # The key is 16 random bytes in base64: 22 characters and "==".
 _KEY_RE = re.compile(rb"[A-Za-z0-9+/]{22}==")
-_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class HandshakeError(Exception):
