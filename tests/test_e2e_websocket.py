@@ -527,6 +527,12 @@ def test_api_errors(start_server):
     for body in bad:
         status, answer = api.call("POST", base + "send", body)
         assert status == 400 and answer["error"], (body, answer)
+    # Stream calls are not for WebSockets.
+    conn = api.conn
+    conn.request("POST", base + "body", b"raw chunk")
+    resp = conn.getresponse()
+    assert resp.status == 409 and b"send" in resp.read()
+    assert api.call("POST", base + "end", {})[0] == 409
     assert api.call("GET", base + "events?wait=-1")[0] == 400
     assert api.call("GET", base + "events?max=0")[0] == 400
     assert api.call("GET", base + "events?bogus=1")[0] == 400

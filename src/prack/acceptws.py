@@ -30,6 +30,7 @@ access_log = logging.getLogger("prack.access")
 
 # A connection state, beside acceptor.py's READING ... STREAMING.
 WEBSOCKET = 16
+_DATA_OPCODES = (websocket.OP_TEXT, websocket.OP_BINARY)
 
 
 class AcceptorWebSockets:
@@ -150,7 +151,10 @@ class AcceptorWebSockets:
         """F_DATA (a message; flags = opcode) or F_END (the worker's close)."""
         s = conn.ws
         if kind == wire.F_DATA:
-            if s.send(flags, payload):     # a bytearray of its own (sliced off the frame)
+            if flags not in _DATA_OPCODES:
+                log.warning("acceptor %d: F_DATA with opcode %d for a WebSocket: dropped",
+                            self.index, flags)
+            elif s.send(flags, payload):     # a bytearray of its own (sliced off the frame)
                 out, s.to_client = s.to_client, []
                 self._write(conn, out)
                 if conn.ws is not s:

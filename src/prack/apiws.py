@@ -112,6 +112,22 @@ class ApiWebSockets:
             return 101, flags, block, wire.NO_LENGTH
         return super()._check_head(status, headers)
 
+    def _stream_body(self, conn, req, hold: bool = True) -> None:
+        if not self._ws_refused(conn, req):
+            super()._stream_body(conn, req, hold)
+
+    def _stream_end(self, conn, req, hold: bool = True) -> None:
+        if not self._ws_refused(conn, req):
+            super()._stream_end(conn, req, hold)
+
+    def _ws_refused(self, conn, req) -> bool:
+        """Body chunks and stream ends are not for WebSockets: 409."""
+        parsed = wire.parse_identifier(req.path[len(V2_PREFIX):].partition("/")[0])
+        if parsed is None or not self._known(parsed) or parsed[1:] not in self.websockets:
+            return False
+        self._reply_error(conn, 409, "a WebSocket: use .../send (a close message ends it)")
+        return True
+
     def _ws_opened(self, sid) -> None:
         """ApiStreams sent a 101 head for `sid`."""
         self.websockets[sid] = _WebSocket()
