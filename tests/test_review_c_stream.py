@@ -276,3 +276,37 @@ def test_buffered_chunks_cost_the_same_however_many_are_buffered(start_server):
     last = post(3000)
     assert last < 3 * first + 0.1, "first 3000 chunks: %.2fs of CPU, last 3000: %.2fs" % (
         first, last)
+
+
+def test_error_report_for_a_websocket_closes_it_and_answers_its_event_poll(start_server):
+    """POST .../error for an accepted WebSocket: it closes with 1011, and a
+    worker's events long-poll is answered at once (410), as after the
+    worker's own close; it waited out its wait, and the API process kept
+    the WebSocket's entry for ever."""
+    import base64
+
+    from prack import websocket as ws
+
+    s = start_server(acceptors=1, api_poll_timeout=20)
+    api = Api(s)
+    raw, f = client(s, b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                       b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                       b"Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)) + b"\r\n\r\n")
+    rid = api.pull()
+    assert api.call("POST", "/api/v2/requests/%s/head" % rid, {"status": 101})[0] == 200
+    assert read_head(f)[0].startswith(b"HTTP/1.1 101")
+    poll = Api(s, timeout=30)
+    poll.send("GET", "/api/v2/requests/%s/events?wait=15" % rid)
+    assert select.select([poll.raw.sock], [], [], 0.3)[0] == []     # waiting
+    t0 = time.monotonic()
+    assert api.call("POST", "/api/v2/requests/%s/error" % rid, {"error": "boom"})[0] == 200
+    status, body = poll.answer()
+    assert status == 410 and time.monotonic() - t0 < 5, (status, body)
+    parser = ws.FrameParser(require_mask=False)
+    events = []
+    while not events:
+        data = f.read1(65536)
+        assert data, "closed without a close frame"
+        parser.feed(data)
+        events = list(parser.events())
+    assert isinstance(events[0], ws.Close) and events[0].code == ws.CLOSE_INTERNAL_ERROR
