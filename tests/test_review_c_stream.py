@@ -310,3 +310,24 @@ def test_error_report_for_a_websocket_closes_it_and_answers_its_event_poll(start
         parser.feed(data)
         events = list(parser.events())
     assert isinstance(events[0], ws.Close) and events[0].code == ws.CLOSE_INTERNAL_ERROR
+
+
+def test_state_long_poll_ends_when_the_request_is_answered(start_server):
+    """A state long-poll (a worker's cancellation watch) on a request that
+    its worker then answers: it waited out its whole wait and then said
+    "open" for a request that was over, so watches piled up, one per
+    answered request. Now it ends with the 404 of an answered request."""
+    s = start_server(acceptors=1, api_poll_timeout=20)
+    api = Api(s)
+    sock, f = client(s)
+    rid = api.pull()
+    watch = Api(s, timeout=30)
+    watch.send("GET", "/api/v2/requests/%s/state?wait=15" % rid)
+    assert select.select([watch.raw.sock], [], [], 0.3)[0] == []     # waiting
+    t0 = time.monotonic()
+    assert api.call("POST", "/api/v2/responses",
+                    {"responses": [{"id": rid, "status": 200, "body": "aGk="}]})[1] == \
+        {"results": [{"id": rid, "status": "ok"}]}
+    assert read_head(f)[0].startswith(b"HTTP/1.1 200")
+    status, body = watch.answer()
+    assert status == 404 and time.monotonic() - t0 < 5, (status, body)

@@ -353,10 +353,23 @@ class ApiStreams:
             self._client_gone(sid)
 
     def _scan_streams(self, now: float) -> None:
-        """State long-polls whose wait is over answer "open"."""
+        """State long-polls whose wait is over answer "open"; those of a
+        request answered meanwhile (or whose slot went GONE without an
+        F_GONE) end now, as a new call would."""
         if not self.gone_waiters:
             return
         for sid, waiters in list(self.gone_waiters.items()):
+            outcome, why = self._lookup((self.generation,) + sid)
+            if outcome != "ok":
+                del self.gone_waiters[sid]
+                for conn, _deadline in waiters:
+                    if conn.sock is None:
+                        continue
+                    if outcome == "gone":
+                        self._reply_state(conn, STATE_GONE)
+                    else:
+                        self._reply_error(conn, 404, why)
+                continue
             keep = []
             for conn, deadline in waiters:
                 if conn.sock is None:
