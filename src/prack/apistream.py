@@ -288,11 +288,16 @@ class ApiStreams:
             return
         target = self._elsewhere(parsed)
         if target is not None:          # the other generation's request: ask there
+            def done(status: int, answer: bytes) -> None:
+                if status in (410, 502):
+                    # That generation has stopped, or stops as we ask: its
+                    # clients have gone (no answer could reach them now).
+                    self._reply_state(conn, STATE_GONE)
+                else:
+                    self._reply(conn, status, answer, ctype=self._ctype(conn))
             accept = b"Accept: application/%s\r\n" % (b"msgpack" if conn.msgpack else b"json")
             self._forward(target, req.path + ("?" + req.query if req.query else ""), accept,
-                          b"", lambda status, answer: self._reply(conn, status, answer,
-                                                                  ctype=self._ctype(conn)),
-                          b"GET")
+                          b"", done, b"GET")
             return
         if hold and self._unlinked(parsed):
             # A new API process whose acceptors are relinking: the request
