@@ -55,7 +55,10 @@ def test_lifespan_and_failures_in_process():
     handler.start()
     try:
         resp = handler(Request("0" * 32, ENV, b"hi", 2e9))
-        assert (resp.status, resp.headers, resp.body) == (200, [("x-ready", "True")], b"hi!")
+        # more_body=True: streamed; each send() returns once its chunk is taken.
+        assert (resp.status, resp.headers) == (200, [("x-ready", "True")])
+        assert list(resp.body) == [b"hi", b"!"]
+        resp.body.close()
         for path in ["/fail", "/silent"]:
             assert handler(Request("0" * 32, dict(ENV, PATH_INFO=path), b"", 2e9)).status == 500
     finally:
