@@ -74,7 +74,7 @@ def scope_for(req: Request, state: dict) -> dict:
         }
     return {
         "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": protocol[5:] if protocol.startswith("HTTP/") else "1.1",
         "method": env.get("REQUEST_METHOD", "GET"),
         "scheme": env.get("rack.url_scheme", "http"),
