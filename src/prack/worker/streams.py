@@ -368,7 +368,7 @@ class WebSocket:
         self._send_lock = threading.Lock()
         self._events: collections.deque = collections.deque()
         self.closed: WebSocketClosed | None = None    # set once the client closed or went
-        self.close_sent = False
+        self.close_sent: tuple | None = None          # (code, reason) of our close
 
     def receive(self, timeout: float | None = None):
         """The next message; None when `timeout` seconds pass without one."""
@@ -401,7 +401,10 @@ class WebSocket:
 
     def _gone(self) -> None:
         if self.closed is None:
-            self.closed = WebSocketClosed(1006, "")
+            # After our own close, Prack ends the worker's side at once;
+            # otherwise the client went without a close frame.
+            self.closed = WebSocketClosed(*self.close_sent) if self.close_sent \
+                else WebSocketClosed(1006, "")
         self.request._mark_gone()
 
     def send(self, data) -> None:
@@ -425,7 +428,7 @@ class WebSocket:
         """Start the close handshake (once; later calls do nothing)."""
         if self.close_sent:
             return
-        self.close_sent = True
+        self.close_sent = (int(code), reason)
         try:
             self._post([{"type": "close", "code": int(code), "reason": reason}])
         except WebSocketClosed:
@@ -433,7 +436,7 @@ class WebSocket:
 
     def _post(self, messages: list) -> None:
         if self.close_sent and messages[-1]["type"] != "close":
-            raise WebSocketClosed(*(self.closed.args if self.closed else (1000, "")))
+            raise self.closed or WebSocketClosed(*self.close_sent)
         with self._send_lock:
             status, data = self._send.call("POST", _path(self.request.id, "send"),
                                            _encode({"messages": messages}), _CALL_HEADERS)
