@@ -17,6 +17,13 @@ many requests that is), so a slow handler takes one request at a time and
 never sits on requests another worker could serve. A front that cannot be
 reached is retried with a capped, jittered backoff; it is logged once when it
 goes away and once when it is back.
+
+A handler may also stream: a Response whose body is a generator (or any
+iterable other than bytes, a list or a tuple) is sent chunk by chunk, and a
+WebSocketResponse accepts a WebSocket upgrade. Both run on a thread of their
+own (streams.py), so the lane goes back to pulling. A Request can tell when
+its client has gone (is_gone, wait_gone, on_gone) and reads a large body kept
+by Prack through `input`.
 """
 from __future__ import annotations
 
@@ -354,13 +361,13 @@ class Worker:
         are still answered. join() waits for that."""
         self.stopping.set()
 
-    def join(self, streams: float | None = None) -> bool:
-        """Wait for the lanes, then up to `streams` seconds (None: as long
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the lanes, then up to `timeout` seconds (None: as long
         as it takes) for the open streams and WebSockets; False if some
         are still open."""
         for t in self.lanes:
             t.join()
-        deadline = None if streams is None else time.monotonic() + streams
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self.streams_lock:
                 left = list(self.streams)
