@@ -237,6 +237,74 @@ def test_sdk_notices_a_disconnect_within_a_second(start_server):
         assert noticed and noticed[0] - left < 1.0
 
 
+def test_a_handler_at_work_learns_its_client_went(start_server):
+    """Not only streams: a handler busy on an ordinary request can ask
+    (request.is_gone / wait_gone), and learns of the hang-up within 1 s."""
+    server = start_server(acceptors=1)
+    started = threading.Event()
+    noticed = []
+
+    def handler(request):
+        assert request.is_gone() is False
+        started.set()
+        if request.wait_gone(WAIT):
+            noticed.append(time.monotonic())
+        return sdk.Response(200, [], b"too late")
+
+    with Running(server, handler):
+        sock = socket.create_connection((server.host, server.port), timeout=WAIT)
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert started.wait(WAIT)
+        left = _hang_up(sock)
+        wait_for(lambda: noticed)
+        assert noticed[0] - left < 1.0
+
+
+def test_a_slow_client_slows_the_generator(start_server):
+    """Backpressure: while the client reads nothing, the generator stops
+    being asked for chunks long before its end; then every byte arrives in
+    order."""
+    server = start_server(acceptors=1)
+    chunk = 64 * 1024
+    total = 64 * 1024 * 1024
+    produced = [0]
+
+    def body():
+        for i in range(total // chunk):
+            produced[0] += chunk
+            yield (b"%08d" % i) * (chunk // 8)
+
+    with Running(server, lambda request: sdk.Response(200, [], body())):
+        sock, f, status, headers = get(server, "/big")
+        try:
+            assert headers.get("transfer-encoding") == "chunked"
+            # Wait until production stalls (no progress for half a second).
+            deadline = time.monotonic() + WAIT
+            last, since = -1, time.monotonic()
+            while time.monotonic() - since < 0.5:
+                assert time.monotonic() < deadline, "the generator never stalled"
+                if produced[0] != last:
+                    last, since = produced[0], time.monotonic()
+                time.sleep(0.02)
+            assert produced[0] < total // 4, produced[0]
+            got = 0
+            i = 0
+            pending = b""
+            while True:
+                data = read_chunk(f)
+                if not data:
+                    break
+                pending += data
+                while len(pending) >= chunk:
+                    assert pending[:chunk] == (b"%08d" % i) * (chunk // 8)
+                    pending = pending[chunk:]
+                    i += 1
+                got += len(data)
+            assert got == total and not pending
+        finally:
+            sock.close()
+
+
 def test_asgi_disconnect_is_delivered(start_server):
     """After its body, an ASGI application's receive() returns
     http.disconnect when the client goes (within 1 s); a later send()
