@@ -65,12 +65,13 @@ class _Api:
     """Calls to one front over one kept-alive connection, borrowed from the
     front's pool and given back by close() when it is still usable."""
 
-    __slots__ = ("front", "conn", "fresh")
+    __slots__ = ("front", "conn", "fresh", "aborted")
 
     def __init__(self, front):
         self.front = front
         self.conn = None
         self.fresh = False
+        self.aborted = False
 
     def call(self, method: str, path: str, body: bytes | None = None,
              headers: dict = _GET_HEADERS) -> tuple[int, bytes]:
@@ -86,7 +87,7 @@ class _Api:
                 # limit, a restart): one new connection before giving up.
                 self.conn.close()
                 self.conn = None
-                if self.fresh:
+                if self.fresh or self.aborted:
                     raise
                 continue
             except BaseException:
@@ -101,6 +102,7 @@ class _Api:
 
     def abort(self) -> None:
         """End a call in progress from another thread (its read fails)."""
+        self.aborted = True
         conn = self.conn
         sock = getattr(conn, "sock", None)
         if sock is not None:
