@@ -113,7 +113,10 @@ class _Api:
 
     def close(self) -> None:
         if self.conn is not None:
-            self.front.give_back(self.conn)
+            if self.aborted:        # shut down by abort(): not for the pool
+                self.conn.close()
+            else:
+                self.front.give_back(self.conn)
             self.conn = None
 
 
@@ -201,10 +204,6 @@ class Watch:
             self.first.set()
             with self.lock:
                 self.api = None
-                finished = self.finished
-            if finished and api.conn is not None:
-                api.conn.close()         # abort() shut it down: not for the pool
-                api.conn = None
             api.close()
 
 
