@@ -5,7 +5,7 @@ import msgspec
 import yaml
 from openapi_spec_validator import validate
 
-from prack import wire
+from prack import apistream, wire
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SPEC = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
@@ -27,7 +27,10 @@ def test_openapi_schemas_match_the_structs():
                          ("RequestItem", wire.RequestItem), ("RequestBatch", wire.RequestBatch),
                          ("ResponseItem", wire.ResponseItem),
                          ("ResponseBatch", wire.ResponseBatch),
-                         ("ItemResult", wire.ItemResult), ("ResultBatch", wire.ResultBatch)]:
+                         ("ItemResult", wire.ItemResult), ("ResultBatch", wire.ResultBatch),
+                         ("StreamHead", apistream.StreamHead),
+                         ("StreamEnd", apistream.StreamEnd),
+                         ("StreamState", apistream.StreamState)]:
         assert set(schemas[name]["properties"]) == _properties(struct), name
         required = {f.encode_name for f in msgspec.structs.fields(struct) if f.required}
         assert set(schemas[name].get("required", [])) == required, name
@@ -35,7 +38,9 @@ def test_openapi_schemas_match_the_structs():
 
 def test_openapi_lists_every_endpoint():
     assert set(SPEC["paths"]) == {"/api/v1/request", "/api/v1/response", "/api/v2/requests",
-                                  "/api/v2/responses", "/api/v2/requests/{id}/error"}
+                                  "/api/v2/responses", "/api/v2/requests/{id}/error",
+                                  "/api/v2/requests/{id}/head", "/api/v2/requests/{id}/body",
+                                  "/api/v2/requests/{id}/end", "/api/v2/requests/{id}/state"}
     assert set(SPEC["paths"]["/api/v1/request"]) == {"get", "post"}
     assert set(SPEC["paths"]["/api/v2/requests"]) == {"get"}
 

@@ -31,7 +31,7 @@ _sendfile = getattr(os, "sendfile", None)
 access_log = logging.getLogger("prack.access")
 
 # Connection states.
-READING, QUEUED, TAKEN, WRITING, LINGER = range(5)
+READING, QUEUED, TAKEN, WRITING, LINGER, STREAMING = range(6)
 
 LINGER_SECONDS = 2.0      # drain time after an error before closing (RFC 9112 9.6)
 LINGER_MAX_BYTES = 1 << 20
@@ -45,6 +45,28 @@ _ACCEPT_RETRY = frozenset(getattr(errno, name) for name in (
     "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ETIMEDOUT") if hasattr(errno, name))
 BODY_RATE_GRACE = 5.0     # seconds of body before min_body_rate is enforced
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CHUNKED = b"Transfer-Encoding: chunked\r\n"
+LAST_CHUNK = b"0\r\n"
+SSE_COMMENT = b":\n\n"
+CRLF = b"\r\n"
+
+
+class Stream:
+    """A streamed response in progress on one connection (state STREAMING):
+    how its body is framed, the chunk whose acknowledgement waits for the
+    client to read, and the clocks of its limits."""
+    __slots__ = ("chunked", "remaining", "discard", "sse", "ack", "started",
+                 "last_data", "last_write")
+
+    def __init__(self, chunked: bool, remaining: int, discard: bool, sse: bool, now: float):
+        self.chunked = chunked        # chunked transfer coding (HTTP/1.1, no declared length)
+        self.remaining = remaining    # declared Content-Length still to come, or -1
+        self.discard = discard        # HEAD, 204, 304: the body is not sent
+        self.sse = sse                # text/event-stream: keep-alive comments
+        self.ack = -1                 # sequence whose F_ACK waits for the buffer to drain
+        self.started = now
+        self.last_data = now          # the worker's last chunk
+        self.last_write = now         # our last write to the client
 
 
 class Conn:
@@ -52,7 +74,7 @@ class Conn:
                  "deadline", "keep_alive", "version_minor", "method", "target",
                  "remote_addr", "remote_port", "started", "sent_continue",
                  "lingered", "status", "sent", "processing", "again",
-                 "body_since", "body_read", "file")
+                 "body_since", "body_read", "file", "stream")
 
     def __init__(self, sock, slot, reader, addr):
         self.sock = sock
@@ -78,6 +100,7 @@ class Conn:
         self.body_since = 0.0     # when the current request's head completed
         self.body_read = 0        # body bytes received since then
         self.file = None          # static file being sent: [fd, offset, remaining]
+        self.stream = None        # Stream, while a streamed response is being relayed
         if isinstance(addr, tuple):
             self.remote_addr = addr[0]
             self.remote_port = str(addr[1])
@@ -115,6 +138,10 @@ class Acceptor(ChildLoop):
         self.t_response = t.response_timeout
         self.t_graceful = t.graceful_timeout
         self.min_body_rate = t.min_body_rate
+        self.t_stream_idle = t.stream_idle_timeout
+        self.t_stream_max = t.stream_max_duration
+        self.t_sse = t.sse_keepalive
+        self.stream_buffer = lim.stream_buffer
         self.tick = min(1.0, max(0.05, min(self.t_header, self.t_body, self.t_keepalive,
                                             self.t_send, self.t_queue, self.t_response) / 4))
         self.server = cfg.server.server_header.encode("latin-1")
@@ -214,6 +241,9 @@ class Acceptor(ChildLoop):
             sock.close()
         self.api_out = []
         log.info("acceptor %d: lost the API process; reconnecting", self.index)
+        # The streams it carried cannot go on: their state was in that process.
+        for conn in [c for c in self.conns.values() if c.state == STREAMING]:
+            self._close(conn)
         # At once, not on the next housekeeping tick (up to 1 s): until we
         # are linked, the API process refuses answers for our requests. The
         # master holds the listening socket, so this succeeds even before the
@@ -259,8 +289,13 @@ class Acceptor(ChildLoop):
         buf += data
         consumed = 0
         for start, end in wire.complete_frames(buf):
-            if buf[start] == wire.F_RESPONSE:
+            kind = buf[start]
+            if kind == wire.F_RESPONSE:
                 self._on_response_frame(buf, start, end)
+            elif kind == wire.F_DATA or kind == wire.F_END:
+                self._on_stream_frame(kind, buf, start, end)
+            elif kind == wire.F_START:
+                self._on_start_frame(buf, start, end)
             consumed = end
         if consumed:
             del buf[:consumed]
@@ -275,6 +310,115 @@ class Acceptor(ChildLoop):
         block = buf[at:at + block_len]      # one copy each; sendmsg takes bytearrays
         body = buf[at + block_len:end]
         self._respond(conn, status, flags, block, body, declared)
+
+    # -- streamed responses ----------------------------------------------------------
+
+    def _on_start_frame(self, buf, start: int, end: int) -> None:
+        """A streamed response's head: send it; the body follows as F_DATA."""
+        _, slot, key, status, flags, block_len, declared = wire.RESPONSE.unpack_from(buf, start)
+        conn = self.slots[slot] if slot < self.nslots else None
+        if conn is None or conn.key != key or conn.state not in (QUEUED, TAKEN):
+            self._send_api(wire.stream_frame(wire.F_GONE, slot, key))
+            return
+        at = start + wire.RESPONSE.size
+        block = bytes(buf[at:at + block_len])
+        keep = conn.keep_alive and not flags & wire.RF_CLOSE and not self.stopping
+        discard = status < 200 or status == 204 or status == 304 or conn.method == "HEAD"
+        no_length = status < 200 or status == 204   # RFC 9110 8.6: never a length
+        if flags & wire.RF_DECLARED and not no_length:
+            length, chunked = declared, False
+        elif discard:
+            length, chunked = None, False
+        elif conn.version_minor >= 1:
+            length, chunked = None, True
+            block += CHUNKED
+        else:
+            # HTTP/1.0 has no chunked coding: the body ends when we close.
+            length, chunked, keep = None, False, False
+        now = time.monotonic()
+        sse = not discard and b"\ncontent-type: text/event-stream" in b"\n" + block.lower()
+        conn.stream = Stream(chunked, -1 if length is None or discard else length, discard,
+                             sse, now)
+        head = http.response_head(status, block, length, keep,
+                                  b"" if flags & wire.RF_HAS_SERVER else self.server,
+                                  not flags & wire.RF_HAS_DATE,
+                                  keep and conn.version_minor == 0)
+        conn.keep_alive = keep
+        conn.state = STREAMING
+        conn.status = status
+        conn.sent = len(head)
+        conn.deadline = now + self.t_send
+        self._write(conn, [head])
+
+    def _on_stream_frame(self, kind: int, buf, start: int, end: int) -> None:
+        _, slot, key, number, flags = wire.STREAM.unpack_from(buf, start)
+        conn = self.slots[slot] if slot < self.nslots else None
+        if conn is None or conn.key != key or conn.state != STREAMING:
+            # The client went (F_GONE is on its way or was sent): say so again
+            # for this chunk, so the worker's post is not left waiting.
+            self._send_api(wire.stream_frame(wire.F_GONE, slot, key))
+            return
+        st = conn.stream
+        payload = buf[start + wire.STREAM.size:end]
+        now = time.monotonic()
+        st.last_data = now
+        if kind == wire.F_DATA:
+            self._stream_data(conn, st, payload)
+            if conn.sock is None:
+                return
+            if self._stream_pending(conn) <= self.stream_buffer:
+                self._send_api(wire.stream_frame(wire.F_ACK, slot, key, number))
+            else:
+                st.ack = number     # acknowledged when the client catches up
+            return
+        # F_END
+        if flags & wire.SF_ABORT or st.remaining > 0:
+            # The worker failed mid-stream (or sent less than it declared):
+            # the client must see an incomplete response, so no last chunk,
+            # and the connection closes after what was sent.
+            log.warning("acceptor %d: streamed response to %s %s ended by the worker "
+                        "before its end", self.index, conn.method, conn.target)
+            conn.keep_alive = False
+        elif st.chunked and not st.discard:
+            # The payload is a validated trailer block (may be empty).
+            self._stream_write(conn, st, [LAST_CHUNK, bytes(payload), CRLF])
+        elif not st.chunked and st.remaining < 0 and not st.discard:
+            conn.keep_alive = False     # close-delimited (HTTP/1.0)
+        conn.stream = None
+        conn.state = WRITING
+        if conn.sock is not None and not conn.out and conn.file is None:
+            self._finished(conn)
+
+    def _stream_data(self, conn: Conn, st: Stream, payload) -> None:
+        n = len(payload)
+        if not n or st.discard:
+            return
+        if st.remaining >= 0:
+            if n > st.remaining:
+                log.warning("acceptor %d: worker streamed more than its Content-Length "
+                            "for %s %s; closing", self.index, conn.method, conn.target)
+                self._gone(conn)
+                return
+            st.remaining -= n
+            self._stream_write(conn, st, [bytes(payload)])
+        elif st.chunked:
+            self._stream_write(conn, st, [b"%x\r\n" % n, bytes(payload), CRLF])
+        else:
+            self._stream_write(conn, st, [bytes(payload)])
+
+    def _stream_write(self, conn: Conn, st: Stream, buffers: list) -> None:
+        st.last_write = time.monotonic()
+        conn.sent += sum(map(len, buffers))
+        self._write(conn, buffers)
+
+    @staticmethod
+    def _stream_pending(conn: Conn) -> int:
+        return sum(map(len, conn.out))
+
+    def _gone(self, conn: Conn) -> None:
+        """Drop a connection whose request a worker may hold; _close tells
+        the API process (F_GONE) so the worker learns at once."""
+        self._close(conn)
 
     # -- accepting -------------------------------------------------------------
 
@@ -583,8 +727,15 @@ class Acceptor(ChildLoop):
         except OSError:
             self._close(conn)
             return
-        if conn.state == WRITING:
+        state = conn.state
+        if state == WRITING:
             conn.deadline = time.monotonic() + self.t_send
+        elif state == STREAMING:
+            conn.deadline = time.monotonic() + self.t_send
+            st = conn.stream
+            if st.ack >= 0 and self._stream_pending(conn) <= self.stream_buffer:
+                self._send_api(wire.stream_frame(wire.F_ACK, conn.slot, conn.key, st.ack))
+                st.ack = -1
         if out or conn.file is not None:
             self._set_events(conn, conn.events | selectors.EVENT_WRITE)
             return
@@ -643,9 +794,8 @@ class Acceptor(ChildLoop):
         sock = conn.sock
         if sock is None:
             return
-        if conn.state in (QUEUED, TAKEN):
-            # Whoever holds the request learns the client has gone.
-            self.ring.slot_store(conn.slot, (conn.key << 2) | SLOT_GONE)
+        if conn.state in (QUEUED, TAKEN, STREAMING):
+            self._withdraw(conn)
         if conn.events:
             self.sel.unregister(sock)
         sock.close()
@@ -654,9 +804,23 @@ class Acceptor(ChildLoop):
         if conn.file is not None:
             os.close(conn.file[0])
             conn.file = None
+        conn.stream = None
         del self.conns[conn.fd]
         self.slots[conn.slot] = None
         self.free_slots.append(conn.slot)
+
+    def _withdraw(self, conn: Conn) -> None:
+        """The client of a queued, taken or streaming request has gone (or
+        its deadline passed): mark the slot GONE, so a record still queued
+        is never handed out and a late answer gets 410; if a worker holds
+        the request, tell the API process, which tells the worker."""
+        key = conn.key
+        old = self.ring.slot_exchange(conn.slot, (key << 2) | SLOT_GONE)
+        if old == (key << 2) | SLOT_TAKEN:
+            self._send_api(wire.stream_frame(wire.F_GONE, conn.slot, key))
+        elif old == (key << 2) | SLOT_QUEUED:
+            log.debug("acceptor %d: client %s left; its queued request %s %s is withdrawn",
+                      self.index, conn.remote_addr or "-", conn.method, conn.target)
 
     # -- deadlines ---------------------------------------------------------------
 
@@ -672,6 +836,9 @@ class Acceptor(ChildLoop):
                     conn.state = TAKEN
                     conn.deadline = now + self.t_response
                     continue
+            elif state == STREAMING:
+                self._scan_stream(conn, now)
+                continue
             elif state == READING and conn.body_since and self.min_body_rate:
                 elapsed = now - conn.body_since
                 if elapsed > BODY_RATE_GRACE and conn.body_read < self.min_body_rate * elapsed:
@@ -698,12 +865,37 @@ class Acceptor(ChildLoop):
                     conn.state = TAKEN
                     conn.deadline = now + self.t_response
             elif state == TAKEN:
-                ring.slot_store(conn.slot, (conn.key << 2) | SLOT_GONE)
+                self._withdraw(conn)
                 log.warning("acceptor %d: no response to %s %s within %.3gs: 504",
                             self.index, conn.method, conn.target, self.t_response)
                 self._respond_local(conn, 504, b"the worker did not answer in time\n", b"")
             else:  # WRITING to a client that does not read, or LINGER done
                 self._close(conn)
+
+
+    def _scan_stream(self, conn: Conn, now: float) -> None:
+        """A streamed response's limits: the client must keep reading
+        (send_timeout), the worker must keep sending (stream_idle_timeout),
+        and no stream lasts past stream_max_duration. A quiet event stream
+        gets a comment line every sse_keepalive seconds."""
+        st = conn.stream
+        if conn.out and now >= conn.deadline:
+            log.info("acceptor %d: client of a streamed %s %s stopped reading: closing",
+                     self.index, conn.method, conn.target)
+            self._gone(conn)
+        elif now - st.last_data >= self.t_stream_idle:
+            log.warning("acceptor %d: worker sent nothing on the stream of %s %s for %.3gs: "
+                        "closing", self.index, conn.method, conn.target, self.t_stream_idle)
+            self._gone(conn)
+        elif self.t_stream_max and now - st.started >= self.t_stream_max:
+            log.info("acceptor %d: stream of %s %s reached stream_max_duration: closing",
+                     self.index, conn.method, conn.target)
+            self._gone(conn)
+        elif st.sse and self.t_sse and not conn.out and now - st.last_write >= self.t_sse:
+            if st.chunked:
+                self._stream_write(conn, st, [b"3\r\n", SSE_COMMENT, CRLF])
+            elif st.remaining < 0:
+                self._stream_write(conn, st, [SSE_COMMENT])
 
 
 def _raise_fd_limit(wanted: int) -> None:

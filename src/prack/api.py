@@ -22,6 +22,9 @@ import msgspec
 
 from prack import http, wire
 from prack.apilife import ApiLifecycle
+from prack.apimsg import BadResponse, check_response as _check_response
+from prack.apimsg import describe as _describe, printable as _printable
+from prack.apistream import ApiStreams
 from prack.loop import ChildLoop
 from prack.sockets import send_pending
 from prack.wire import SLOT_FREE, SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
@@ -29,12 +32,6 @@ from prack.wire import SLOT_FREE, SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
 log = logging.getLogger("prack.api")
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-# Characters a header value may not carry: CTLs except HTAB (RFC 9110 5.5).
-_BAD_VALUE = frozenset(chr(c) for c in range(32) if c != 9) | {"\x7f"}
-# Framing and hop-by-hop fields are Prack's business (RFC 9110 7.6.1).
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length",
-                         "proxy-connection", "te", "trailer", "upgrade"})
 NO_REQUESTS = b'{"error":"There are no requests pending"}'
 THANK_YOU = b'{"message":"thank you"}'
 JSON_TYPE = b"Content-Type: application/json\r\n"
@@ -48,10 +45,6 @@ V2_PREFIX = "/api/v2/requests/"
 
 # Outcomes of delivering one posted response (v2 names them per item).
 OK, GONE, UNKNOWN, INVALID = "ok", "gone", "unknown", "invalid"
-
-
-class BadResponse(Exception):
-    """A worker's posted response is invalid; the message names the field."""
 
 
 class BadParameter(Exception):
@@ -90,7 +83,7 @@ class WorkerConn:
         self.msgpack = False       # answer this v2 call in msgpack
 
 
-class ApiServer(ApiLifecycle, ChildLoop):
+class ApiServer(ApiStreams, ApiLifecycle, ChildLoop):
     what = "API process"
 
     def __init__(self, cfg, generation: int, listener: socket.socket,
@@ -132,6 +125,12 @@ class ApiServer(ApiLifecycle, ChildLoop):
             "/livez": {"GET": self._health, "HEAD": self._health},
             "/readyz": {"GET": self._health, "HEAD": self._health},
         }
+        # /api/v2/requests/{id}/<action> -> {method: handler(conn, req)}
+        self.id_routes = {"error": {"POST": self._post_error_v2}}
+        # Frames from the acceptors other than WAKE and HELLO:
+        # type -> handler(link, buffer, start, end)
+        self.link_handlers = {}
+        self._init_streams()
 
     # -- setup -------------------------------------------------------------------
 
@@ -208,6 +207,8 @@ class ApiServer(ApiLifecycle, ChildLoop):
             kind = buf[start]
             if kind == wire.F_WAKE:
                 woken = True
+            elif kind in self.link_handlers:
+                self.link_handlers[kind](link, buf, start, end)
             elif kind == wire.F_HELLO:
                 _, index, generation, pid = wire.HELLO.unpack_from(buf, start)
                 if index < len(self.links) and generation == self.generation:
@@ -231,6 +232,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
         link.sock = None
         if 0 <= link.index < len(self.links) and self.links[link.index] is link:
             self.links[link.index] = None
+            self._streams_lost(link.index)
 
     def _send_link(self, link: Link, buffers: list) -> None:
         was_empty = not link.out
@@ -448,14 +450,13 @@ class ApiServer(ApiLifecycle, ChildLoop):
     def _route(self, conn: WorkerConn, req: http.Request) -> None:
         path = req.path
         methods = self.routes.get(path)
+        if methods is None and path.startswith(V2_PREFIX):
+            methods = self.id_routes.get(path[len(V2_PREFIX):].partition("/")[2])
         if methods is None:
-            if path.startswith(V2_PREFIX) and path.endswith("/error"):
-                methods = {"POST": self._post_error_v2}
-            else:
-                conn.batch = 0
-                conn.msgpack = False
-                self._reply(conn, 404, b'{"error":"no such endpoint"}')
-                return
+            conn.batch = 0
+            conn.msgpack = False
+            self._reply(conn, 404, b'{"error":"no such endpoint"}')
+            return
         conn.batch = 0
         conn.msgpack = path.startswith("/api/v2/") and _wants_msgpack(req)
         handler = methods.get(req.method)
@@ -818,6 +819,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
         conn.sock = None
 
     def _scan(self, now: float) -> None:
+        self._scan_streams(now)
         # An expired waiter stays in the deque; when the same connection
         # polls again it is appended once more. Answer each one once, and
         # drop the stale entries before answering (which may poll again).
@@ -866,24 +868,6 @@ def _identifier_of(body, decode) -> str | None:
     return getattr(msg, "identifier", None) or getattr(msg, "id", None)
 
 
-def _describe(exc: Exception, codec: _Codec | None = None) -> str:
-    """msgspec's message, with its `$.field` path turned into the field name."""
-    text = str(exc)
-    if " - at `$." in text:
-        reason, _, where = text.partition(" - at `$.")
-        return "%s: %s" % (where.rstrip("`"), reason)
-    if isinstance(exc, msgspec.DecodeError):
-        return "malformed %s: %s" % (codec.name if codec else "JSON", text)
-    return text
-
-
-def _printable(text: str, limit: int = 500) -> str:
-    """A worker's message for one log line: bounded, control characters escaped."""
-    cut = text[:limit]
-    out = cut.encode("unicode_escape").decode("ascii")
-    return out + ("... (%d characters)" % len(text) if len(text) > limit else "")
-
-
 def _wants_msgpack(req: http.Request) -> bool:
     """msgpack when the worker accepts it or, without Accept, sends it."""
     ctype = None
@@ -919,56 +903,3 @@ def _batch_params(query: str, poll_timeout: float) -> tuple[int, float]:
         else:
             raise BadParameter("%s: unknown parameter (use max and wait)" % name[:40])
     return batch, wait
-
-
-def _check_response(code, headers, field: str = "code") -> tuple[int, int, bytes, int]:
-    """Validate a posted response's status (`field` names it in errors) and
-    headers (a dict, or v2's list of pairs): (status, flags, header block,
-    declared length)."""
-    if type(code) is str:
-        given = code
-        code = code.strip()
-        if not (code.isdigit() and code.isascii() and len(code) == 3):
-            raise BadResponse("%s: expected a 3-digit status code, got %r" % (field, given))
-        code = int(code)
-    if not 200 <= code <= 999:
-        raise BadResponse("%s: expected a final status code from 200 to 999, got %r"
-                          % (field, code))
-    flags = 0
-    declared = wire.NO_LENGTH
-    lines = []
-    if not headers:
-        pairs = ()
-    elif type(headers) is dict:
-        pairs = headers.items()
-    else:
-        pairs = headers
-    for name, value in pairs:
-        if not name or not _TCHAR.issuperset(name):
-            raise BadResponse("headers: %r is not a valid header name" % name)
-        values = value if type(value) is list else value.split("\n")
-        lower = name.lower()
-        for item in values:
-            if _BAD_VALUE.intersection(item):
-                raise BadResponse("headers.%s: value contains CR, LF, NUL or another control "
-                                  "character" % name)
-            if lower in _HOP_BY_HOP:
-                if lower == "connection":
-                    if any(t.strip().lower() == "close" for t in item.split(",")):
-                        flags |= wire.RF_CLOSE
-                elif lower == "content-length":
-                    item = item.strip()
-                    if item.isdigit() and item.isascii() and len(item) < 19:
-                        declared = int(item)
-                        flags |= wire.RF_DECLARED
-                continue
-            if lower == "date":
-                flags |= wire.RF_HAS_DATE
-            elif lower == "server":
-                flags |= wire.RF_HAS_SERVER
-            try:
-                encoded = item.strip(" \t").encode("latin-1")
-            except UnicodeEncodeError:
-                encoded = item.strip(" \t").encode("utf-8")
-            lines.append(name.encode("ascii") + b": " + encoded + b"\r\n")
-    return code, flags, b"".join(lines), declared

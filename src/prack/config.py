@@ -246,6 +246,13 @@ SETTINGS: tuple[Setting, ...] = (
         min=1, max=1000,
     ),
     Setting(
+        "limits", "stream_buffer", "size", "256k",
+        "Bytes of a streamed response an acceptor holds for a client that "
+        "reads slower than the worker writes; past it, the worker's next "
+        "chunk is acknowledged only as the client catches up.",
+        min=4096,
+    ),
+    Setting(
         "limits", "ring_size", "size", "8M",
         "Shared-memory ring per acceptor; must be at least "
         "2 * (max_body_size + 2 * max_header_size) + 64k.",
@@ -283,6 +290,28 @@ SETTINGS: tuple[Setting, ...] = (
         "timeouts", "response_timeout", "duration", 60.0,
         "A pulled request whose response has not arrived within this time "
         "gets 504.",
+    ),
+    Setting(
+        "timeouts", "stream_idle_timeout", "duration", 300.0,
+        "A streamed response (or server-sent events) whose worker sends "
+        "nothing for this long is cut off: the client's response ends "
+        "incomplete and the worker's next call gets 410. Keep-alive "
+        "comments do not count as activity.",
+        min=1, max=86400,
+    ),
+    Setting(
+        "timeouts", "stream_max_duration", "duration", 3600.0,
+        "Longest a streamed response may last from its head; then it is cut "
+        "off as for stream_idle_timeout. 0 means no limit. Streams are "
+        "exempt from response_timeout once their head is sent.",
+        min=0, max=604800,
+    ),
+    Setting(
+        "timeouts", "sse_keepalive", "duration", 15.0,
+        "A text/event-stream response silent for this long gets a comment "
+        "line (a lone colon), which keeps proxies and clients from timing "
+        "it out. 0 turns it off.",
+        min=0, max=3600,
     ),
     Setting(
         "timeouts", "graceful_timeout", "duration", 30.0,

@@ -108,9 +108,11 @@ NO_LENGTH = (1 << 64) - 1
 
 
 def response_frame(slot: int, key: int, status: int, flags: int,
-                   header_block: bytes, body: bytes, declared: int = NO_LENGTH) -> list[bytes]:
-    """The buffers of one RESPONSE frame (sent with sendmsg, no join)."""
-    head = RESPONSE.pack(F_RESPONSE, slot, key, status, flags, len(header_block), declared)
+                   header_block: bytes, body: bytes, declared: int = NO_LENGTH,
+                   kind: int = F_RESPONSE) -> list[bytes]:
+    """The buffers of one RESPONSE frame, or of an F_START (no body), sent
+    with sendmsg, no join."""
+    head = RESPONSE.pack(kind, slot, key, status, flags, len(header_block), declared)
     size = len(head) + len(header_block) + len(body)
     return [FRAME_LEN.pack(size), head, header_block, body]
 
