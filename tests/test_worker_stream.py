@@ -68,8 +68,11 @@ def wait_for(condition) -> None:
 
 
 def read_chunk(f) -> bytes:
-    """One chunk of a chunked body (b"" for the last)."""
+    """One chunk of a chunked body (b"" for the last; the trailer section
+    and its final CRLF are left to read)."""
     size = int(f.readline().split(b";")[0], 16)
+    if size == 0:
+        return b""
     data = f.read(size)
     assert f.readline() == b"\r\n"
     return data
@@ -103,6 +106,37 @@ def test_sdk_generator_chunks_leave_as_they_are_made(start_server):
             assert read_chunk(f) == b"second\n"
             assert read_chunk(f) == b""
             assert closed.wait(WAIT)                 # the SDK closed the generator
+        finally:
+            sock.close()
+
+
+def test_sdk_trailers_filled_in_by_the_generator(start_server):
+    """Response.trailers, set while the body is produced, follow the last
+    chunk."""
+    server = start_server(acceptors=1)
+
+    def handler(request):
+        resp = sdk.Response(200, [("Trailer", "X-Checksum")], None)
+
+        def body():
+            digest = hashlib.sha256()
+            for part in (b"alpha ", b"beta"):
+                digest.update(part)
+                yield part
+            resp.trailers = {"X-Checksum": digest.hexdigest()}
+
+        resp.body = body()
+        return resp
+
+    with Running(server, handler):
+        sock, f, status, headers = get(server, "/")
+        try:
+            assert read_chunk(f) + read_chunk(f) == b"alpha beta"
+            assert read_chunk(f) == b""
+            trailer = f.readline()
+            assert trailer.decode().strip() == "X-Checksum: " + hashlib.sha256(
+                b"alpha beta").hexdigest()
+            assert f.readline() == b"\r\n"
         finally:
             sock.close()
 
