@@ -40,7 +40,9 @@ def test_openapi_lists_every_endpoint():
     assert set(SPEC["paths"]) == {"/api/v1/request", "/api/v1/response", "/api/v2/requests",
                                   "/api/v2/responses", "/api/v2/requests/{id}/error",
                                   "/api/v2/requests/{id}/head", "/api/v2/requests/{id}/body",
-                                  "/api/v2/requests/{id}/end", "/api/v2/requests/{id}/state"}
+                                  "/api/v2/requests/{id}/end", "/api/v2/requests/{id}/state",
+                                  "/api/v2/requests/{id}/input"}
+    assert set(SPEC["paths"]["/api/v2/requests/{id}/input"]) == {"get"}
     assert set(SPEC["paths"]["/api/v1/request"]) == {"get", "post"}
     assert set(SPEC["paths"]["/api/v2/requests"]) == {"get"}
 

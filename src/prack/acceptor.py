@@ -19,7 +19,7 @@ import time
 
 import msgspec
 
-from prack import http, static, wire
+from prack import http, spool, static, wire
 from prack.loop import ChildLoop
 from prack.sockets import send_pending
 from prack.ring import RecordTooBig, RingFull
@@ -74,7 +74,8 @@ class Conn:
                  "deadline", "keep_alive", "version_minor", "method", "target",
                  "remote_addr", "remote_port", "started", "sent_continue",
                  "lingered", "status", "sent", "processing", "again",
-                 "body_since", "body_read", "file", "stream")
+                 "body_since", "body_read", "file", "stream", "spool", "input",
+                 "input_keep")
 
     def __init__(self, sock, slot, reader, addr):
         self.sock = sock
@@ -101,6 +102,9 @@ class Conn:
         self.body_read = 0        # body bytes received since then
         self.file = None          # static file being sent: [fd, offset, remaining]
         self.stream = None        # Stream, while a streamed response is being relayed
+        self.spool = None         # spool.SpoolFile of a body too large for the ring
+        self.input = 0            # a deferred body's progress (spool.PARKED ...)
+        self.input_keep = False
         if isinstance(addr, tuple):
             self.remote_addr = addr[0]
             self.remote_port = str(addr[1])
@@ -109,7 +113,7 @@ class Conn:
             self.remote_port = ""
 
 
-class Acceptor(ChildLoop):
+class Acceptor(spool.AcceptorUploads, ChildLoop):
     def __init__(self, cfg, index: int, generation: int, listener: socket.socket,
                  segment, api_path: str, status_fd: int):
         super().__init__()
@@ -125,6 +129,7 @@ class Acceptor(ChildLoop):
         lim = cfg.limits
         self.limits = http.Limits(lim.max_body_size, lim.max_header_size,
                                   lim.max_request_line, lim.max_headers)
+        self.inline_limit = lim.inline_body_size
         # What we accept to hold for a connection whose request is in flight:
         # at most max_header_size bytes and max_pipelined complete heads.
         self.pipeline_cap = lim.max_header_size
@@ -171,6 +176,7 @@ class Acceptor(ChildLoop):
         # A new incarnation of this acceptor: nothing in the slot table is ours.
         for i in range(self.nslots):
             self.ring.slot_store(i, 0)
+        self._uploads_start()
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept)
         self._connect_api()
@@ -244,6 +250,7 @@ class Acceptor(ChildLoop):
         # The streams it carried cannot go on: their state was in that process.
         for conn in [c for c in self.conns.values() if c.state == STREAMING]:
             self._close(conn)
+        self._uploads_api_lost()
         # At once, not on the next housekeeping tick (up to 1 s): until we
         # are linked, the API process refuses answers for our requests. The
         # master holds the listening socket, so this succeeds even before the
@@ -296,6 +303,8 @@ class Acceptor(ChildLoop):
                 self._on_stream_frame(kind, buf, start, end)
             elif kind == wire.F_START:
                 self._on_start_frame(buf, start, end)
+            elif kind == wire.F_INPUT:
+                self._on_input(buf, start)
             consumed = end
         if consumed:
             del buf[:consumed]
@@ -448,7 +457,7 @@ class Acceptor(ChildLoop):
                 sock.close()
                 continue
             slot = self.free_slots.popleft()
-            conn = Conn(sock, slot, http.RequestReader(self.limits), addr)
+            conn = Conn(sock, slot, http.RequestReader(self.limits, self.inline_limit), addr)
             conn.deadline = time.monotonic() + self.t_keepalive
             conn.events = selectors.EVENT_READ
             self.slots[slot] = conn
@@ -549,8 +558,15 @@ class Acceptor(ChildLoop):
         reader = conn.reader
         try:
             req = reader.maybe_read_request()
+            if req is None and reader.wants_sink:
+                if not self._spool_body(conn):
+                    return
+                req = reader.maybe_read_request()
         except http.ProtocolError as exc:
             self._fail(conn, exc.status, exc.message, exc.head)
+            return
+        except OSError as exc:          # writing the spool file
+            self._spool_failed(conn, exc)
             return
         if req is None:
             if reader.in_body and not conn.body_since:
@@ -562,12 +578,17 @@ class Acceptor(ChildLoop):
                 conn.body_read = 0
             if reader.wants_continue and not conn.sent_continue:
                 conn.sent_continue = True
+                if self._defer_input(conn, reader.head_request):
+                    return          # 100 Continue once a worker takes it
                 conn.deadline = time.monotonic() + self.t_body
                 self._write(conn, [CONTINUE])
             return
-        self._dispatch(conn, req)
+        if conn.input:
+            self._input_done(conn, req)
+        else:
+            self._dispatch(conn, req)
 
-    def _dispatch(self, conn: Conn, req: http.Request) -> None:
+    def _dispatch(self, conn: Conn, req: http.Request, flags: int = 0) -> None:
         conn.body_since = 0.0
         conn.keep_alive = req.keep_alive and not self.stopping
         conn.version_minor = req.version_minor
@@ -580,8 +601,10 @@ class Acceptor(ChildLoop):
             return
         env = wire.environ(req, self.server_name, self.server_port,
                            conn.remote_addr, conn.remote_port)
+        if conn.spool is not None:
+            self._spooled_env(conn, env)
         env_json = self.encode(env)
-        key = self.rand.getrandbits(62) or 1
+        key = conn.key or self.rand.getrandbits(62) or 1
         slot = conn.slot
         ring = self.ring
         ring.slot_store(slot, (key << 2) | SLOT_QUEUED)
@@ -589,7 +612,7 @@ class Acceptor(ChildLoop):
         conn.state = QUEUED
         body = req.body
         record = wire.RECORD.pack(self.generation, self.index, slot, key, time.time(),
-                                  len(env_json), len(body), 0)
+                                  len(env_json), len(body), flags)
         try:
             wake = ring.push(record, env_json, body)
         except RingFull:
@@ -745,6 +768,8 @@ class Acceptor(ChildLoop):
             self._finished(conn)
 
     def _finished(self, conn: Conn) -> None:
+        if conn.spool is not None or conn.input:
+            self._upload_end(conn)
         if self.access:
             access_log.info('%s - "%s %s HTTP/1.%d" %d %d %.4f', conn.remote_addr or "-",
                             conn.method, conn.target, conn.version_minor, conn.status,
@@ -794,6 +819,8 @@ class Acceptor(ChildLoop):
         sock = conn.sock
         if sock is None:
             return
+        if conn.spool is not None or conn.input:
+            self._upload_end(conn)
         if conn.state in (QUEUED, TAKEN, STREAMING):
             self._withdraw(conn)
         if conn.events:

@@ -21,6 +21,7 @@ import urllib.parse
 import msgspec
 
 from prack import http, wire
+from prack.apiinput import ApiInput
 from prack.apilife import ApiLifecycle
 from prack.apimsg import BadResponse, check_response as _check_response
 from prack.apimsg import describe as _describe, printable as _printable
@@ -65,7 +66,7 @@ class Link:
 
 class WorkerConn:
     __slots__ = ("sock", "reader", "out", "events", "waiting", "deadline", "keep_alive",
-                 "busy", "close_after", "head", "processing", "batch", "msgpack")
+                 "busy", "close_after", "head", "processing", "batch", "msgpack", "file")
 
     def __init__(self, sock, reader):
         self.sock = sock
@@ -81,9 +82,10 @@ class WorkerConn:
         self.processing = False    # _process is running for this connection
         self.batch = 0             # the waiting pull: 0 for v1, else v2's `max`
         self.msgpack = False       # answer this v2 call in msgpack
+        self.file = None           # a spooled body being sent: [fd, offset, remaining]
 
 
-class ApiServer(ApiStreams, ApiLifecycle, ChildLoop):
+class ApiServer(ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
     what = "API process"
 
     def __init__(self, cfg, generation: int, listener: socket.socket,
@@ -126,11 +128,16 @@ class ApiServer(ApiStreams, ApiLifecycle, ChildLoop):
             "/readyz": {"GET": self._health, "HEAD": self._health},
         }
         # /api/v2/requests/{id}/<action> -> {method: handler(conn, req)}
-        self.id_routes = {"error": {"POST": self._post_error_v2}}
+        self.id_routes = {"error": {"POST": self._post_error_v2},
+                          "input": {"GET": self._get_input}}
         # Frames from the acceptors other than WAKE and HELLO:
         # type -> handler(link, buffer, start, end)
         self.link_handlers = {}
         self._init_streams()
+        # A request's client went: its stream, its state polls and a parked
+        # upload all learn it. Handlers return True when pulls should look again.
+        self.link_handlers[wire.F_GONE] = self._on_gone_frame
+        self.link_handlers[wire.F_INPUT_DONE] = self._on_input_frame
 
     # -- setup -------------------------------------------------------------------
 
@@ -208,7 +215,7 @@ class ApiServer(ApiStreams, ApiLifecycle, ChildLoop):
             if kind == wire.F_WAKE:
                 woken = True
             elif kind in self.link_handlers:
-                self.link_handlers[kind](link, buf, start, end)
+                woken = self.link_handlers[kind](link, buf, start, end) or woken
             elif kind == wire.F_HELLO:
                 _, index, generation, pid = wire.HELLO.unpack_from(buf, start)
                 if index < len(self.links) and generation == self.generation:
@@ -224,6 +231,10 @@ class ApiServer(ApiStreams, ApiLifecycle, ChildLoop):
         if woken:
             self._dispatch_waiters()
 
+    def _on_gone_frame(self, link: Link, buf, start: int, end: int) -> bool:
+        self._on_gone(link, buf, start, end)
+        return self._on_input_frame(link, buf, start, end)
+
     def _drop_link(self, link: Link) -> None:
         if link.sock is None:
             return
@@ -233,6 +244,7 @@ class ApiServer(ApiStreams, ApiLifecycle, ChildLoop):
         if 0 <= link.index < len(self.links) and self.links[link.index] is link:
             self.links[link.index] = None
             self._streams_lost(link.index)
+            self._unpark_acceptor(link.index)
 
     def _send_link(self, link: Link, buffers: list) -> None:
         was_empty = not link.out
@@ -259,6 +271,10 @@ class ApiServer(ApiStreams, ApiLifecycle, ChildLoop):
         """build(identifier, environment JSON view, body view) for the next
         request still wanted, or None. A record is consumed only here, when a
         worker is waiting for it; successive calls visit the rings in turn."""
+        if self.ready:      # parked requests whose body is in go first
+            data = self._take_ready(build)
+            if data is not None:
+                return data
         rings = self.rings
         n = len(rings)
         unpack = wire.RECORD.unpack_from
@@ -275,9 +291,17 @@ class ApiServer(ApiStreams, ApiLifecycle, ChildLoop):
                 view = ring.peek()
                 if view is None:
                     break
-                generation, acceptor, slot, key, _queued, env_len, body_len, _flags = unpack(view)
+                generation, acceptor, slot, key, _queued, env_len, body_len, flags = unpack(view)
                 if ring.slot_cas(slot, (key << 2) | SLOT_QUEUED, (key << 2) | SLOT_TAKEN):
                     env_end = rsize + env_len
+                    if flags & wire.RECF_INPUT_PENDING:
+                        # Its body is read once a worker wants it: park it.
+                        try:
+                            self._park(generation, acceptor, slot, key, view[rsize:env_end])
+                        finally:
+                            view.release()
+                            ring.release()
+                        continue
                     try:
                         data = build(wire.make_identifier(generation, acceptor, slot, key),
                                      view[rsize:env_end], view[env_end:env_end + body_len])
@@ -790,11 +814,14 @@ class ApiServer(ApiStreams, ApiLifecycle, ChildLoop):
         out = conn.out
         try:
             send_pending(conn.sock, out)
+            if conn.file is not None and not out:
+                self._send_input(conn)
         except OSError:
             self._close_worker(conn)
             return
-        self._watch(conn, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0))
-        if not out and conn.close_after:
+        sending = out or conn.file is not None
+        self._watch(conn, selectors.EVENT_READ | (selectors.EVENT_WRITE if sending else 0))
+        if not sending and conn.close_after:
             self._close_worker(conn)
 
     def _watch(self, conn: WorkerConn, want: int) -> None:
@@ -812,6 +839,7 @@ class ApiServer(ApiStreams, ApiLifecycle, ChildLoop):
         if conn.sock is None:
             return
         conn.waiting = False
+        self._close_input(conn)
         if conn.events:
             self.sel.unregister(conn.sock)
         del self.workers[conn.sock.fileno()]

@@ -218,7 +218,16 @@ SETTINGS: tuple[Setting, ...] = (
     # -- limits ----------------------------------------------------------
     Setting(
         "limits", "max_body_size", "size", "1M",
-        "Largest request body accepted; larger gets 413.",
+        "Largest request body accepted; larger gets 413 (before the body is "
+        "read when Content-Length says so).",
+        min=0,
+    ),
+    Setting(
+        "limits", "inline_body_size", "size", "1M",
+        "Largest request body carried in the shared-memory ring with its "
+        "request. A larger one (up to max_body_size) is written to a spool "
+        "file in the runtime directory as it arrives, and workers read it "
+        "with GET /api/v2/requests/{id}/input.",
         min=0,
     ),
     Setting(
@@ -255,7 +264,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "limits", "ring_size", "size", "8M",
         "Shared-memory ring per acceptor; must be at least "
-        "2 * (max_body_size + 2 * max_header_size) + 64k.",
+        "2 * (min(max_body_size, inline_body_size) + 2 * max_header_size) + 64k.",
         min=65536,
     ),
     # -- timeouts --------------------------------------------------------
@@ -986,19 +995,20 @@ def load(
 def _cross_check(
     values: dict[str, Any], origin: dict[str, tuple[int, str]]
 ) -> None:
-    body = values["limits.max_body_size"]
+    body = min(values["limits.max_body_size"], values["limits.inline_body_size"])
     head = values["limits.max_header_size"]
     ring = values["limits.ring_size"]
     need = 2 * (body + 2 * head) + 65536
     if ring < need:
         # Blame the strongest source that set one of the settings involved.
         involved = ("limits.ring_size", "limits.max_body_size",
-                    "limits.max_header_size")
+                    "limits.inline_body_size", "limits.max_header_size")
         given = [origin[n] for n in involved if n in origin]
         source = max(given)[1] if given else "defaults"
         raise ConfigError(
             f"{source}: limits.ring_size: must be at least {_bytes(need)} for "
-            f"these limits (2 * (max_body_size + 2 * max_header_size) + 64k), "
+            f"these limits (2 * (min(max_body_size, inline_body_size) + "
+            f"2 * max_header_size) + 64k), "
             f"got {_bytes(ring)}"
         )
     root = values["static.root"]

@@ -252,7 +252,9 @@ def environ(req, server_name: str, server_port: str, remote_addr: str,
     if req.content_type is not None:
         env["CONTENT_TYPE"] = req.content_type.decode("latin-1")
     if req.content_length is not None:
-        env["CONTENT_LENGTH"] = str(len(req.body))
+        # The body's size, also when it is not in req.body (spooled, or still
+        # to come after 100 Continue).
+        env["CONTENT_LENGTH"] = str(req.content_length)
     for name, value in req.headers:
         key = env_key(name)
         if key is None:
