@@ -430,6 +430,30 @@ def test_large_body_through_wsgi_input(start_server):
         assert _upload(server, "/up", small)[1] == hashlib.sha256(small).hexdigest().encode()
 
 
+def test_large_body_as_request_body_after_100_continue(start_server):
+    """The SDK's request.body reads a spooled body whole; the client, which
+    asked for 100-continue, sends it only once the worker took the request."""
+    server = start_server(acceptors=1, limits_inline_body_size=65536,
+                          limits_max_body_size=16 * 1024 * 1024)
+    payload = os.urandom(LARGE)
+
+    def handler(request):
+        body = request.body
+        return sdk.Response(200, [], b"%d %s" % (len(body), hashlib.sha256(body).hexdigest()
+                                                  .encode()))
+
+    with Running(server, handler):
+        with server.raw(timeout=WAIT) as client:
+            client.send(b"PUT /up HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\n"
+                        b"Content-Length: %d\r\n\r\n" % LARGE)
+            interim = client.read_response()
+            assert interim.status == 100
+            client.send(payload)
+            resp = client.read_response()
+            assert resp.status == 200
+            assert resp.body == b"%d %s" % (LARGE, hashlib.sha256(payload).hexdigest().encode())
+
+
 def test_large_body_through_asgi_receive(start_server):
     server = start_server(acceptors=1, limits_inline_body_size=65536,
                           limits_max_body_size=16 * 1024 * 1024)
