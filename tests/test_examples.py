@@ -150,7 +150,8 @@ def test_websocket_example(start_server):
                 ws.recv(timeout=10)
             assert (ws.close_code, ws.close_reason) == (4000, "bye")
         with pytest.raises(InvalidStatus) as refused:
-            connect(url + "/ws/refuse", open_timeout=20)
+            with connect(url + "/ws/refuse", open_timeout=20):
+                pass
         assert refused.value.response.status_code == 403
     finally:
         stop_worker(worker)

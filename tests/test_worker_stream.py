@@ -8,6 +8,7 @@ bounded."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -545,19 +546,18 @@ def test_starlette_websocket_endpoint_behind_prack(start_server):
             assert (ws.close_code, ws.close_reason) == (4000, "as asked")
         # Closing before accepting is a 403.
         with pytest.raises(InvalidStatus) as refused:
-            connect(url + "/refuse", open_timeout=WAIT)
+            with connect(url + "/refuse", open_timeout=WAIT):
+                pass
         assert refused.value.response.status_code == 403
         # Open WebSockets do not hold the worker's lanes: more of them than
         # lanes are served at once.
-        sockets = [connect(url + "/ws", open_timeout=WAIT) for _ in range(5)]
-        try:
+        with contextlib.ExitStack() as stack:
+            sockets = [stack.enter_context(connect(url + "/ws", open_timeout=WAIT))
+                       for _ in range(5)]
             for i, ws in enumerate(sockets):
                 ws.send("n%d" % i)
             assert [ws.recv(timeout=WAIT) for ws in sockets] == ["echo: n%d" % i
                                                                   for i in range(5)]
-        finally:
-            for ws in sockets:
-                ws.close()
 
 
 def test_sdk_websocket_session(start_server):
