@@ -590,6 +590,11 @@ def test_sdk_websocket_session(start_server):
             assert [ws.recv(timeout=WAIT), ws.recv(timeout=WAIT)] == ["a", "a"]
             ws.send(b"b")
             assert [ws.recv(timeout=WAIT), ws.recv(timeout=WAIT)] == [b"b", b"b"]
+            # Many at once, both ways, in order (batches of events and sends).
+            for i in range(1000):
+                ws.send("m%d" % i)
+            got = [ws.recv(timeout=WAIT) for _ in range(2000)]
+            assert got == ["m%d" % (i // 2) for i in range(2000)]
         deadline = time.monotonic() + WAIT
         while not closed and time.monotonic() < deadline:
             time.sleep(0.01)
