@@ -2,6 +2,7 @@
 demo worker `make run` starts, the SSE clock and the WebSocket chat, each as a
 real process against a real server, driven by curl, http.client and a
 WebSocket client."""
+import http.client
 import os
 import pathlib
 import re
@@ -110,7 +111,21 @@ def test_sse_example(start_server):
         assert [e.splitlines()[0] for e in events] == ["id: %d" % n for n in range(1, 6)]
         assert all(e.splitlines()[1] == "event: tick" for e in events)
         conn.request("GET", "/clock?interval=x")
-        assert conn.getresponse().status == 400
+        resp = conn.getresponse()
+        assert resp.status == 400
+        resp.read()
+        # A stop: the endless clock gets the example's 2 s of grace, then is
+        # aborted (the client's stream ends without its last chunk); the
+        # worker exits 0.
+        conn.request("GET", "/clock?interval=0.2")
+        resp = conn.getresponse()
+        assert resp.readline().startswith(b"retry:")
+        worker.terminate()
+        with pytest.raises(http.client.IncompleteRead):
+            while resp.read(1024):
+                pass
+        assert worker.wait(20) == 0
+        assert "aborting them" in worker.stderr.read()
         conn.close()
     finally:
         stop_worker(worker)

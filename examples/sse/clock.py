@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 import urllib.parse
 
@@ -66,6 +67,7 @@ def main() -> int:
                         "(repeatable; default http://127.0.0.1:4242)")
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="clock: %(levelname)s: %(message)s")
     return serve(handler, fronts=args.api or ["http://127.0.0.1:4242"],
                  concurrency=args.threads, grace=2.0)
 
