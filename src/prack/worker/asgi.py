@@ -197,7 +197,6 @@ class _HTTPCall:
         self.decided: asyncio.Future | None = None
         self.status = None
         self.headers: list = []
-        self.parts: list[bytes] = []
         self.chunks: queue.SimpleQueue | None = None    # -> the stream thread
         self.pending: asyncio.Future | None = None      # the chunk being posted
         self.finished = asyncio.Event()                 # the response is complete
@@ -270,7 +269,6 @@ class _HTTPCall:
             self.status = int(message["status"])
             self.headers = [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1"))
                             for n, v in message.get("headers", ())]
-            self.trailers = bool(message.get("trailers", False))
         elif kind == "http.response.body":
             if self.status is None:
                 raise RuntimeError("http.response.body before http.response.start")
@@ -279,10 +277,8 @@ class _HTTPCall:
             body = bytes(message.get("body", b""))
             more = bool(message.get("more_body", False))
             if self.chunks is None and not more:
-                self.parts.append(body)
                 self.finished.set()
-                self.decided.set_result(Response(self.status, self.headers,
-                                                 b"".join(self.parts)))
+                self.decided.set_result(Response(self.status, self.headers, body))
                 return
             if self.chunks is None:
                 self._stream()
