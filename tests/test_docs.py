@@ -41,8 +41,11 @@ def test_openapi_lists_every_endpoint():
                                   "/api/v2/responses", "/api/v2/requests/{id}/error",
                                   "/api/v2/requests/{id}/head", "/api/v2/requests/{id}/body",
                                   "/api/v2/requests/{id}/end", "/api/v2/requests/{id}/state",
-                                  "/api/v2/requests/{id}/input"}
+                                  "/api/v2/requests/{id}/input",
+                                  "/api/v2/requests/{id}/events", "/api/v2/requests/{id}/send"}
     assert set(SPEC["paths"]["/api/v2/requests/{id}/input"]) == {"get"}
+    assert set(SPEC["paths"]["/api/v2/requests/{id}/events"]) == {"get"}
+    assert set(SPEC["paths"]["/api/v2/requests/{id}/send"]) == {"post"}
     assert set(SPEC["paths"]["/api/v1/request"]) == {"get", "post"}
     assert set(SPEC["paths"]["/api/v2/requests"]) == {"get"}
 
@@ -54,6 +57,20 @@ def test_openapi_v2_parameters_match_the_server():
     assert "%d" % api.MAX_BATCH in params["max"]["description"]
     results = SPEC["components"]["schemas"]["ItemResult"]["properties"]["status"]["enum"]
     assert set(results) == {api.OK, api.GONE, api.UNKNOWN, api.INVALID}
+
+
+def test_openapi_websocket_shapes_match_the_server():
+    from prack import apiws
+    params = {p["name"]: p for p in
+              SPEC["paths"]["/api/v2/requests/{id}/events"]["get"]["parameters"]}
+    assert set(params) == {"id", "max", "wait"}
+    assert "%d" % apiws.MAX_EVENTS in params["max"]["description"]
+    schemas = SPEC["components"]["schemas"]
+    assert set(schemas["WebSocketEvent"]["properties"]) == set(apiws.WsEvent.__struct_fields__)
+    assert set(schemas["WebSocketMessage"]["properties"]) == \
+        set(apiws.WsOutMessage.__struct_fields__)
+    assert set(schemas["WebSocketEvent"]["properties"]["type"]["enum"]) == \
+        {"text", "binary", "close"}
 
 
 def test_v2_items_encode_as_documented():

@@ -20,6 +20,7 @@ import time
 import msgspec
 
 from prack import http, spool, static, wire
+from prack.acceptws import WEBSOCKET, AcceptorWebSockets
 from prack.loop import ChildLoop
 from prack.sockets import send_pending
 from prack.ring import RecordTooBig, RingFull
@@ -75,7 +76,7 @@ class Conn:
                  "remote_addr", "remote_port", "started", "sent_continue",
                  "lingered", "status", "sent", "processing", "again",
                  "body_since", "body_read", "file", "stream", "spool", "input",
-                 "input_keep")
+                 "input_keep", "ws")
 
     def __init__(self, sock, slot, reader, addr):
         self.sock = sock
@@ -105,6 +106,7 @@ class Conn:
         self.spool = None         # spool.SpoolFile of a body too large for the ring
         self.input = 0            # a deferred body's progress (spool.PARKED ...)
         self.input_keep = False
+        self.ws = None            # a WebSocket upgrade's (key, protocols), then its WsSession
         if isinstance(addr, tuple):
             self.remote_addr = addr[0]
             self.remote_port = str(addr[1])
@@ -113,7 +115,7 @@ class Conn:
             self.remote_port = ""
 
 
-class Acceptor(spool.AcceptorUploads, ChildLoop):
+class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
     def __init__(self, cfg, index: int, generation: int, listener: socket.socket,
                  segment, api_path: str, status_fd: int):
         super().__init__()
@@ -168,6 +170,7 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
         self.api_out: list = []
         self.api_retry_at = 0.0
         self.rand = random.Random(os.urandom(16))
+        self._init_websockets(cfg)
 
     # -- setup ---------------------------------------------------------------
 
@@ -207,6 +210,8 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
                     conn.deadline = min(conn.deadline, grace)
                 else:
                     self._close(conn)
+            elif conn.state == WEBSOCKET:
+                self._ws_going_away(conn)
         log.debug("acceptor %d draining %d connections", self.index, len(self.conns))
 
     def _drained(self) -> bool:
@@ -251,6 +256,7 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
         for conn in [c for c in self.conns.values() if c.state == STREAMING]:
             self._close(conn)
         self._uploads_api_lost()
+        self._ws_link_lost()
         # At once, not on the next housekeeping tick (up to 1 s): until we
         # are linked, the API process refuses answers for our requests. The
         # master holds the listening socket, so this succeeds even before the
@@ -305,6 +311,8 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
                 self._on_start_frame(buf, start, end)
             elif kind == wire.F_INPUT:
                 self._on_input(buf, start)
+            elif kind == wire.F_CREDIT:
+                self._ws_credit(buf, start)
             consumed = end
         if consumed:
             del buf[:consumed]
@@ -331,6 +339,9 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
             return
         at = start + wire.RESPONSE.size
         block = bytes(buf[at:at + block_len])
+        if status == 101:
+            self._ws_start(conn, flags, block)
+            return
         keep = conn.keep_alive and not flags & wire.RF_CLOSE and not self.stopping
         discard = status < 200 or status == 204 or status == 304 or conn.method == "HEAD"
         no_length = status < 200 or status == 204   # RFC 9110 8.6: never a length
@@ -362,6 +373,9 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
     def _on_stream_frame(self, kind: int, buf, start: int, end: int) -> None:
         _, slot, key, number, flags = wire.STREAM.unpack_from(buf, start)
         conn = self.slots[slot] if slot < self.nslots else None
+        if conn is not None and conn.key == key and conn.state == WEBSOCKET:
+            self._ws_frame(conn, kind, number, flags, buf[start + wire.STREAM.size:end])
+            return
         if conn is None or conn.key != key or conn.state != STREAMING:
             # The client went (F_GONE is on its way or was sent): say so again
             # for this chunk, so the worker's post is not left waiting.
@@ -510,6 +524,9 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
             self._close(conn)
             return
         state = conn.state
+        if state == WEBSOCKET:
+            self._ws_input(conn, data)
+            return
         if state == LINGER:
             conn.lingered += len(data)
             if conn.lingered > LINGER_MAX_BYTES:
@@ -596,6 +613,7 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
         conn.target = req.target
         conn.started = time.monotonic()
         conn.sent_continue = False
+        conn.ws = None
         if self.static is not None and self.static.wants(req.path):
             self._serve_static(conn, req)
             return
@@ -603,6 +621,8 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
                            conn.remote_addr, conn.remote_port)
         if conn.spool is not None:
             self._spooled_env(conn, env)
+        if "HTTP_UPGRADE" in env and self._ws_request(conn, req):
+            return
         env_json = self.encode(env)
         key = conn.key or self.rand.getrandbits(62) or 1
         slot = conn.slot
@@ -759,6 +779,10 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
             if st.ack >= 0 and self._stream_pending(conn) <= self.stream_buffer:
                 self._send_api(wire.stream_frame(wire.F_ACK, conn.slot, conn.key, st.ack))
                 st.ack = -1
+        elif state == WEBSOCKET:
+            self._ws_flushed(conn)
+            if conn.sock is None:
+                return
         if out or conn.file is not None:
             self._set_events(conn, conn.events | selectors.EVENT_WRITE)
             return
@@ -821,7 +845,7 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
             return
         if conn.spool is not None or conn.input:
             self._upload_end(conn)
-        if conn.state in (QUEUED, TAKEN, STREAMING):
+        if conn.state in (QUEUED, TAKEN, STREAMING, WEBSOCKET):
             self._withdraw(conn)
         if conn.events:
             self.sel.unregister(sock)
@@ -832,6 +856,7 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
             os.close(conn.file[0])
             conn.file = None
         conn.stream = None
+        conn.ws = None
         del self.conns[conn.fd]
         self.slots[conn.slot] = None
         self.free_slots.append(conn.slot)
@@ -865,6 +890,9 @@ class Acceptor(spool.AcceptorUploads, ChildLoop):
                     continue
             elif state == STREAMING:
                 self._scan_stream(conn, now)
+                continue
+            elif state == WEBSOCKET:
+                self._ws_scan(conn, now)
                 continue
             elif state == READING and conn.body_since and self.min_body_rate:
                 elapsed = now - conn.body_since

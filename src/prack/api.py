@@ -26,6 +26,7 @@ from prack.apilife import ApiLifecycle
 from prack.apimsg import BadResponse, check_response as _check_response
 from prack.apimsg import describe as _describe, printable as _printable
 from prack.apistream import ApiStreams
+from prack.apiws import ApiWebSockets
 from prack.loop import ChildLoop
 from prack.sockets import send_pending
 from prack.wire import SLOT_FREE, SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
@@ -85,7 +86,7 @@ class WorkerConn:
         self.file = None           # a spooled body being sent: [fd, offset, remaining]
 
 
-class ApiServer(ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
+class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
     what = "API process"
 
     def __init__(self, cfg, generation: int, listener: socket.socket,

@@ -152,6 +152,8 @@ class ApiStreams:
             self._stream_invalid(conn, parsed, str(exc))
             return
         self.streams[sid] = _Stream()
+        if status == 101:
+            self._ws_opened(sid)
         self._send_link(self.links[acceptor], wire.response_frame(
             slot, key, status, flags, block, b"", declared, kind=wire.F_START))
         self._reply_ok(conn)

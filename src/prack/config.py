@@ -78,6 +78,7 @@ SECTIONS: dict[str, str] = {
     "limits": "Request size limits; a request over a limit gets the status shown.",
     "timeouts": "Timeouts, in seconds.",
     "static": "Static files served by the acceptors themselves, without a worker.",
+    "websocket": "WebSocket connections a worker accepted (status 101).",
     "logging": "Logging.",
 }
 
@@ -346,6 +347,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "static", "cache_control", "header", "",
         "Cache-Control value sent with static files; empty sends none.",
+    ),
+    # -- websocket -------------------------------------------------------
+    Setting(
+        "websocket", "max_message_size", "size", "1M",
+        "Largest message a client may send, after reassembling its "
+        "fragments; a larger one closes the connection with code 1009.",
+        min=125,
+    ),
+    Setting(
+        "websocket", "ping_interval", "duration", 30.0,
+        "A WebSocket silent for this long gets a ping from Prack; a client "
+        "that then stays silent as long again is dropped (the worker gets "
+        "a close event with code 1006). 0 turns pings off.",
+        min=0, max=3600,
     ),
     # -- logging ---------------------------------------------------------
     Setting(
