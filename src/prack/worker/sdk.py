@@ -208,9 +208,16 @@ def is_streamed(body) -> bool:
 
 
 def is_websocket(env: dict) -> bool:
-    """The request asks for a WebSocket upgrade."""
+    """The request asks for a WebSocket (Prack queues only valid upgrades;
+    `Upgrade` in an HTTP/1.0 request means nothing, RFC 9110 7.8)."""
     return (env.get("REQUEST_METHOD") == "GET"
-            and "websocket" in env.get("HTTP_UPGRADE", "").lower())
+            and env.get("SERVER_PROTOCOL") == "HTTP/1.1"
+            and "websocket" in _tokens(env.get("HTTP_UPGRADE", ""))
+            and "upgrade" in _tokens(env.get("HTTP_CONNECTION", "")))
+
+
+def _tokens(value: str) -> list[str]:
+    return [t.strip().lower() for t in value.split(",")]
 
 
 class FrontDown(Exception):
