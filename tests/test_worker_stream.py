@@ -111,6 +111,28 @@ def test_sdk_generator_chunks_leave_as_they_are_made(start_server):
             sock.close()
 
 
+def test_sdk_body_kinds(start_server):
+    """bytes, a list or tuple of bytes (joined) and None (empty) are whole
+    responses with a Content-Length; an iterator is chunked."""
+    server = start_server(acceptors=1)
+    bodies = {"/bytes": b"abc", "/list": [b"a", b"bc"], "/tuple": (b"ab", b"c"), "/none": None,
+              "/iter": iter([b"a", b"b", b"c"])}
+
+    def handler(request):
+        return sdk.Response(200, [], bodies[request.env["PATH_INFO"]])
+
+    with Running(server, handler):
+        conn = server.client()
+        for path, body in bodies.items():
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            assert resp.read() == (b"" if path == "/none" else b"abc"), path
+            if path == "/iter":
+                assert resp.getheader("Transfer-Encoding") == "chunked"
+            else:
+                assert resp.getheader("Content-Length") == ("0" if body is None else "3"), path
+
+
 def test_sdk_trailers_filled_in_by_the_generator(start_server):
     """Response.trailers, set while the body is produced, follow the last
     chunk."""

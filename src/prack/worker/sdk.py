@@ -203,8 +203,9 @@ class WebSocketResponse:
 
 
 def is_streamed(body) -> bool:
-    """A body that is sent chunk by chunk (not bytes, str, list or tuple)."""
-    return not isinstance(body, (bytes, bytearray, memoryview, str, list, tuple))
+    """A body that is sent chunk by chunk (not bytes, str, list, tuple or None)."""
+    return body is not None and not isinstance(body, (bytes, bytearray, memoryview, str,
+                                                      list, tuple))
 
 
 def is_websocket(env: dict) -> bool:
@@ -488,6 +489,8 @@ class Worker:
                 return
             if isinstance(body, (list, tuple)):
                 body = b"".join(body)
+            elif body is None:
+                body = b""
             out = wire.ResponseItem(item.id, int(resp.status), _pairs(resp.headers),
                                     bytes(body))
         except Exception as exc:
