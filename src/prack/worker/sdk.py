@@ -480,27 +480,30 @@ class Worker:
         req = Request(item.id, item.env, item.body, item.deadline, front.url, front)
         try:
             resp = self.handler(req)
-            if isinstance(resp, WebSocketResponse):
+            if type(resp) is Response and type(resp.body) is bytes:    # the usual case
+                body = resp.body
+            elif isinstance(resp, WebSocketResponse):
                 self._start_stream(streams.run_websocket, front, req, resp)
                 return
-            body = resp.body
-            if is_streamed(body):
-                self._start_stream(streams.run_stream, front, req, resp)
-                return
-            if isinstance(body, (list, tuple)):
-                body = b"".join(body)
-            elif body is None:
-                body = b""
-            out = wire.ResponseItem(item.id, int(resp.status), _pairs(resp.headers),
-                                    bytes(body))
+            else:
+                body = resp.body
+                if is_streamed(body):
+                    self._start_stream(streams.run_stream, front, req, resp)
+                    return
+                if isinstance(body, (list, tuple)):
+                    body = b"".join(body)
+                elif body is None:
+                    body = b""
+                body = bytes(body)
+            out = wire.ResponseItem(item.id, int(resp.status), _pairs(resp.headers), body)
         except Exception as exc:
             log.exception("handler failed on %s %s", item.env.get("REQUEST_METHOD"),
                           item.env.get("PATH_INFO"))
             errors.append((item.id, "%s: %s" % (exc.__class__.__name__, _reason(exc))))
+            out = None
+        if req._watch is not None or req._input is not None:
             req._finish()
-            return
-        req._finish()
-        if time.time() < item.deadline:
+        if out is not None and time.time() < item.deadline:
             answers.append(out)
 
     def _start_stream(self, run, front: _Front, req: Request, resp) -> None:
