@@ -779,6 +779,7 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
             if st.ack >= 0 and self._stream_pending(conn) <= self.stream_buffer:
                 self._send_api(wire.stream_frame(wire.F_ACK, conn.slot, conn.key, st.ack))
                 st.ack = -1
+                st.last_data = time.monotonic()     # the worker's turn starts now
         elif state == WEBSOCKET:
             self._ws_flushed(conn)
             if conn.sock is None:
@@ -801,12 +802,17 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         conn.method = ""
         conn.target = ""
         conn.key = 0
-        if not conn.keep_alive:
+        stopping_idle = self.stopping and not conn.reader.buf
+        if not conn.keep_alive or (stopping_idle and not self.retiring):
+            # Stopping, an answer that ends (a stream's, say, begun before
+            # the stop) leaves no idle keep-alive behind, as _begin_stop.
             self._linger(conn)
             return
         conn.state = READING
         conn.reader.next()
         conn.deadline = time.monotonic() + self.t_keepalive
+        if stopping_idle:   # retiring: the grace _begin_stop gives idle ones
+            conn.deadline = min(conn.deadline, time.monotonic() + RETIRE_IDLE_GRACE)
         if not conn.events & selectors.EVENT_READ:
             self._set_events(conn, conn.events | selectors.EVENT_READ)
         if conn.reader.buf:
@@ -938,7 +944,9 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
             log.info("acceptor %d: client of a streamed %s %s stopped reading: closing",
                      self.index, conn.method, conn.target)
             self._gone(conn)
-        elif now - st.last_data >= self.t_stream_idle:
+        elif st.ack < 0 and now - st.last_data >= self.t_stream_idle:
+            # (While a chunk waits for the client, the worker is held back,
+            # not idle: send_timeout watches the client then.)
             log.warning("acceptor %d: worker sent nothing on the stream of %s %s for %.3gs: "
                         "closing", self.index, conn.method, conn.target, self.t_stream_idle)
             self._gone(conn)

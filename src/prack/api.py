@@ -272,6 +272,8 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         """build(identifier, environment JSON view, body view) for the next
         request still wanted, or None. A record is consumed only here, when a
         worker is waiting for it; successive calls visit the rings in turn."""
+        if self.unstarted:  # parked uploads: room for more now?
+            self._start_uploads()
         if self.ready:      # parked requests whose body is in go first
             data = self._take_ready(build)
             if data is not None:
@@ -736,6 +738,11 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         if outcome is not OK:
             return outcome, reason
         _, acceptor, slot, key = parsed
+        if (acceptor, slot, key) in self.streams:
+            # Its head went out already: the stream ends as failed.
+            self._answer_502(acceptor, slot, key, out)
+            return INVALID, ("status: the head of a streamed response was sent already "
+                             "(end it with POST /api/v2/requests/{id}/end)")
         try:
             status, flags, block, declared = _check_response(code, headers, field)
         except BadResponse as exc:
@@ -775,6 +782,8 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         """The worker's answer is unusable: if the request is still waiting
         for it, its client gets a 502 now (nothing hangs). The frame is
         queued in `out` (link -> buffers); True when it was."""
+        if (acceptor, slot, key) in self.streams:   # streaming: ended incomplete
+            return self._abort_stream((acceptor, slot, key), out)
         link = self.links[acceptor]
         if link is not None and self.rings[acceptor].slot_cas(
                 slot, (key << 2) | SLOT_TAKEN, (key << 2) | SLOT_FREE):

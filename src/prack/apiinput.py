@@ -40,7 +40,7 @@ _sendfile = getattr(os, "sendfile", None)
 class Parked:
     """A request taken for a worker whose body its acceptor is reading."""
 
-    __slots__ = ("ident", "acceptor", "slot", "key", "env", "body", "live")
+    __slots__ = ("ident", "acceptor", "slot", "key", "env", "body", "live", "started")
 
     def __init__(self, ident: str, acceptor: int, slot: int, key: int, env: bytes):
         self.ident = ident
@@ -50,6 +50,7 @@ class Parked:
         self.env = env
         self.body = b""
         self.live = True
+        self.started = False    # F_INPUT sent: its body is coming, or in
 
 
 class ApiInput:
@@ -57,17 +58,49 @@ class ApiInput:
 
     parked = None      # (acceptor, slot, key) -> Parked
     ready = None       # deque of Parked whose body is in, handed out first
+    unstarted = None   # deque of Parked whose client still waits for its 100
+    started = 0        # parked items started (body coming or in) not handed out yet
 
     # -- parking ---------------------------------------------------------------
 
     def _park(self, generation: int, acceptor: int, slot: int, key: int, env) -> None:
-        """A RECF_INPUT_PENDING record was just taken (its slot is TAKEN)."""
+        """A RECF_INPUT_PENDING record was just taken (its slot is TAKEN).
+        Its upload starts when there is room (_start_uploads)."""
         if self.parked is None:
             self.parked = {}
             self.ready = collections.deque()
+            self.unstarted = collections.deque()
         ident = wire.make_identifier(generation, acceptor, slot, key)
-        self.parked[(acceptor, slot, key)] = Parked(ident, acceptor, slot, key, bytes(env))
-        self._send_link(self.links[acceptor], wire.stream_frame(wire.F_INPUT, slot, key))
+        item = Parked(ident, acceptor, slot, key, bytes(env))
+        self.parked[(acceptor, slot, key)] = item
+        self.unstarted.append(item)
+        self._start_uploads()
+
+    def _start_uploads(self) -> None:
+        """F_INPUT (the client gets its 100 and uploads) for as many parked
+        requests as there are worker connections to take them, counting
+        those started and not handed out yet. Taking one Expect record
+        takes the next ones behind it too (the rings are drained in order),
+        so without this bound one pull made every such client upload at
+        once, each body held here until a worker pulled it."""
+        room = max(1, len(self.workers)) - self.started
+        unstarted = self.unstarted
+        while unstarted and (room > 0 or not unstarted[0].live):
+            item = unstarted.popleft()
+            link = self.links[item.acceptor]
+            if not item.live or link is None:
+                continue
+            item.started = True
+            self.started += 1
+            room -= 1
+            self._send_link(link, wire.stream_frame(wire.F_INPUT, item.slot, item.key))
+
+    def _unstart(self, item: Parked) -> None:
+        """The item left (handed out, or its client or acceptor went)."""
+        item.live = False
+        if item.started:
+            item.started = False
+            self.started -= 1
 
     def _on_input_frame(self, link, buf, start: int, end: int) -> bool:
         """F_INPUT_DONE or F_GONE from an acceptor; True when an item became
@@ -78,8 +111,9 @@ class ApiInput:
             return False
         if kind == wire.F_GONE or flags & wire.SF_ABORT:
             del self.parked[(link.index, slot, key)]
-            item.live = False
-            item.body = b""
+            self._unstart(item)
+            item.body = item.env = b""
+            self._start_uploads()
             return False
         env = self.decode_env(item.env)
         env["CONTENT_LENGTH"] = str(number)
@@ -100,6 +134,8 @@ class ApiInput:
             if not item.live:
                 continue
             self.parked.pop((item.acceptor, item.slot, item.key), None)
+            self._unstart(item)
+            self._start_uploads()
             if (self.links[item.acceptor] is None or self.rings[item.acceptor].slot_load(
                     item.slot) != (item.key << 2) | SLOT_TAKEN):
                 continue        # its client went, or its acceptor was replaced
@@ -112,8 +148,9 @@ class ApiInput:
             return
         for k in [k for k in self.parked if k[0] == index]:
             item = self.parked.pop(k)
-            item.live = False
-            item.body = b""
+            self._unstart(item)
+            item.body = item.env = b""
+        self._start_uploads()
 
     # -- GET /api/v2/requests/{id}/input ---------------------------------------------
 

@@ -256,7 +256,26 @@ class ApiStreams:
             wire.F_END, slot, key, 0, flags, trailers))
         return True
 
-    def _stream_state(self, conn, req) -> None:
+    def _abort_stream(self, sid, out: dict) -> bool:
+        """The worker gave up on a streaming request by another call (an
+        /error report, a whole response): the client's response ends
+        incomplete, like an end with "error". The F_END is queued in `out`
+        (link -> buffers); False when the client went first."""
+        acceptor, slot, key = sid
+        st = self.streams.pop(sid)
+        if st.held is not None:
+            conn, st.held = st.held, None
+            # Its F_ACK would find no stream: answer the chunk's post now.
+            self._reply_error(conn, 409, "the response was ended by another call")
+        link = self.links[acceptor]
+        if link is None or not self.rings[acceptor].slot_cas(
+                slot, (key << 2) | SLOT_TAKEN, (key << 2) | SLOT_FREE):
+            return False
+        out.setdefault(link, []).extend(
+            wire.stream_frame(wire.F_END, slot, key, 0, wire.SF_ABORT))
+        return True
+
+    def _stream_state(self, conn, req, hold: bool = True) -> None:
         try:
             wait = _wait_param(req.query, self.poll_timeout)
         except ValueError as exc:
@@ -266,6 +285,20 @@ class ApiStreams:
         parsed = wire.parse_identifier(ident)
         if parsed is None:
             self._reply_error(conn, 400, "id: malformed")
+            return
+        target = self._elsewhere(parsed)
+        if target is not None:          # the other generation's request: ask there
+            accept = b"Accept: application/%s\r\n" % (b"msgpack" if conn.msgpack else b"json")
+            self._forward(target, req.path + ("?" + req.query if req.query else ""), accept,
+                          b"", lambda status, answer: self._reply(conn, status, answer,
+                                                                  ctype=self._ctype(conn)),
+                          b"GET")
+            return
+        if hold and self._unlinked(parsed):
+            # A new API process whose acceptors are relinking: the request
+            # is not gone (taken requests outlive the API process).
+            self._hold_until_linked(conn, parsed[1],
+                                    lambda _: self._stream_state(conn, req, False))
             return
         outcome, why = self._lookup(parsed)
         if outcome == "gone":
@@ -311,8 +344,12 @@ class ApiStreams:
 
     def _streams_lost(self, acceptor: int) -> None:
         """An acceptor's link dropped: it closes its streaming connections
-        (their state was with this link), so every one of them is gone."""
+        (their state was with this link), so every one of them is gone; so
+        is the client of every request a state long-poll waits on (a link
+        drops when its acceptor dies, and its connections with it)."""
         for sid in [s for s in self.streams if s[0] == acceptor]:
+            self._client_gone(sid)
+        for sid in [s for s in self.gone_waiters if s[0] == acceptor]:
             self._client_gone(sid)
 
     def _scan_streams(self, now: float) -> None:
