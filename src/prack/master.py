@@ -23,7 +23,6 @@ import selectors
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -710,6 +709,8 @@ class Master:
         the same elsewhere). Check the new code and configuration
         in a subprocess first, then exec over ourselves; the children stay
         ours and are retired by the new image once its own are ready."""
+        import subprocess   # only here: its modules would weigh on every child's heap
+
         check_env = {k: v for k, v in env.items() if k not in upgrade.OUR_VARS}
         try:
             out = subprocess.run(argv + ["--check"], executable=sys.executable, env=check_env,
