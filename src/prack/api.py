@@ -119,9 +119,11 @@ class ApiServer(ApiLifecycle, ChildLoop):
         self.response_timeout = cfg.timeouts.response_timeout
         self.encode = msgspec.json.Encoder().encode
         self.decode_response = msgspec.json.Decoder(wire.PostedResponse).decode
+        self.msgpack_encode = msgspec.msgpack.Encoder().encode
         self.codecs = {False: _Codec(msgspec.json, self.encode),
-                       True: _Codec(msgspec.msgpack, msgspec.msgpack.Encoder().encode)}
-        self.decode_env = msgspec.json.Decoder(dict[str, str]).decode
+                       True: _Codec(msgspec.msgpack, self.msgpack_encode)}
+        # Ring records hold the environment as the acceptor encoded it, msgpack.
+        self.decode_env = msgspec.msgpack.Decoder(dict[str, str]).decode
         # path -> {method: handler(conn, req)}; the Allow header of a 405
         # lists the keys. New endpoints are one entry here.
         self.routes = {
@@ -290,42 +292,35 @@ class ApiServer(ApiLifecycle, ChildLoop):
         return None
 
     def _v1_item(self, ident: str, env, body) -> bytes:
-        # The environment is spliced in as the acceptor encoded it.
-        return self.encode(wire.PulledRequest(ident, msgspec.Raw(env), body))
+        return self.encode(wire.PulledRequest(ident, self.decode_env(env), body))
 
     def _v2_json_item(self, ident: str, env, body) -> bytes:
-        return self.encode(wire.RequestItem(ident, msgspec.Raw(env), body,
+        return self.encode(wire.RequestItem(ident, self.decode_env(env), body,
                                             time.time() + self.response_timeout))
 
-    def _v2_msgpack_item(self, ident: str, env, body) -> wire.RequestItem:
-        # msgpack carries the body as raw bytes; the environment is re-encoded.
-        return wire.RequestItem(ident, self.decode_env(env), bytes(body),
-                                time.time() + self.response_timeout)
+    def _v2_msgpack_item(self, ident: str, env, body) -> bytes:
+        # The environment is spliced in as the acceptor encoded it; the body
+        # goes as raw bytes, straight from shared memory.
+        return self.msgpack_encode(wire.RequestItem(ident, msgspec.Raw(env), body,
+                                                    time.time() + self.response_timeout))
 
     def _take_for(self, conn: WorkerConn) -> bytes | None:
         """The answer to a waiting pull, if any request is there for it."""
         if not conn.batch:
             return self._take(self._v1_item)
-        if conn.msgpack:
-            items = []
-            size = 0
-            while len(items) < conn.batch and size < BATCH_BYTES:
-                item = self._take(self._v2_msgpack_item)
-                if item is None:
-                    break
-                items.append(item)
-                size += len(item.body) + 64 * len(item.env)
-            return self.codecs[True].encode(wire.RequestBatch(items)) if items else None
+        build = self._v2_msgpack_item if conn.msgpack else self._v2_json_item
         parts = []
         size = 0
         while len(parts) < conn.batch and size < BATCH_BYTES:
-            item = self._take(self._v2_json_item)
+            item = self._take(build)
             if item is None:
                 break
             parts.append(item)
             size += len(item)
         if not parts:
             return None
+        if conn.msgpack:
+            return wire.msgpack_request_batch(parts)
         return b'{"requests":[' + b",".join(parts) + b"]}"
 
     def _dispatch_waiters(self) -> None:
