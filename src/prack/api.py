@@ -706,7 +706,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
             return outcome, reason
         _, acceptor, slot, key = parsed
         try:
-            status, flags, block, declared = _check_response(code, headers, field)
+            status, flags, block, declared = _check_response_cached(code, headers, field)
         except BadResponse as exc:
             self._answer_502(acceptor, slot, key, out)
             log.warning("worker posted an invalid response: %s", exc)
@@ -914,6 +914,26 @@ def _batch_params(query: str, poll_timeout: float) -> tuple[int, float]:
         else:
             raise BadParameter("%s: unknown parameter (use max and wait)" % name[:40])
     return batch, wait
+
+
+_checked: dict = {}
+
+
+def _check_response_cached(code, headers, field: str) -> tuple[int, int, bytes, int]:
+    """_check_response, remembered: a worker posts the same few statuses and
+    header sets again and again. Only valid ones are kept, at most 256."""
+    try:
+        key = (code, tuple(headers.items()) if type(headers) is dict else
+               tuple(headers) if headers else ())
+        hit = _checked.get(key)
+    except TypeError:           # list values (several of one header): not kept
+        return _check_response(code, headers, field)
+    if hit is None:
+        hit = _check_response(code, headers, field)
+        if len(_checked) >= 256:
+            _checked.clear()
+        _checked[key] = hit
+    return hit
 
 
 def _check_response(code, headers, field: str = "code") -> tuple[int, int, bytes, int]:

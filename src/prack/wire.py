@@ -39,15 +39,16 @@ _ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
 def make_identifier(generation: int, acceptor: int, slot: int, key: int) -> str:
-    return "%04x%04x%08x%016x" % (generation, acceptor, slot, key)
+    """32 hex digits: u16 generation, u16 acceptor, u32 slot, u64 key."""
+    return "%032x" % (generation << 112 | acceptor << 96 | slot << 64 | key)
 
 
 def parse_identifier(ident: str) -> tuple[int, int, int, int] | None:
     """(generation, acceptor, slot, key), or None when malformed."""
     if type(ident) is not str or not _ID_RE.fullmatch(ident):
         return None
-    return (int(ident[0:4], 16), int(ident[4:8], 16),
-            int(ident[8:16], 16), int(ident[16:32], 16))
+    n = int(ident, 16)
+    return n >> 112, n >> 96 & 0xFFFF, n >> 64 & 0xFFFFFFFF, n & 0xFFFFFFFFFFFFFFFF
 
 
 # -- Unix-socket frames --------------------------------------------------------
