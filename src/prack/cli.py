@@ -230,9 +230,17 @@ def main(argv: list[str] | None = None) -> None:
         try:
             given = json.loads(parsed)
             config_path, flags = given["config"], given["flags"]
+            if not isinstance(flags, dict) or not isinstance(config_path, (str, type(None))):
+                raise TypeError("expected a config path and a flags object")
         except (ValueError, KeyError, TypeError) as e:
             sys.exit(_error("%s: %s" % (ENV_PARSED, e)))
-        sys.exit(_serve(config_path, False, flags))
+        try:
+            sys.exit(_serve(config_path, False, flags))
+        except KeyboardInterrupt:
+            # Ctrl-C before the master's handlers are in place, as click
+            # answers it while typer runs.
+            print("Aborted!", file=sys.stderr)
+            sys.exit(1)
     _reexec = argv is None
     __getattr__("app")(args=argv, prog_name=PROG)
 
