@@ -426,7 +426,7 @@ def test_ring_size_rule(tmp_path):
     assert message.startswith("option limits.ring_size: limits.ring_size: must be at least 2293760 bytes")
     assert message.endswith(f"got {need - 1} bytes")
     # the blame goes to the strongest source that took part
-    path = write(tmp_path, '[limits]\nmax_body_size = "10M"\n')
+    path = write(tmp_path, '[limits]\nmax_body_size = "10M"\ninline_body_size = "10M"\n')
     message = error_of(path)
     assert message.startswith(f"{path}: limits.ring_size: must be at least 21168128 bytes")
     message = error_of(path, env={"PRACK_LIMITS_MAX_HEADER_SIZE": "64k"})
@@ -434,6 +434,13 @@ def test_ring_size_rule(tmp_path):
     # raising the ring fixes it
     cfg = load(path, env={"PRACK_LIMITS_RING_SIZE": "32M"})
     assert cfg.limits.ring_size == 32 << 20
+    # only the bodies kept inline must fit: larger ones are spooled, so a
+    # large max_body_size needs no larger ring
+    cfg = load(env={}, flags={"limits.max_body_size": "200M"})
+    assert cfg.limits.max_body_size == 200 << 20 and cfg.limits.ring_size == 8 << 20
+    message = error_of(flags={"limits.max_body_size": "200M", "limits.inline_body_size": "8M"})
+    assert message.startswith("option limits.")
+    assert "limits.ring_size: must be at least 16973824 bytes" in message
 
 
 # -- generated text -----------------------------------------------------------

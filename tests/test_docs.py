@@ -5,7 +5,7 @@ import msgspec
 import yaml
 from openapi_spec_validator import validate
 
-from prack import wire
+from prack import apistream, wire
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SPEC = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
@@ -27,7 +27,10 @@ def test_openapi_schemas_match_the_structs():
                          ("RequestItem", wire.RequestItem), ("RequestBatch", wire.RequestBatch),
                          ("ResponseItem", wire.ResponseItem),
                          ("ResponseBatch", wire.ResponseBatch),
-                         ("ItemResult", wire.ItemResult), ("ResultBatch", wire.ResultBatch)]:
+                         ("ItemResult", wire.ItemResult), ("ResultBatch", wire.ResultBatch),
+                         ("StreamHead", apistream.StreamHead),
+                         ("StreamEnd", apistream.StreamEnd),
+                         ("StreamState", apistream.StreamState)]:
         assert set(schemas[name]["properties"]) == _properties(struct), name
         required = {f.encode_name for f in msgspec.structs.fields(struct) if f.required}
         assert set(schemas[name].get("required", [])) == required, name
@@ -35,7 +38,14 @@ def test_openapi_schemas_match_the_structs():
 
 def test_openapi_lists_every_endpoint():
     assert set(SPEC["paths"]) == {"/api/v1/request", "/api/v1/response", "/api/v2/requests",
-                                  "/api/v2/responses", "/api/v2/requests/{id}/error"}
+                                  "/api/v2/responses", "/api/v2/requests/{id}/error",
+                                  "/api/v2/requests/{id}/head", "/api/v2/requests/{id}/body",
+                                  "/api/v2/requests/{id}/end", "/api/v2/requests/{id}/state",
+                                  "/api/v2/requests/{id}/input",
+                                  "/api/v2/requests/{id}/events", "/api/v2/requests/{id}/send"}
+    assert set(SPEC["paths"]["/api/v2/requests/{id}/input"]) == {"get"}
+    assert set(SPEC["paths"]["/api/v2/requests/{id}/events"]) == {"get"}
+    assert set(SPEC["paths"]["/api/v2/requests/{id}/send"]) == {"post"}
     assert set(SPEC["paths"]["/api/v1/request"]) == {"get", "post"}
     assert set(SPEC["paths"]["/api/v2/requests"]) == {"get"}
 
@@ -47,6 +57,20 @@ def test_openapi_v2_parameters_match_the_server():
     assert "%d" % api.MAX_BATCH in params["max"]["description"]
     results = SPEC["components"]["schemas"]["ItemResult"]["properties"]["status"]["enum"]
     assert set(results) == {api.OK, api.GONE, api.UNKNOWN, api.INVALID}
+
+
+def test_openapi_websocket_shapes_match_the_server():
+    from prack import apiws
+    params = {p["name"]: p for p in
+              SPEC["paths"]["/api/v2/requests/{id}/events"]["get"]["parameters"]}
+    assert set(params) == {"id", "max", "wait"}
+    assert "%d" % apiws.MAX_EVENTS in params["max"]["description"]
+    schemas = SPEC["components"]["schemas"]
+    assert set(schemas["WebSocketEvent"]["properties"]) == set(apiws.WsEvent.__struct_fields__)
+    assert set(schemas["WebSocketMessage"]["properties"]) == \
+        set(apiws.WsOutMessage.__struct_fields__)
+    assert set(schemas["WebSocketEvent"]["properties"]["type"]["enum"]) == \
+        {"text", "binary", "close"}
 
 
 def test_v2_items_encode_as_documented():

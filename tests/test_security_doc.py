@@ -1,7 +1,7 @@
 """docs/security.md names every limit and timeout a client can run into.
 
-The list comes from prack.config.SETTINGS (every `limits.*` and `timeouts.*`
-setting, and `server.max_connections`), so a new setting that is not
+The list comes from prack.config.SETTINGS (every `limits.*`, `timeouts.*`
+and `websocket.*` setting, and `server.max_connections`), so a new setting that is not
 described in security.md fails here; each one's row must also give the
 current default (as written in the config, or as a number of bytes/seconds).
 """
@@ -16,7 +16,8 @@ from prack.config import SETTINGS
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "security.md"
 GUARDED = [s for s in SETTINGS
-           if s.section in ("limits", "timeouts") or s.name == "server.max_connections"]
+           if s.section in ("limits", "timeouts", "websocket")
+           or s.name == "server.max_connections"]
 
 
 def test_the_list_is_not_empty():

@@ -36,16 +36,16 @@ def test_checked_responses_are_remembered_only_when_valid():
     returns is what a fresh check returns, and bad ones still fail."""
     import pytest
 
-    from prack import api
+    from prack import apimsg
 
     for code, headers in ((200, [("Content-Type", "text/plain")]),
                           (200, {"Content-Type": "text/plain"}),
                           ("404", None), (204, []), (200, {"Set-Cookie": ["a=1", "b=2"]}),
                           (200, [("Connection", "close"), ("Date", "x"), ("Server", "y")])):
-        fresh = api._check_response(code, headers, "status")
-        assert api._check_response_cached(code, headers, "status") == fresh
-        assert api._check_response_cached(code, headers, "status") == fresh
+        fresh = apimsg.check_response(code, headers, "status")
+        assert apimsg.check_response_cached(code, headers, "status") == fresh
+        assert apimsg.check_response_cached(code, headers, "status") == fresh
     for code, headers in ((99, None), (200, [("Bad Name", "x")]), (200, {"X": "a\r\nb"})):
         for _ in range(2):
-            with pytest.raises(api.BadResponse):
-                api._check_response_cached(code, headers, "status")
+            with pytest.raises(apimsg.BadResponse):
+                apimsg.check_response_cached(code, headers, "status")

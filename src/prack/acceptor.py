@@ -19,7 +19,8 @@ import time
 
 import msgspec
 
-from prack import http, static, wire
+from prack import http, spool, static, wire
+from prack.acceptws import WEBSOCKET, AcceptorWebSockets
 from prack.loop import ChildLoop
 from prack.sockets import send_pending
 from prack.ring import RecordTooBig, RingFull
@@ -31,7 +32,7 @@ _sendfile = getattr(os, "sendfile", None)
 access_log = logging.getLogger("prack.access")
 
 # Connection states.
-READING, QUEUED, TAKEN, WRITING, LINGER = range(5)
+READING, QUEUED, TAKEN, WRITING, LINGER, STREAMING = range(6)
 
 LINGER_SECONDS = 2.0      # drain time after an error before closing (RFC 9112 9.6)
 LINGER_MAX_BYTES = 1 << 20
@@ -45,6 +46,28 @@ _ACCEPT_RETRY = frozenset(getattr(errno, name) for name in (
     "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ETIMEDOUT") if hasattr(errno, name))
 BODY_RATE_GRACE = 5.0     # seconds of body before min_body_rate is enforced
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CHUNKED = b"Transfer-Encoding: chunked\r\n"
+LAST_CHUNK = b"0\r\n"
+SSE_COMMENT = b":\n\n"
+CRLF = b"\r\n"
+
+
+class Stream:
+    """A streamed response in progress on one connection (state STREAMING):
+    how its body is framed, the chunk whose acknowledgement waits for the
+    client to read, and the clocks of its limits."""
+    __slots__ = ("chunked", "remaining", "discard", "sse", "ack", "started",
+                 "last_data", "last_write")
+
+    def __init__(self, chunked: bool, remaining: int, discard: bool, sse: bool, now: float):
+        self.chunked = chunked        # chunked transfer coding (HTTP/1.1, no declared length)
+        self.remaining = remaining    # declared Content-Length still to come, or -1
+        self.discard = discard        # HEAD, 204, 304: the body is not sent
+        self.sse = sse                # text/event-stream: keep-alive comments
+        self.ack = -1                 # sequence whose F_ACK waits for the buffer to drain
+        self.started = now
+        self.last_data = now          # the worker's last chunk
+        self.last_write = now         # our last write to the client
 
 
 class Conn:
@@ -52,7 +75,8 @@ class Conn:
                  "deadline", "keep_alive", "version_minor", "method", "target",
                  "remote_addr", "remote_port", "started", "sent_continue",
                  "lingered", "status", "sent", "processing", "again",
-                 "body_since", "body_read", "file")
+                 "body_since", "body_read", "file", "stream", "spool", "input",
+                 "input_keep", "ws")
 
     def __init__(self, sock, slot, reader, addr):
         self.sock = sock
@@ -78,6 +102,11 @@ class Conn:
         self.body_since = 0.0     # when the current request's head completed
         self.body_read = 0        # body bytes received since then
         self.file = None          # static file being sent: [fd, offset, remaining]
+        self.stream = None        # Stream, while a streamed response is being relayed
+        self.spool = None         # spool.SpoolFile of a body too large for the ring
+        self.input = 0            # a deferred body's progress (spool.PARKED ...)
+        self.input_keep = False
+        self.ws = None            # a WebSocket upgrade's (key, protocols), then its WsSession
         if isinstance(addr, tuple):
             self.remote_addr = addr[0]
             self.remote_port = str(addr[1])
@@ -86,7 +115,7 @@ class Conn:
             self.remote_port = ""
 
 
-class Acceptor(ChildLoop):
+class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
     def __init__(self, cfg, index: int, generation: int, listener: socket.socket,
                  segment, api_path: str, status_fd: int):
         super().__init__()
@@ -102,6 +131,7 @@ class Acceptor(ChildLoop):
         lim = cfg.limits
         self.limits = http.Limits(lim.max_body_size, lim.max_header_size,
                                   lim.max_request_line, lim.max_headers)
+        self.inline_limit = lim.inline_body_size
         # What we accept to hold for a connection whose request is in flight:
         # at most max_header_size bytes and max_pipelined complete heads.
         self.pipeline_cap = lim.max_header_size
@@ -115,6 +145,10 @@ class Acceptor(ChildLoop):
         self.t_response = t.response_timeout
         self.t_graceful = t.graceful_timeout
         self.min_body_rate = t.min_body_rate
+        self.t_stream_idle = t.stream_idle_timeout
+        self.t_stream_max = t.stream_max_duration
+        self.t_sse = t.sse_keepalive
+        self.stream_buffer = lim.stream_buffer
         self.tick = min(1.0, max(0.05, min(self.t_header, self.t_body, self.t_keepalive,
                                             self.t_send, self.t_queue, self.t_response) / 4))
         self.server = cfg.server.server_header.encode("latin-1")
@@ -138,6 +172,7 @@ class Acceptor(ChildLoop):
         self.api_out: list = []
         self.api_retry_at = 0.0
         self.rand = random.Random(os.urandom(16))
+        self._init_websockets(cfg)
 
     # -- setup ---------------------------------------------------------------
 
@@ -146,6 +181,7 @@ class Acceptor(ChildLoop):
         # A new incarnation of this acceptor: nothing in the slot table is ours.
         for i in range(self.nslots):
             self.ring.slot_store(i, 0)
+        self._uploads_start()
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept)
         self._connect_api()
@@ -176,6 +212,8 @@ class Acceptor(ChildLoop):
                     conn.deadline = min(conn.deadline, grace)
                 else:
                     self._close(conn)
+            elif conn.state == WEBSOCKET:
+                self._ws_going_away(conn)
         log.debug("acceptor %d draining %d connections", self.index, len(self.conns))
 
     def _drained(self) -> bool:
@@ -216,6 +254,11 @@ class Acceptor(ChildLoop):
             sock.close()
         self.api_out = []
         log.info("acceptor %d: lost the API process; reconnecting", self.index)
+        # The streams it carried cannot go on: their state was in that process.
+        for conn in [c for c in self.conns.values() if c.state == STREAMING]:
+            self._close(conn)
+        self._uploads_api_lost()
+        self._ws_link_lost()
         # At once, not on the next housekeeping tick (up to 1 s): until we
         # are linked, the API process refuses answers for our requests. The
         # master holds the listening socket, so this succeeds even before the
@@ -261,8 +304,17 @@ class Acceptor(ChildLoop):
         buf += data
         consumed = 0
         for start, end in wire.complete_frames(buf):
-            if buf[start] == wire.F_RESPONSE:
+            kind = buf[start]
+            if kind == wire.F_RESPONSE:
                 self._on_response_frame(buf, start, end)
+            elif kind == wire.F_DATA or kind == wire.F_END:
+                self._on_stream_frame(kind, buf, start, end)
+            elif kind == wire.F_START:
+                self._on_start_frame(buf, start, end)
+            elif kind == wire.F_INPUT:
+                self._on_input(buf, start)
+            elif kind == wire.F_CREDIT:
+                self._ws_credit(buf, start)
             consumed = end
         if consumed:
             del buf[:consumed]
@@ -277,6 +329,121 @@ class Acceptor(ChildLoop):
         block = buf[at:at + block_len]      # one copy each; sendmsg takes bytearrays
         body = buf[at + block_len:end]
         self._respond(conn, status, flags, block, body, declared)
+
+    # -- streamed responses ----------------------------------------------------------
+
+    def _on_start_frame(self, buf, start: int, end: int) -> None:
+        """A streamed response's head: send it; the body follows as F_DATA."""
+        _, slot, key, status, flags, block_len, declared = wire.RESPONSE.unpack_from(buf, start)
+        conn = self.slots[slot] if slot < self.nslots else None
+        if conn is None or conn.key != key or conn.state not in (QUEUED, TAKEN):
+            self._send_api(wire.stream_frame(wire.F_GONE, slot, key))
+            return
+        at = start + wire.RESPONSE.size
+        block = bytes(buf[at:at + block_len])
+        if status == 101:
+            self._ws_start(conn, flags, block)
+            return
+        keep = conn.keep_alive and not flags & wire.RF_CLOSE and not self.stopping
+        discard = status < 200 or status == 204 or status == 304 or conn.method == "HEAD"
+        no_length = status < 200 or status == 204   # RFC 9110 8.6: never a length
+        if flags & wire.RF_DECLARED and not no_length:
+            length, chunked = declared, False
+        elif discard:
+            length, chunked = None, False
+        elif conn.version_minor >= 1:
+            length, chunked = None, True
+            block += CHUNKED
+        else:
+            # HTTP/1.0 has no chunked coding: the body ends when we close.
+            length, chunked, keep = None, False, False
+        now = time.monotonic()
+        sse = not discard and b"\ncontent-type: text/event-stream" in b"\n" + block.lower()
+        conn.stream = Stream(chunked, -1 if length is None or discard else length, discard,
+                             sse, now)
+        head = http.response_head(status, block, length, keep,
+                                  b"" if flags & wire.RF_HAS_SERVER else self.server,
+                                  not flags & wire.RF_HAS_DATE,
+                                  keep and conn.version_minor == 0)
+        conn.keep_alive = keep
+        conn.state = STREAMING
+        conn.status = status
+        conn.sent = len(head)
+        conn.deadline = now + self.t_send
+        self._write(conn, [head])
+
+    def _on_stream_frame(self, kind: int, buf, start: int, end: int) -> None:
+        _, slot, key, number, flags = wire.STREAM.unpack_from(buf, start)
+        conn = self.slots[slot] if slot < self.nslots else None
+        if conn is not None and conn.key == key and conn.state == WEBSOCKET:
+            self._ws_frame(conn, kind, number, flags, buf[start + wire.STREAM.size:end])
+            return
+        if conn is None or conn.key != key or conn.state != STREAMING:
+            # The client went (F_GONE is on its way or was sent): say so again
+            # for this chunk, so the worker's post is not left waiting.
+            self._send_api(wire.stream_frame(wire.F_GONE, slot, key))
+            return
+        st = conn.stream
+        payload = buf[start + wire.STREAM.size:end]
+        now = time.monotonic()
+        st.last_data = now
+        if kind == wire.F_DATA:
+            self._stream_data(conn, st, payload)
+            if conn.sock is None:
+                return
+            if self._stream_pending(conn) <= self.stream_buffer:
+                self._send_api(wire.stream_frame(wire.F_ACK, slot, key, number))
+            else:
+                st.ack = number     # acknowledged when the client catches up
+            return
+        # F_END
+        if flags & wire.SF_ABORT or st.remaining > 0:
+            # The worker failed mid-stream (or sent less than it declared):
+            # the client must see an incomplete response, so no last chunk,
+            # and the connection closes after what was sent.
+            log.warning("acceptor %d: streamed response to %s %s ended by the worker "
+                        "before its end", self.index, conn.method, conn.target)
+            conn.keep_alive = False
+        elif st.chunked and not st.discard:
+            # The payload is a validated trailer block (may be empty).
+            self._stream_write(conn, st, [LAST_CHUNK, bytes(payload), CRLF])
+        elif not st.chunked and st.remaining < 0 and not st.discard:
+            conn.keep_alive = False     # close-delimited (HTTP/1.0)
+        conn.stream = None
+        conn.state = WRITING
+        if conn.sock is not None and not conn.out and conn.file is None:
+            self._finished(conn)
+
+    def _stream_data(self, conn: Conn, st: Stream, payload) -> None:
+        n = len(payload)
+        if not n or st.discard:
+            return
+        if st.remaining >= 0:
+            if n > st.remaining:
+                log.warning("acceptor %d: worker streamed more than its Content-Length "
+                            "for %s %s; closing", self.index, conn.method, conn.target)
+                self._gone(conn)
+                return
+            st.remaining -= n
+            self._stream_write(conn, st, [bytes(payload)])
+        elif st.chunked:
+            self._stream_write(conn, st, [b"%x\r\n" % n, bytes(payload), CRLF])
+        else:
+            self._stream_write(conn, st, [bytes(payload)])
+
+    def _stream_write(self, conn: Conn, st: Stream, buffers: list) -> None:
+        st.last_write = time.monotonic()
+        conn.sent += sum(map(len, buffers))
+        self._write(conn, buffers)
+
+    @staticmethod
+    def _stream_pending(conn: Conn) -> int:
+        return sum(map(len, conn.out))
+
+    def _gone(self, conn: Conn) -> None:
+        """Drop a connection whose request a worker may hold; _close tells
+        the API process (F_GONE) so the worker learns at once."""
+        self._close(conn)
 
     # -- accepting -------------------------------------------------------------
 
@@ -306,7 +473,7 @@ class Acceptor(ChildLoop):
                 sock.close()
                 continue
             slot = self.free_slots.popleft()
-            conn = Conn(sock, slot, http.RequestReader(self.limits), addr)
+            conn = Conn(sock, slot, http.RequestReader(self.limits, self.inline_limit), addr)
             conn.deadline = time.monotonic() + self.t_keepalive
             conn.events = selectors.EVENT_READ
             self.slots[slot] = conn
@@ -359,6 +526,9 @@ class Acceptor(ChildLoop):
             self._close(conn)
             return
         state = conn.state
+        if state == WEBSOCKET:
+            self._ws_input(conn, data)
+            return
         if state == LINGER:
             conn.lingered += len(data)
             if conn.lingered > LINGER_MAX_BYTES:
@@ -407,8 +577,15 @@ class Acceptor(ChildLoop):
         reader = conn.reader
         try:
             req = reader.maybe_read_request()
+            if req is None and reader.wants_sink:
+                if not self._spool_body(conn):
+                    return
+                req = reader.maybe_read_request()
         except http.ProtocolError as exc:
             self._fail(conn, exc.status, exc.message, exc.head)
+            return
+        except OSError as exc:          # writing the spool file
+            self._spool_failed(conn, exc)
             return
         if req is None:
             if reader.in_body and not conn.body_since:
@@ -420,12 +597,17 @@ class Acceptor(ChildLoop):
                 conn.body_read = 0
             if reader.wants_continue and not conn.sent_continue:
                 conn.sent_continue = True
+                if self._defer_input(conn, reader.head_request):
+                    return          # 100 Continue once a worker takes it
                 conn.deadline = time.monotonic() + self.t_body
                 self._write(conn, [CONTINUE])
             return
-        self._dispatch(conn, req)
+        if conn.input:
+            self._input_done(conn, req)
+        else:
+            self._dispatch(conn, req)
 
-    def _dispatch(self, conn: Conn, req: http.Request) -> None:
+    def _dispatch(self, conn: Conn, req: http.Request, flags: int = 0) -> None:
         conn.body_since = 0.0
         conn.keep_alive = req.keep_alive and not self.stopping
         conn.version_minor = req.version_minor
@@ -433,13 +615,18 @@ class Acceptor(ChildLoop):
         conn.target = req.target
         conn.started = time.monotonic()
         conn.sent_continue = False
+        conn.ws = None
         if self.static is not None and self.static.wants(req.path):
             self._serve_static(conn, req)
             return
         env = wire.environ(req, self.server_name, self.server_port,
                            conn.remote_addr, conn.remote_port)
+        if conn.spool is not None:
+            self._spooled_env(conn, env)
+        if "HTTP_UPGRADE" in env and self._ws_request(conn, req):
+            return
         env_packed = self.encode(env)
-        key = self.rand.getrandbits(62) or 1
+        key = conn.key or self.rand.getrandbits(62) or 1
         slot = conn.slot
         ring = self.ring
         ring.slot_store(slot, (key << 2) | SLOT_QUEUED)
@@ -447,7 +634,7 @@ class Acceptor(ChildLoop):
         conn.state = QUEUED
         body = req.body
         record = wire.RECORD.pack(self.generation, self.index, slot, key, time.time(),
-                                  len(env_packed), len(body), 0)
+                                  len(env_packed), len(body), flags)
         try:
             wake = ring.push(record, env_packed, body)
         except RingFull:
@@ -585,8 +772,20 @@ class Acceptor(ChildLoop):
         except OSError:
             self._close(conn)
             return
-        if conn.state == WRITING:
+        state = conn.state
+        if state == WRITING:
             conn.deadline = time.monotonic() + self.t_send
+        elif state == STREAMING:
+            conn.deadline = time.monotonic() + self.t_send
+            st = conn.stream
+            if st.ack >= 0 and self._stream_pending(conn) <= self.stream_buffer:
+                self._send_api(wire.stream_frame(wire.F_ACK, conn.slot, conn.key, st.ack))
+                st.ack = -1
+                st.last_data = time.monotonic()     # the worker's turn starts now
+        elif state == WEBSOCKET:
+            self._ws_flushed(conn)
+            if conn.sock is None:
+                return
         if out or conn.file is not None:
             self._set_events(conn, conn.events | selectors.EVENT_WRITE)
             return
@@ -596,6 +795,8 @@ class Acceptor(ChildLoop):
             self._finished(conn)
 
     def _finished(self, conn: Conn) -> None:
+        if conn.spool is not None or conn.input:
+            self._upload_end(conn)
         if self.access:
             access_log.info('%s - "%s %s HTTP/1.%d" %d %d %.4f', conn.remote_addr or "-",
                             conn.method, conn.target, conn.version_minor, conn.status,
@@ -603,12 +804,17 @@ class Acceptor(ChildLoop):
         conn.method = ""
         conn.target = ""
         conn.key = 0
-        if not conn.keep_alive:
+        stopping_idle = self.stopping and not conn.reader.buf
+        if not conn.keep_alive or (stopping_idle and not self.retiring):
+            # Stopping, an answer that ends (a stream's, say, begun before
+            # the stop) leaves no idle keep-alive behind, as _begin_stop.
             self._linger(conn)
             return
         conn.state = READING
         conn.reader.next()
         conn.deadline = time.monotonic() + self.t_keepalive
+        if stopping_idle:   # retiring: the grace _begin_stop gives idle ones
+            conn.deadline = min(conn.deadline, time.monotonic() + RETIRE_IDLE_GRACE)
         if not conn.events & selectors.EVENT_READ:
             self._set_events(conn, conn.events | selectors.EVENT_READ)
         if conn.reader.buf:
@@ -645,9 +851,10 @@ class Acceptor(ChildLoop):
         sock = conn.sock
         if sock is None:
             return
-        if conn.state in (QUEUED, TAKEN):
-            # Whoever holds the request learns the client has gone.
-            self.ring.slot_store(conn.slot, (conn.key << 2) | SLOT_GONE)
+        if conn.spool is not None or conn.input:
+            self._upload_end(conn)
+        if conn.state in (QUEUED, TAKEN, STREAMING, WEBSOCKET):
+            self._withdraw(conn)
         if conn.events:
             self.sel.unregister(sock)
         sock.close()
@@ -656,9 +863,24 @@ class Acceptor(ChildLoop):
         if conn.file is not None:
             os.close(conn.file[0])
             conn.file = None
+        conn.stream = None
+        conn.ws = None
         del self.conns[conn.fd]
         self.slots[conn.slot] = None
         self.free_slots.append(conn.slot)
+
+    def _withdraw(self, conn: Conn) -> None:
+        """The client of a queued, taken or streaming request has gone (or
+        its deadline passed): mark the slot GONE, so a record still queued
+        is never handed out and a late answer gets 410; if a worker holds
+        the request, tell the API process, which tells the worker."""
+        key = conn.key
+        old = self.ring.slot_exchange(conn.slot, (key << 2) | SLOT_GONE)
+        if old == (key << 2) | SLOT_TAKEN:
+            self._send_api(wire.stream_frame(wire.F_GONE, conn.slot, key))
+        elif old == (key << 2) | SLOT_QUEUED:
+            log.debug("acceptor %d: client %s left; its queued request %s %s is withdrawn",
+                      self.index, conn.remote_addr or "-", conn.method, conn.target)
 
     # -- deadlines ---------------------------------------------------------------
 
@@ -674,6 +896,12 @@ class Acceptor(ChildLoop):
                     conn.state = TAKEN
                     conn.deadline = now + self.t_response
                     continue
+            elif state == STREAMING:
+                self._scan_stream(conn, now)
+                continue
+            elif state == WEBSOCKET:
+                self._ws_scan(conn, now)
+                continue
             elif state == READING and conn.body_since and self.min_body_rate:
                 elapsed = now - conn.body_since
                 if elapsed > BODY_RATE_GRACE and conn.body_read < self.min_body_rate * elapsed:
@@ -700,12 +928,39 @@ class Acceptor(ChildLoop):
                     conn.state = TAKEN
                     conn.deadline = now + self.t_response
             elif state == TAKEN:
-                ring.slot_store(conn.slot, (conn.key << 2) | SLOT_GONE)
+                self._withdraw(conn)
                 log.warning("acceptor %d: no response to %s %s within %.3gs: 504",
                             self.index, conn.method, conn.target, self.t_response)
                 self._respond_local(conn, 504, b"the worker did not answer in time\n", b"")
             else:  # WRITING to a client that does not read, or LINGER done
                 self._close(conn)
+
+
+    def _scan_stream(self, conn: Conn, now: float) -> None:
+        """A streamed response's limits: the client must keep reading
+        (send_timeout), the worker must keep sending (stream_idle_timeout),
+        and no stream lasts past stream_max_duration. A quiet event stream
+        gets a comment line every sse_keepalive seconds."""
+        st = conn.stream
+        if conn.out and now >= conn.deadline:
+            log.info("acceptor %d: client of a streamed %s %s stopped reading: closing",
+                     self.index, conn.method, conn.target)
+            self._gone(conn)
+        elif st.ack < 0 and now - st.last_data >= self.t_stream_idle:
+            # (While a chunk waits for the client, the worker is held back,
+            # not idle: send_timeout watches the client then.)
+            log.warning("acceptor %d: worker sent nothing on the stream of %s %s for %.3gs: "
+                        "closing", self.index, conn.method, conn.target, self.t_stream_idle)
+            self._gone(conn)
+        elif self.t_stream_max and now - st.started >= self.t_stream_max:
+            log.info("acceptor %d: stream of %s %s reached stream_max_duration: closing",
+                     self.index, conn.method, conn.target)
+            self._gone(conn)
+        elif st.sse and self.t_sse and not conn.out and now - st.last_write >= self.t_sse:
+            if st.chunked:
+                self._stream_write(conn, st, [b"3\r\n", SSE_COMMENT, CRLF])
+            elif st.remaining < 0:
+                self._stream_write(conn, st, [SSE_COMMENT])
 
 
 def _raise_fd_limit(wanted: int) -> None:

@@ -21,7 +21,12 @@ import urllib.parse
 import msgspec
 
 from prack import http, wire
+from prack.apiinput import ApiInput
 from prack.apilife import ApiLifecycle
+from prack.apimsg import BadResponse, check_response_cached as _check_response_cached
+from prack.apimsg import describe as _describe, printable as _printable
+from prack.apistream import ApiStreams
+from prack.apiws import ApiWebSockets
 from prack.loop import ChildLoop
 from prack.sockets import send_pending
 from prack.wire import SLOT_FREE, SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
@@ -29,12 +34,6 @@ from prack.wire import SLOT_FREE, SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
 log = logging.getLogger("prack.api")
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-# Characters a header value may not carry: CTLs except HTAB (RFC 9110 5.5).
-_BAD_VALUE = frozenset(chr(c) for c in range(32) if c != 9) | {"\x7f"}
-# Framing and hop-by-hop fields are Prack's business (RFC 9110 7.6.1).
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length",
-                         "proxy-connection", "te", "trailer", "upgrade"})
 NO_REQUESTS = b'{"error":"There are no requests pending"}'
 THANK_YOU = b'{"message":"thank you"}'
 JSON_TYPE = b"Content-Type: application/json\r\n"
@@ -48,10 +47,6 @@ V2_PREFIX = "/api/v2/requests/"
 
 # Outcomes of delivering one posted response (v2 names them per item).
 OK, GONE, UNKNOWN, INVALID = "ok", "gone", "unknown", "invalid"
-
-
-class BadResponse(Exception):
-    """A worker's posted response is invalid; the message names the field."""
 
 
 class BadParameter(Exception):
@@ -72,7 +67,7 @@ class Link:
 
 class WorkerConn:
     __slots__ = ("sock", "reader", "out", "events", "waiting", "deadline", "keep_alive",
-                 "busy", "close_after", "head", "processing", "batch", "msgpack")
+                 "busy", "close_after", "head", "processing", "batch", "msgpack", "file")
 
     def __init__(self, sock, reader):
         self.sock = sock
@@ -88,9 +83,10 @@ class WorkerConn:
         self.processing = False    # _process is running for this connection
         self.batch = 0             # the waiting pull: 0 for v1, else v2's `max`
         self.msgpack = False       # answer this v2 call in msgpack
+        self.file = None           # a spooled body being sent: [fd, offset, remaining]
 
 
-class ApiServer(ApiLifecycle, ChildLoop):
+class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
     what = "API process"
 
     def __init__(self, cfg, generation: int, listener: socket.socket,
@@ -135,6 +131,17 @@ class ApiServer(ApiLifecycle, ChildLoop):
             "/livez": {"GET": self._health, "HEAD": self._health},
             "/readyz": {"GET": self._health, "HEAD": self._health},
         }
+        # /api/v2/requests/{id}/<action> -> {method: handler(conn, req)}
+        self.id_routes = {"error": {"POST": self._post_error_v2},
+                          "input": {"GET": self._get_input}}
+        # Frames from the acceptors other than WAKE and HELLO:
+        # type -> handler(link, buffer, start, end)
+        self.link_handlers = {}
+        self._init_streams()
+        # A request's client went: its stream, its state polls and a parked
+        # upload all learn it. Handlers return True when pulls should look again.
+        self.link_handlers[wire.F_GONE] = self._on_gone_frame
+        self.link_handlers[wire.F_INPUT_DONE] = self._on_input_frame
 
     # -- setup -------------------------------------------------------------------
 
@@ -211,6 +218,8 @@ class ApiServer(ApiLifecycle, ChildLoop):
             kind = buf[start]
             if kind == wire.F_WAKE:
                 woken = True
+            elif kind in self.link_handlers:
+                woken = self.link_handlers[kind](link, buf, start, end) or woken
             elif kind == wire.F_HELLO:
                 _, index, generation, pid = wire.HELLO.unpack_from(buf, start)
                 if index < len(self.links) and generation == self.generation:
@@ -226,6 +235,10 @@ class ApiServer(ApiLifecycle, ChildLoop):
         if woken:
             self._dispatch_waiters()
 
+    def _on_gone_frame(self, link: Link, buf, start: int, end: int) -> bool:
+        self._on_gone(link, buf, start, end)
+        return self._on_input_frame(link, buf, start, end)
+
     def _drop_link(self, link: Link) -> None:
         if link.sock is None:
             return
@@ -234,6 +247,8 @@ class ApiServer(ApiLifecycle, ChildLoop):
         link.sock = None
         if 0 <= link.index < len(self.links) and self.links[link.index] is link:
             self.links[link.index] = None
+            self._streams_lost(link.index)
+            self._unpark_acceptor(link.index)
 
     def _send_link(self, link: Link, buffers: list) -> None:
         was_empty = not link.out
@@ -260,6 +275,12 @@ class ApiServer(ApiLifecycle, ChildLoop):
         """build(identifier, environment JSON view, body view) for the next
         request still wanted, or None. A record is consumed only here, when a
         worker is waiting for it; successive calls visit the rings in turn."""
+        if self.unstarted:  # parked uploads: room for more now?
+            self._start_uploads()
+        if self.ready:      # parked requests whose body is in go first
+            data = self._take_ready(build)
+            if data is not None:
+                return data
         rings = self.rings
         n = len(rings)
         unpack = wire.RECORD.unpack_from
@@ -276,9 +297,17 @@ class ApiServer(ApiLifecycle, ChildLoop):
                 view = ring.peek()
                 if view is None:
                     break
-                generation, acceptor, slot, key, _queued, env_len, body_len, _flags = unpack(view)
+                generation, acceptor, slot, key, _queued, env_len, body_len, flags = unpack(view)
                 if ring.slot_cas(slot, (key << 2) | SLOT_QUEUED, (key << 2) | SLOT_TAKEN):
                     env_end = rsize + env_len
+                    if flags & wire.RECF_INPUT_PENDING:
+                        # Its body is read once a worker wants it: park it.
+                        try:
+                            self._park(generation, acceptor, slot, key, view[rsize:env_end])
+                        finally:
+                            view.release()
+                            ring.release()
+                        continue
                     try:
                         data = build(wire.make_identifier(generation, acceptor, slot, key),
                                      view[rsize:env_end], view[env_end:env_end + body_len])
@@ -444,14 +473,13 @@ class ApiServer(ApiLifecycle, ChildLoop):
     def _route(self, conn: WorkerConn, req: http.Request) -> None:
         path = req.path
         methods = self.routes.get(path)
+        if methods is None and path.startswith(V2_PREFIX):
+            methods = self.id_routes.get(path[len(V2_PREFIX):].partition("/")[2])
         if methods is None:
-            if path.startswith(V2_PREFIX) and path.endswith("/error"):
-                methods = {"POST": self._post_error_v2}
-            else:
-                conn.batch = 0
-                conn.msgpack = False
-                self._reply(conn, 404, b'{"error":"no such endpoint"}')
-                return
+            conn.batch = 0
+            conn.msgpack = False
+            self._reply(conn, 404, b'{"error":"no such endpoint"}')
+            return
         conn.batch = 0
         conn.msgpack = path.startswith("/api/v2/") and _wants_msgpack(req)
         handler = methods.get(req.method)
@@ -714,6 +742,11 @@ class ApiServer(ApiLifecycle, ChildLoop):
         if outcome is not OK:
             return outcome, reason
         _, acceptor, slot, key = parsed
+        if (acceptor, slot, key) in self.streams:
+            # Its head went out already: the stream ends as failed.
+            self._answer_502(acceptor, slot, key, out)
+            return INVALID, ("status: the head of a streamed response was sent already "
+                             "(end it with POST /api/v2/requests/{id}/end)")
         try:
             status, flags, block, declared = _check_response_cached(code, headers, field)
         except BadResponse as exc:
@@ -753,6 +786,8 @@ class ApiServer(ApiLifecycle, ChildLoop):
         """The worker's answer is unusable: if the request is still waiting
         for it, its client gets a 502 now (nothing hangs). The frame is
         queued in `out` (link -> buffers); True when it was."""
+        if (acceptor, slot, key) in self.streams:   # streaming: ended incomplete
+            return self._abort_stream((acceptor, slot, key), out)
         link = self.links[acceptor]
         if link is not None and self.rings[acceptor].slot_cas(
                 slot, (key << 2) | SLOT_TAKEN, (key << 2) | SLOT_FREE):
@@ -793,11 +828,14 @@ class ApiServer(ApiLifecycle, ChildLoop):
         out = conn.out
         try:
             send_pending(conn.sock, out)
+            if conn.file is not None and not out:
+                self._send_input(conn)
         except OSError:
             self._close_worker(conn)
             return
-        self._watch(conn, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0))
-        if not out and conn.close_after:
+        sending = out or conn.file is not None
+        self._watch(conn, selectors.EVENT_READ | (selectors.EVENT_WRITE if sending else 0))
+        if not sending and conn.close_after:
             self._close_worker(conn)
 
     def _watch(self, conn: WorkerConn, want: int) -> None:
@@ -815,6 +853,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
         if conn.sock is None:
             return
         conn.waiting = False
+        self._close_input(conn)
         if conn.events:
             self.sel.unregister(conn.sock)
         del self.workers[conn.sock.fileno()]
@@ -822,6 +861,7 @@ class ApiServer(ApiLifecycle, ChildLoop):
         conn.sock = None
 
     def _scan(self, now: float) -> None:
+        self._scan_streams(now)
         # An expired waiter stays in the deque; when the same connection
         # polls again it is appended once more. Answer each one once, and
         # drop the stale entries before answering (which may poll again).
@@ -870,24 +910,6 @@ def _identifier_of(body, decode) -> str | None:
     return getattr(msg, "identifier", None) or getattr(msg, "id", None)
 
 
-def _describe(exc: Exception, codec: _Codec | None = None) -> str:
-    """msgspec's message, with its `$.field` path turned into the field name."""
-    text = str(exc)
-    if " - at `$." in text:
-        reason, _, where = text.partition(" - at `$.")
-        return "%s: %s" % (where.rstrip("`"), reason)
-    if isinstance(exc, msgspec.DecodeError):
-        return "malformed %s: %s" % (codec.name if codec else "JSON", text)
-    return text
-
-
-def _printable(text: str, limit: int = 500) -> str:
-    """A worker's message for one log line: bounded, control characters escaped."""
-    cut = text[:limit]
-    out = cut.encode("unicode_escape").decode("ascii")
-    return out + ("... (%d characters)" % len(text) if len(text) > limit else "")
-
-
 def _wants_msgpack(req: http.Request) -> bool:
     """msgpack when the worker accepts it or, without Accept, sends it."""
     ctype = None
@@ -923,76 +945,3 @@ def _batch_params(query: str, poll_timeout: float) -> tuple[int, float]:
         else:
             raise BadParameter("%s: unknown parameter (use max and wait)" % name[:40])
     return batch, wait
-
-
-_checked: dict = {}
-
-
-def _check_response_cached(code, headers, field: str) -> tuple[int, int, bytes, int]:
-    """_check_response, remembered: a worker posts the same few statuses and
-    header sets again and again. Only valid ones are kept, at most 256."""
-    try:
-        key = (code, tuple(headers.items()) if type(headers) is dict else
-               tuple(headers) if headers else ())
-        hit = _checked.get(key)
-    except TypeError:           # list values (several of one header): not kept
-        return _check_response(code, headers, field)
-    if hit is None:
-        hit = _check_response(code, headers, field)
-        if len(_checked) >= 256:
-            _checked.clear()
-        _checked[key] = hit
-    return hit
-
-
-def _check_response(code, headers, field: str = "code") -> tuple[int, int, bytes, int]:
-    """Validate a posted response's status (`field` names it in errors) and
-    headers (a dict, or v2's list of pairs): (status, flags, header block,
-    declared length)."""
-    if type(code) is str:
-        given = code
-        code = code.strip()
-        if not (code.isdigit() and code.isascii() and len(code) == 3):
-            raise BadResponse("%s: expected a 3-digit status code, got %r" % (field, given))
-        code = int(code)
-    if not 200 <= code <= 999:
-        raise BadResponse("%s: expected a final status code from 200 to 999, got %r"
-                          % (field, code))
-    flags = 0
-    declared = wire.NO_LENGTH
-    lines = []
-    if not headers:
-        pairs = ()
-    elif type(headers) is dict:
-        pairs = headers.items()
-    else:
-        pairs = headers
-    for name, value in pairs:
-        if not name or not _TCHAR.issuperset(name):
-            raise BadResponse("headers: %r is not a valid header name" % name)
-        values = value if type(value) is list else value.split("\n")
-        lower = name.lower()
-        for item in values:
-            if _BAD_VALUE.intersection(item):
-                raise BadResponse("headers.%s: value contains CR, LF, NUL or another control "
-                                  "character" % name)
-            if lower in _HOP_BY_HOP:
-                if lower == "connection":
-                    if any(t.strip().lower() == "close" for t in item.split(",")):
-                        flags |= wire.RF_CLOSE
-                elif lower == "content-length":
-                    item = item.strip()
-                    if item.isdigit() and item.isascii() and len(item) < 19:
-                        declared = int(item)
-                        flags |= wire.RF_DECLARED
-                continue
-            if lower == "date":
-                flags |= wire.RF_HAS_DATE
-            elif lower == "server":
-                flags |= wire.RF_HAS_SERVER
-            try:
-                encoded = item.strip(" \t").encode("latin-1")
-            except UnicodeEncodeError:
-                encoded = item.strip(" \t").encode("utf-8")
-            lines.append(name.encode("ascii") + b": " + encoded + b"\r\n")
-    return code, flags, b"".join(lines), declared

@@ -99,11 +99,12 @@ class ApiLifecycle:
             return forward.successor_dir(self.runtime_dir)
         return None
 
-    def _forward(self, target: str, path: str, ctype: bytes, body: bytes, done) -> None:
+    def _forward(self, target: str, path: str, ctype: bytes, body: bytes, done,
+                 method: bytes = b"POST") -> None:
         """Pass a worker's call on to the API process of the generation in
         `target`; `done(status, answer)` gets its answer."""
         forward.Forward(self.sel, os.path.join(target, forward.SOCKET_NAME), path, ctype,
-                        body, done)
+                        body, done, method)
 
     def _health(self, conn, req) -> None:
         """GET or HEAD (the routes table answers other methods 405)."""

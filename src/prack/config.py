@@ -76,6 +76,7 @@ SECTIONS: dict[str, str] = {
     "limits": "Request size limits; a request over a limit gets the status shown.",
     "timeouts": "Timeouts, in seconds.",
     "static": "Static files served by the acceptors themselves, without a worker.",
+    "websocket": "WebSocket connections a worker accepted (status 101).",
     "logging": "Logging.",
 }
 
@@ -216,7 +217,16 @@ SETTINGS: tuple[Setting, ...] = (
     # -- limits ----------------------------------------------------------
     Setting(
         "limits", "max_body_size", "size", "1M",
-        "Largest request body accepted; larger gets 413.",
+        "Largest request body accepted; larger gets 413 (before the body is "
+        "read when Content-Length says so).",
+        min=0,
+    ),
+    Setting(
+        "limits", "inline_body_size", "size", "1M",
+        "Largest request body carried in the shared-memory ring with its "
+        "request. A larger one (up to max_body_size) is written to a spool "
+        "file in the runtime directory as it arrives, and workers read it "
+        "with GET /api/v2/requests/{id}/input.",
         min=0,
     ),
     Setting(
@@ -244,9 +254,16 @@ SETTINGS: tuple[Setting, ...] = (
         min=1, max=1000,
     ),
     Setting(
+        "limits", "stream_buffer", "size", "256k",
+        "Bytes of a streamed response an acceptor holds for a client that "
+        "reads slower than the worker writes; past it, the worker's next "
+        "chunk is acknowledged only as the client catches up.",
+        min=4096,
+    ),
+    Setting(
         "limits", "ring_size", "size", "8M",
         "Shared-memory ring per acceptor; must be at least "
-        "2 * (max_body_size + 2 * max_header_size) + 64k.",
+        "2 * (min(max_body_size, inline_body_size) + 2 * max_header_size) + 64k.",
         min=65536,
     ),
     # -- timeouts --------------------------------------------------------
@@ -283,6 +300,28 @@ SETTINGS: tuple[Setting, ...] = (
         "gets 504.",
     ),
     Setting(
+        "timeouts", "stream_idle_timeout", "duration", 300.0,
+        "A streamed response (or server-sent events) whose worker sends "
+        "nothing for this long is cut off: the client's response ends "
+        "incomplete and the worker's next call gets 410. Keep-alive "
+        "comments do not count as activity.",
+        min=1, max=86400,
+    ),
+    Setting(
+        "timeouts", "stream_max_duration", "duration", 3600.0,
+        "Longest a streamed response may last from its head; then it is cut "
+        "off as for stream_idle_timeout. 0 means no limit. Streams are "
+        "exempt from response_timeout once their head is sent.",
+        min=0, max=604800,
+    ),
+    Setting(
+        "timeouts", "sse_keepalive", "duration", 15.0,
+        "A text/event-stream response silent for this long gets a comment "
+        "line (a lone colon), which keeps proxies and clients from timing "
+        "it out. 0 turns it off.",
+        min=0, max=3600,
+    ),
+    Setting(
         "timeouts", "graceful_timeout", "duration", 30.0,
         "How long a graceful stop waits for requests in flight.",
     ),
@@ -306,6 +345,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "static", "cache_control", "header", "",
         "Cache-Control value sent with static files; empty sends none.",
+    ),
+    # -- websocket -------------------------------------------------------
+    Setting(
+        "websocket", "max_message_size", "size", "1M",
+        "Largest message a client may send, after reassembling its "
+        "fragments; a larger one closes the connection with code 1009.",
+        min=125,
+    ),
+    Setting(
+        "websocket", "ping_interval", "duration", 30.0,
+        "A WebSocket silent for this long gets a ping from Prack; a client "
+        "that then stays silent as long again is dropped (the worker gets "
+        "a close event with code 1006). 0 turns pings off.",
+        min=0, max=3600,
     ),
     # -- logging ---------------------------------------------------------
     Setting(
@@ -957,19 +1010,20 @@ def load(
 def _cross_check(
     values: dict[str, Any], origin: dict[str, tuple[int, str]]
 ) -> None:
-    body = values["limits.max_body_size"]
+    body = min(values["limits.max_body_size"], values["limits.inline_body_size"])
     head = values["limits.max_header_size"]
     ring = values["limits.ring_size"]
     need = 2 * (body + 2 * head) + 65536
     if ring < need:
         # Blame the strongest source that set one of the settings involved.
         involved = ("limits.ring_size", "limits.max_body_size",
-                    "limits.max_header_size")
+                    "limits.inline_body_size", "limits.max_header_size")
         given = [origin[n] for n in involved if n in origin]
         source = max(given)[1] if given else "defaults"
         raise ConfigError(
             f"{source}: limits.ring_size: must be at least {_bytes(need)} for "
-            f"these limits (2 * (max_body_size + 2 * max_header_size) + 64k), "
+            f"these limits (2 * (min(max_body_size, inline_body_size) + "
+            f"2 * max_header_size) + 64k), "
             f"got {_bytes(ring)}"
         )
     root = values["static.root"]

@@ -57,18 +57,20 @@ class Forward:
     """One worker call on its way to the other generation's API process;
     `done(status, body)` gets the answer (502 when it could not be passed on)."""
 
-    def __init__(self, sel, path: str, target: str, ctype: bytes, body: bytes, done) -> None:
-        """POST `body` to `target` (a path of the worker API) over the Unix
-        socket at `path`; `ctype` is the whole Content-Type header line
+    def __init__(self, sel, path: str, target: str, ctype: bytes, body: bytes, done,
+                 method: bytes = b"POST") -> None:
+        """POST `body` to `target` (a path of the worker API, with its query
+        if any) over the Unix socket at `path` (or `method` it: a GET with
+        an empty body); `ctype` is the whole Content-Type header line
         (and any other header lines the call needs, such as Accept)."""
         self.sel = sel
         self.done = done
         self.inbuf = bytearray()
         self.limit = MAX_ANSWER + 4 * len(body)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.out = memoryview(b"POST %s HTTP/1.1\r\nHost: prack\r\n%sConnection: close\r\n"
-                              b"Content-Length: %d\r\n\r\n" % (target.encode("latin-1"), ctype,
-                                                                  len(body)) + body)
+        self.out = memoryview(b"%s %s HTTP/1.1\r\nHost: prack\r\n%sConnection: close\r\n"
+                              b"Content-Length: %d\r\n\r\n" % (method, target.encode("latin-1"),
+                                                                  ctype, len(body)) + body)
         try:
             self.sock.setblocking(False)
             self.sock.connect(path)

@@ -125,10 +125,21 @@ class RequestReader:
 
     __slots__ = ("limits", "buf", "state", "_req", "_remaining", "_chunked",
                  "_body", "wants_continue", "_c_req", "_c_headers", "_c_out_len",
-                 "_v_req", "_v_headers", "_scanned")
+                 "_v_req", "_v_headers", "_scanned", "inline_limit", "sink",
+                 "wants_sink", "_body_len")
 
-    def __init__(self, limits: Limits):
+    def __init__(self, limits: Limits, inline_limit: int | None = None):
         self.limits = limits
+        # Incremental body mode: a body larger than `inline_limit` (None:
+        # no limit, bodies are always kept whole) is not held in memory.
+        # The reader sets `wants_sink` and waits until the caller hands it a
+        # sink (`set_sink`), a callable taking each piece of the body as it
+        # arrives; the Request then comes out with an empty body and
+        # content_length set to the body's size.
+        self.inline_limit = inline_limit
+        self.sink = None
+        self.wants_sink = False
+        self._body_len = 0
         self.buf = bytearray()
         self.state = _HEAD
         self._req: Request | None = None
@@ -159,11 +170,30 @@ class RequestReader:
     def in_body(self) -> bool:
         return self.state in (_BODY_LENGTH, _BODY_CHUNKED)
 
+    @property
+    def head_request(self) -> Request | None:
+        """The request whose body is being read (its head is complete), else
+        None: lets a caller act on the head before the body is in."""
+        return self._req if self.state in (_BODY_LENGTH, _BODY_CHUNKED) else None
+
+    def set_sink(self, sink) -> None:
+        """Send the body of the current request to `sink(data)` from now on
+        (data is a bytes-like object valid only during the call); what was
+        buffered of it already goes first."""
+        self.sink = sink
+        self.wants_sink = False
+        body = self._body
+        if body:
+            sink(body)
+            self._body = bytearray()
+
     def next(self) -> None:
         """Forget the request just returned; start on the next one."""
         if self.state == _DONE:
             self.state = _HEAD
             self._req = None
+            self.sink = None
+            self.wants_sink = False
 
     # -- output ----------------------------------------------------------
 
@@ -359,6 +389,7 @@ class RequestReader:
                 raise self._fail(501, "unsupported transfer coding")
             self._chunked = ffi.new("prk_chunked *")
             self._body = bytearray()
+            self._body_len = 0
             self.state = _BODY_CHUNKED
         elif lengths is not None:
             # RFC 9110 8.6: repeated values are accepted only when they are
@@ -380,6 +411,9 @@ class RequestReader:
             req.content_length = length
             self._remaining = length
             self.state = _BODY_LENGTH
+            inline = self.inline_limit
+            if inline is not None and length > inline:
+                self.wants_sink = True
         else:
             self._remaining = 0
             self.state = _BODY_LENGTH
@@ -389,7 +423,20 @@ class RequestReader:
     def _read_length_body(self) -> Request | None:
         need = self._remaining
         buf = self.buf
-        if len(buf) < need:
+        sink = self.sink
+        if sink is not None:
+            take = min(need, len(buf))
+            if take:
+                if take == len(buf):
+                    sink(buf)
+                    buf.clear()
+                else:
+                    sink(memoryview(buf)[:take])
+                    del buf[:take]
+                need = self._remaining = need - take
+            if need:
+                return None
+        elif len(buf) < need or self.wants_sink:
             return None
         req = self._req
         if need:
@@ -400,6 +447,10 @@ class RequestReader:
         return req
 
     def _read_chunked_body(self) -> Request | None:
+        if self.wants_sink:             # nothing more until the caller gives a sink
+            return None
+        if self._chunked is None:       # complete; the sink has what was buffered
+            return self._chunked_done()
         buf = self.buf
         n = len(buf)
         if not n:
@@ -419,19 +470,35 @@ class RequestReader:
         # Counting the rest of the chunk being read refuses a chunk declared
         # larger than the limit as soon as its size line is in, not after
         # max_body_size bytes of it have been uploaded.
-        if len(body) + decoded + lib.prk_chunked_pending(self._chunked) > \
-                self.limits.max_body_size:
+        total = self._body_len + decoded
+        if total + lib.prk_chunked_pending(self._chunked) > self.limits.max_body_size:
             raise self._fail(413, "request body too large")
-        body += buf[:decoded]
+        self._body_len = total
+        sink = self.sink
+        if decoded:
+            if sink is not None:
+                sink(memoryview(buf)[:decoded])
+            else:
+                body += memoryview(buf)[:decoded]
+                inline = self.inline_limit
+                if inline is not None and total > inline:
+                    self.wants_sink = True
         if rc == lib.PRK_INCOMPLETE:
             del buf[:]
             return None
         del buf[:rc]
-        req = self._req
-        req.body = bytes(body)
-        req.content_length = len(body)
-        self._body = None
         self._chunked = None
+        if self.wants_sink:
+            # Complete, but larger than the caller keeps inline: it comes
+            # out once the sink has taken what is buffered.
+            return None
+        return self._chunked_done()
+
+    def _chunked_done(self) -> Request:
+        req = self._req
+        req.body = bytes(self._body) if self.sink is None else b""
+        req.content_length = self._body_len
+        self._body = None
         self.state = _DONE
         self.wants_continue = False
         return req

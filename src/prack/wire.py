@@ -110,9 +110,11 @@ NO_LENGTH = (1 << 64) - 1
 
 
 def response_frame(slot: int, key: int, status: int, flags: int,
-                   header_block: bytes, body: bytes, declared: int = NO_LENGTH) -> list[bytes]:
-    """The buffers of one RESPONSE frame (sent with sendmsg, no join)."""
-    head = RESPONSE.pack(F_RESPONSE, slot, key, status, flags, len(header_block), declared)
+                   header_block: bytes, body: bytes, declared: int = NO_LENGTH,
+                   kind: int = F_RESPONSE) -> list[bytes]:
+    """The buffers of one RESPONSE frame, or of an F_START (no body), sent
+    with sendmsg, no join."""
+    head = RESPONSE.pack(kind, slot, key, status, flags, len(header_block), declared)
     size = len(head) + len(header_block) + len(body)
     return [FRAME_LEN.pack(size), head, header_block, body]
 
@@ -266,7 +268,9 @@ def environ(req, server_name: str, server_port: str, remote_addr: str,
     if req.content_type is not None:
         env["CONTENT_TYPE"] = req.content_type.decode("latin-1")
     if req.content_length is not None:
-        env["CONTENT_LENGTH"] = str(len(req.body))
+        # The body's size, also when it is not in req.body (spooled, or still
+        # to come after 100 Continue).
+        env["CONTENT_LENGTH"] = str(req.content_length)
     for name, value in req.headers:
         key = env_key(name)
         if key is None:
