@@ -272,7 +272,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
     # -- taking requests out of the rings ---------------------------------------------
 
     def _take(self, build):
-        """build(identifier, environment JSON view, body view) for the next
+        """build(identifier, environment view (msgpack), body view) for the next
         request still wanted, or None. A record is consumed only here, when a
         worker is waiting for it; successive calls visit the rings in turn."""
         if self.unstarted:  # parked uploads: room for more now?
