@@ -270,3 +270,17 @@ def test_python_m_runtime_dir_that_cannot_hold_ours_no_traceback(tmp_path):
     assert out.returncode == 2, out.stderr
     assert out.stderr.splitlines()[-1].startswith(
         "prack-server: error: server.runtime_dir %s: " % base), out.stderr
+
+
+def test_python_m_serves_from_a_reexecuted_image(tmp_path):
+    """main() hands the parsed command line to the image it re-executes in
+    PRACK_PARSED_ARGS; a bad hand-over is one error line, and the handed-over
+    options are the ones used (here: a bad bind address, reported by config)."""
+    out = run_module(env={cli.ENV_PARSED: "{"})
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"prack-server: error: {cli.ENV_PARSED}: ")
+    assert len(out.stderr.splitlines()) == 1
+    out = run_module("-b", "nope")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("prack-server: error: --bind: ")
+    assert "Traceback" not in out.stderr

@@ -295,3 +295,20 @@ def test_name_caches_stay_small_under_unique_long_names():
         return sum(len(k) + len(v or "") for k, v in cache.items())
     assert size(http._names) < 1 << 20
     assert size(wire._env_keys) < 1 << 20
+
+
+def test_http_dates_all_three_formats():
+    """RFC 9110 5.6.7: IMF-fixdate is written; all three formats are read."""
+    import email.utils
+    for t in (0, 784111777, 951782400, 1709210096, 4102444799):
+        text = http.format_http_date(t)
+        assert text == email.utils.formatdate(t, usegmt=True)
+        assert http.parse_http_date(text.encode()) == t
+    assert http.parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT") == 784111777
+    assert http.parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT") == 784111777
+    assert http.parse_http_date(b"Sun Nov  6 08:49:37 1994") == 784111777
+    assert http.parse_http_date(b"Tue, 29 Feb 2000 00:00:00 GMT") == 951782400
+    for bad in (b"", b"not a date", b"Sun, 06 Nov 1994 24:49:37 GMT",
+                b"Sun, 06 Foo 1994 08:49:37 GMT", b"Sun, 06 Nov 1994 08:49:37 UTC",
+                b"Sun, 32 Nov 1994 08:49:37 GMT", b"1994-11-06T08:49:37Z"):
+        assert http.parse_http_date(bad) is None, bad

@@ -163,7 +163,9 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         host, port = listener.getsockname()[:2] if listener.family != socket.AF_UNIX else ("", 0)
         self.server_name = host
         self.server_port = str(port)
-        self.encode = msgspec.json.Encoder().encode
+        # The environment goes into the ring as msgpack: a v2 msgpack pull
+        # (the SDK's) splices it as it is; JSON answers convert it.
+        self.encode = msgspec.msgpack.Encoder().encode
         self.conns: dict[int, Conn] = {}
         self.slots: list[Conn | None] = [None] * self.nslots
         # First freed, first reused: a slot stays GONE as long as possible, so
@@ -626,7 +628,7 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
             self._spooled_env(conn, env)
         if "HTTP_UPGRADE" in env and self._ws_request(conn, req):
             return
-        env_json = self.encode(env)
+        env_packed = self.encode(env)
         key = conn.key or self.rand.getrandbits(62) or 1
         slot = conn.slot
         ring = self.ring
@@ -635,9 +637,9 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         conn.state = QUEUED
         body = req.body
         record = wire.RECORD.pack(self.generation, self.index, slot, key, time.time(),
-                                  len(env_json), len(body), flags)
+                                  len(env_packed), len(body), flags)
         try:
-            wake = ring.push(record, env_json, body)
+            wake = ring.push(record, env_packed, body)
         except RingFull:
             ring.slot_store(slot, 0)
             log.warning("acceptor %d: ring full, answering 503", self.index)

@@ -23,7 +23,7 @@ import msgspec
 from prack import http, wire
 from prack.apiinput import ApiInput
 from prack.apilife import ApiLifecycle
-from prack.apimsg import BadResponse, check_response as _check_response
+from prack.apimsg import BadResponse, check_response_cached as _check_response_cached
 from prack.apimsg import describe as _describe, printable as _printable
 from prack.apistream import ApiStreams
 from prack.apiws import ApiWebSockets
@@ -104,6 +104,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         self.limits = http.Limits(cfg.api.max_request_size, lim.max_header_size,
                                   lim.max_request_line, lim.max_headers)
         self.poll_timeout = cfg.api.poll_timeout
+        self.pull_params: dict[str, tuple[int, float]] = {}
         self.server = cfg.server.server_header.encode("latin-1")
         # What a worker connection may buffer behind a call in progress.
         self.pipeline_cap = cfg.api.max_request_size + lim.max_header_size
@@ -115,9 +116,11 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         self.response_timeout = cfg.timeouts.response_timeout
         self.encode = msgspec.json.Encoder().encode
         self.decode_response = msgspec.json.Decoder(wire.PostedResponse).decode
+        self.msgpack_encode = msgspec.msgpack.Encoder().encode
         self.codecs = {False: _Codec(msgspec.json, self.encode),
-                       True: _Codec(msgspec.msgpack, msgspec.msgpack.Encoder().encode)}
-        self.decode_env = msgspec.json.Decoder(dict[str, str]).decode
+                       True: _Codec(msgspec.msgpack, self.msgpack_encode)}
+        # Ring records hold the environment as the acceptor encoded it, msgpack.
+        self.decode_env = msgspec.msgpack.Decoder(dict[str, str]).decode
         # path -> {method: handler(conn, req)}; the Allow header of a 405
         # lists the keys. New endpoints are one entry here.
         self.routes = {
@@ -269,7 +272,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
     # -- taking requests out of the rings ---------------------------------------------
 
     def _take(self, build):
-        """build(identifier, environment JSON view, body view) for the next
+        """build(identifier, environment view (msgpack), body view) for the next
         request still wanted, or None. A record is consumed only here, when a
         worker is waiting for it; successive calls visit the rings in turn."""
         if self.unstarted:  # parked uploads: room for more now?
@@ -319,42 +322,35 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         return None
 
     def _v1_item(self, ident: str, env, body) -> bytes:
-        # The environment is spliced in as the acceptor encoded it.
-        return self.encode(wire.PulledRequest(ident, msgspec.Raw(env), body))
+        return self.encode(wire.PulledRequest(ident, self.decode_env(env), body))
 
     def _v2_json_item(self, ident: str, env, body) -> bytes:
-        return self.encode(wire.RequestItem(ident, msgspec.Raw(env), body,
+        return self.encode(wire.RequestItem(ident, self.decode_env(env), body,
                                             time.time() + self.response_timeout))
 
-    def _v2_msgpack_item(self, ident: str, env, body) -> wire.RequestItem:
-        # msgpack carries the body as raw bytes; the environment is re-encoded.
-        return wire.RequestItem(ident, self.decode_env(env), bytes(body),
-                                time.time() + self.response_timeout)
+    def _v2_msgpack_item(self, ident: str, env, body) -> bytes:
+        # The environment is spliced in as the acceptor encoded it; the body
+        # goes as raw bytes, straight from shared memory.
+        return self.msgpack_encode(wire.RequestItem(ident, msgspec.Raw(env), body,
+                                                    time.time() + self.response_timeout))
 
     def _take_for(self, conn: WorkerConn) -> bytes | None:
         """The answer to a waiting pull, if any request is there for it."""
         if not conn.batch:
             return self._take(self._v1_item)
-        if conn.msgpack:
-            items = []
-            size = 0
-            while len(items) < conn.batch and size < BATCH_BYTES:
-                item = self._take(self._v2_msgpack_item)
-                if item is None:
-                    break
-                items.append(item)
-                size += len(item.body) + 64 * len(item.env)
-            return self.codecs[True].encode(wire.RequestBatch(items)) if items else None
+        build = self._v2_msgpack_item if conn.msgpack else self._v2_json_item
         parts = []
         size = 0
         while len(parts) < conn.batch and size < BATCH_BYTES:
-            item = self._take(self._v2_json_item)
+            item = self._take(build)
             if item is None:
                 break
             parts.append(item)
             size += len(item)
         if not parts:
             return None
+        if conn.msgpack:
+            return wire.msgpack_request_batch(parts)
         return b'{"requests":[' + b",".join(parts) + b"]}"
 
     def _dispatch_waiters(self) -> None:
@@ -512,11 +508,19 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         self._pull(conn, self.poll_timeout)
 
     def _pull_v2(self, conn: WorkerConn, req: http.Request) -> None:
-        try:
-            conn.batch, wait = _batch_params(req.query, self.poll_timeout)
-        except BadParameter as exc:
-            self._reply_error(conn, 400, str(exc))
-            return
+        # A worker asks with the same few query strings again and again:
+        # valid ones are parsed once (parse_qsl is about 5 µs a call).
+        params = self.pull_params.get(req.query)
+        if params is None:
+            try:
+                params = _batch_params(req.query, self.poll_timeout)
+            except BadParameter as exc:
+                self._reply_error(conn, 400, str(exc))
+                return
+            if len(self.pull_params) >= 256:
+                self.pull_params.clear()
+            self.pull_params[req.query] = params
+        conn.batch, wait = params
         self._pull(conn, wait)
 
     def _pull(self, conn: WorkerConn, wait: float) -> None:
@@ -744,7 +748,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
             return INVALID, ("status: the head of a streamed response was sent already "
                              "(end it with POST /api/v2/requests/{id}/end)")
         try:
-            status, flags, block, declared = _check_response(code, headers, field)
+            status, flags, block, declared = _check_response_cached(code, headers, field)
         except BadResponse as exc:
             self._answer_502(acceptor, slot, key, out)
             log.warning("worker posted an invalid response: %s", exc)

@@ -121,7 +121,7 @@ class ApiInput:
             env[spool.INPUT_KEY] = spool.input_path(item.ident)
         else:
             item.body = bytes(buf[start + wire.STREAM.size:end])
-        item.env = self.encode(env)
+        item.env = self.msgpack_encode(env)     # as in the ring: what the builders take
         self.ready.append(item)
         return True
 

@@ -36,6 +36,26 @@ def printable(text: str, limit: int = 500) -> str:
     return out + ("... (%d characters)" % len(text) if len(text) > limit else "")
 
 
+_checked: dict = {}
+
+
+def check_response_cached(code, headers, field: str) -> tuple[int, int, bytes, int]:
+    """check_response, remembered: a worker posts the same few statuses and
+    header sets again and again. Only valid ones are kept, at most 256."""
+    try:
+        key = (code, tuple(headers.items()) if type(headers) is dict else
+               tuple(headers) if headers else ())
+        hit = _checked.get(key)
+    except TypeError:           # list values (several of one header): not kept
+        return check_response(code, headers, field)
+    if hit is None:
+        hit = check_response(code, headers, field)
+        if len(_checked) >= 256:
+            _checked.clear()
+        _checked[key] = hit
+    return hit
+
+
 def check_response(code, headers, field: str = "code") -> tuple[int, int, bytes, int]:
     """Validate a posted response's status (`field` names it in errors) and
     headers (a dict, or v2's list of pairs): (status, flags, header block,

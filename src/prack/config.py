@@ -22,14 +22,12 @@ from, which setting it is, and what is wrong with it.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import math
 import os
 import re
 import sys
-import textwrap
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -822,6 +820,8 @@ _FileModel, Config = _build_types()
 def _suggest(word: str, known: dict[str, str]) -> str:
     """`` (did you mean X?)`` when ``word`` is close to a key of ``known``
     (which maps the words to compare to the names to show), else ``""``."""
+    import difflib  # errors only: the server's processes do not carry it
+
     close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.7)
     return f" (did you mean {known[close[0]]}?)" if close else ""
 
@@ -1053,6 +1053,8 @@ def dump_toml(cfg: Config) -> str:
 
 
 def _wrap_comment(text: str, width: int = 78) -> list[str]:
+    import textwrap  # --example only
+
     return ["# " + line for line in textwrap.wrap(text, width - 2)]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import time
-from email.utils import formatdate
 from http import HTTPStatus
 
 from prack._native import ffi, lib
@@ -526,6 +525,58 @@ def status_line(status: int) -> bytes:
     return line
 
 
+# HTTP-dates (RFC 9110 5.6.7) are written and read here rather than with
+# email.utils, whose imports (about 30 modules) every process would carry.
+_DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS = {name.encode("ascii"): i for i, name in enumerate(_MONTH_NAMES, 1)}
+_HTTP_DATE_RE = re.compile(
+    # IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
+    rb"[A-Za-z]{3}, (?P<d1>\d\d) (?P<m1>[A-Za-z]{3}) (?P<y1>\d{4}) "
+    rb"(?P<t1>\d\d:\d\d:\d\d) GMT"
+    # rfc850-date (obsolete): Sunday, 06-Nov-94 08:49:37 GMT
+    rb"|[A-Za-z]{6,9}, (?P<d2>\d\d)-(?P<m2>[A-Za-z]{3})-(?P<y2>\d\d) "
+    rb"(?P<t2>\d\d:\d\d:\d\d) GMT"
+    # asctime-date (obsolete): Sun Nov  6 08:49:37 1994
+    rb"|[A-Za-z]{3} (?P<m3>[A-Za-z]{3}) (?P<d3>[ \d]\d) (?P<t3>\d\d:\d\d:\d\d) (?P<y3>\d{4})")
+
+
+def format_http_date(t: float) -> str:
+    """The IMF-fixdate of a POSIX time."""
+    tm = time.gmtime(t)
+    return "%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        _DAY_NAMES[tm.tm_wday], tm.tm_mday, _MONTH_NAMES[tm.tm_mon - 1], tm.tm_year,
+        tm.tm_hour, tm.tm_min, tm.tm_sec)
+
+
+def parse_http_date(value: bytes) -> int | None:
+    """The POSIX time of an HTTP-date in any of its three formats (a
+    recipient must accept all of them); None if it is not one."""
+    m = _HTTP_DATE_RE.fullmatch(value.strip())
+    if m is None:
+        return None
+    n = 1 if m["d1"] else 2 if m["d2"] else 3
+    month = _MONTHS.get(m["m%d" % n].title())
+    day, year = int(m["d%d" % n]), int(m["y%d" % n])
+    hour, minute, second = map(int, m["t%d" % n].split(b":"))
+    if n == 2:
+        # A two-digit year more than 50 years ahead is the latest past one
+        # ending in those digits.
+        this_year = time.gmtime().tm_year
+        year += this_year - this_year % 100
+        if year > this_year + 50:
+            year -= 100
+    if month is None or not 1 <= day <= 31 or hour > 23 or minute > 59 or second > 60:
+        return None
+    # Days since 1970-01-01 of a proleptic Gregorian date (March-based years).
+    y = year - (month <= 2)
+    era, yoe = divmod(y, 400)
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    return days * 86400 + hour * 3600 + minute * 60 + second
+
+
 _date_cache = [0, b""]
 
 
@@ -534,7 +585,7 @@ def http_date() -> bytes:
     now = int(time.time())
     if now != _date_cache[0]:
         _date_cache[0] = now
-        _date_cache[1] = formatdate(now, usegmt=True).encode("ascii")
+        _date_cache[1] = format_http_date(now).encode("ascii")
     return _date_cache[1]
 
 

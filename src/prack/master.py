@@ -20,12 +20,9 @@ import gc
 import logging
 import os
 import selectors
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 
 # Imported here, before any fork, so the children share these pages.
@@ -69,6 +66,28 @@ def run(cfg, *, config_path: str | None = None) -> int:
     """Run the server until it is stopped; the exit code for the CLI."""
     setup_logging(cfg)
     return Master(cfg, config_path, upgrade.inherited()).run()
+
+
+# tempfile and shutil are not imported here: their modules (and bz2, lzma,
+# fnmatch...) would be in the heap every child shares.
+
+def _mkdtemp(base: str | None) -> str:
+    """A new directory only we can use, in `base` (None: TMPDIR or /tmp)."""
+    base = base or os.environ.get("TMPDIR") or "/tmp"
+    for _ in range(100):
+        path = os.path.join(base, "prack-" + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused name for a runtime directory", base)
+
+
+def _rmtree(path: str) -> None:
+    import shutil   # at cleanup only
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _noop(signum, frame):
@@ -159,7 +178,7 @@ class Master:
             base = cfg.server.runtime_dir
             try:
                 os.makedirs(base, mode=0o700, exist_ok=True)
-                self.runtime_dir = tempfile.mkdtemp(prefix="prack-", dir=base)
+                self.runtime_dir = _mkdtemp(base)
             except OSError as exc:
                 raise StartupError("server.runtime_dir %s: %s" % (base, exc.strerror or exc))
         else:
@@ -167,7 +186,7 @@ class Master:
             if not base or not os.access(base, os.W_OK):
                 base = None
             try:
-                self.runtime_dir = tempfile.mkdtemp(prefix="prack-", dir=base)
+                self.runtime_dir = _mkdtemp(base)
             except OSError as exc:
                 raise StartupError("cannot create a runtime directory (set server.runtime_dir): "
                                    "%s" % (exc.strerror or exc))
@@ -232,9 +251,9 @@ class Master:
         if self.segment is not None:
             self.segment.close()
         if self.runtime_dir and self.own_runtime_dir:
-            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+            _rmtree(self.runtime_dir)
         if self.old_dir:
-            shutil.rmtree(self.old_dir, ignore_errors=True)
+            _rmtree(self.old_dir)
         self.pidfile.remove()
         if started:     # a startup error is reported by the CLI, in one line
             if self.retire:
@@ -710,6 +729,8 @@ class Master:
         the same elsewhere). Check the new code and configuration
         in a subprocess first, then exec over ourselves; the children stay
         ours and are retired by the new image once its own are ready."""
+        import subprocess   # only here: its modules would weigh on every child's heap
+
         check_env = {k: v for k, v in env.items() if k not in upgrade.OUR_VARS}
         try:
             out = subprocess.run(argv + ["--check"], executable=sys.executable, env=check_env,
@@ -791,7 +812,7 @@ class Master:
             self.old_deadline = now + 1.0
         if not self.old:
             if self.old_dir:
-                shutil.rmtree(self.old_dir, ignore_errors=True)
+                _rmtree(self.old_dir)
                 self.old_dir = ""
             log.info("the previous generation has retired")
             self.old_phase = None

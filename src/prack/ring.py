@@ -38,6 +38,7 @@ __all__ = ["RingFull", "RecordTooBig", "RingError", "Segment", "Ring"]
 _FULL = lib.PRK_RING_FULL
 _TOO_BIG = lib.PRK_RING_TOO_BIG
 _EMPTY = lib.PRK_RING_EMPTY
+_JOIN_MAX = 16 * 1024   # push(): records up to this size are joined, then copied once
 
 
 class RingFull(Exception):
@@ -257,10 +258,15 @@ class Ring:
             off = self._reserve(self._ptr, n)
             if off < 0:
                 self._raise(off, n)
-            mm = self._mm
-            for p, k in zip(parts, sizes):
-                mm[off:off + k] = p
-                off += k
+            if n <= _JOIN_MAX:
+                # One copy into the ring costs less than one per part for
+                # what most records are (header, environment, small body).
+                self._mm[off:off + n] = b"".join(parts)
+            else:
+                mm = self._mm
+                for p, k in zip(parts, sizes):
+                    mm[off:off + k] = p
+                    off += k
         return self._commit(self._ptr) == 1
 
     def _raise(self, rc: int, n: int) -> None:

@@ -17,8 +17,9 @@ import mimetypes
 import os
 import stat
 import time
-from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import unquote_to_bytes
+
+from prack import http
 
 
 _TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml",
@@ -81,13 +82,6 @@ def _content_type(path: bytes) -> bytes:
     if ctype.startswith(_TEXT_TYPES):
         ctype += "; charset=utf-8"
     return ctype.encode("ascii")
-
-
-def _parse_http_date(value: bytes) -> float | None:
-    try:
-        return parsedate_to_datetime(value.decode("latin-1")).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
 
 
 def _etag_list_matches(value: bytes, etag: bytes, weak: bool) -> bool:
@@ -264,7 +258,7 @@ class StaticFiles:
             etag = _etag(st)
             mtime = int(st.st_mtime)
             validators = (b"ETag: " + etag + b"\r\nLast-Modified: " +
-                          formatdate(mtime, usegmt=True).encode("ascii") + b"\r\n")
+                          http.format_http_date(mtime).encode("ascii") + b"\r\n")
             block = (b"Content-Type: " + _content_type(path) + b"\r\n" + validators +
                      b"Accept-Ranges: bytes\r\n" + self.extra)
             if len(self._heads) >= CACHE_ENTRIES:
@@ -297,7 +291,7 @@ class StaticFiles:
         if im is not None:
             failed = not _etag_list_matches(im, etag, weak=False)
         elif ius is not None:
-            since = _parse_http_date(ius)
+            since = http.parse_http_date(ius)
             failed = since is not None and mtime > since
         else:
             failed = False
@@ -308,7 +302,7 @@ class StaticFiles:
         if inm is not None:
             not_modified = _etag_list_matches(inm, etag, weak=True)
         elif ims is not None:
-            since = _parse_http_date(ims)
+            since = http.parse_http_date(ims)
             not_modified = since is not None and mtime <= since
         else:
             not_modified = False
@@ -323,7 +317,7 @@ class StaticFiles:
                 if if_range.startswith(b'"'):
                     ok = if_range.strip() == etag
                 else:
-                    when = _parse_http_date(if_range)
+                    when = http.parse_http_date(if_range)
                     ok = when is not None and int(when) == mtime
                 if not ok:
                     rng = None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import codecs
-import hashlib
 import re
 import struct
 
@@ -128,6 +127,10 @@ def handshake_key(method: str, version_minor: int, headers) -> bytes | None:
 
 def accept_value(key: bytes) -> bytes:
     """Sec-WebSocket-Accept for a client's key."""
+    # Imported at the first handshake: hashlib loads OpenSSL's libcrypto,
+    # which every process forked from the master would carry otherwise.
+    import hashlib
+
     return base64.b64encode(hashlib.sha1(key + GUID).digest())
 
 

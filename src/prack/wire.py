@@ -19,7 +19,8 @@ import struct
 import msgspec
 
 # -- ring records ------------------------------------------------------------
-# generation, acceptor, slot, key, queued_at (unix seconds), env_len, body_len, flags
+# generation, acceptor, slot, key, queued_at (unix seconds), env_len, body_len, flags;
+# then the environment (a msgpack map of strings) and the body
 RECORD = struct.Struct("<HHIQdIII")
 # RECORD flags
 RECF_INPUT_PENDING = 1   # Expect: 100-continue: the body is read only once a worker takes it
@@ -38,15 +39,16 @@ _ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
 def make_identifier(generation: int, acceptor: int, slot: int, key: int) -> str:
-    return "%04x%04x%08x%016x" % (generation, acceptor, slot, key)
+    """32 hex digits: u16 generation, u16 acceptor, u32 slot, u64 key."""
+    return "%032x" % (generation << 112 | acceptor << 96 | slot << 64 | key)
 
 
 def parse_identifier(ident: str) -> tuple[int, int, int, int] | None:
     """(generation, acceptor, slot, key), or None when malformed."""
     if type(ident) is not str or not _ID_RE.fullmatch(ident):
         return None
-    return (int(ident[0:4], 16), int(ident[4:8], 16),
-            int(ident[8:16], 16), int(ident[16:32], 16))
+    n = int(ident, 16)
+    return n >> 112, n >> 96 & 0xFFFF, n >> 64 & 0xFFFFFFFF, n & 0xFFFFFFFFFFFFFFFF
 
 
 # -- Unix-socket frames --------------------------------------------------------
@@ -129,10 +131,10 @@ def stream_frame(kind: int, slot: int, key: int, number: int = 0, flags: int = 0
 # -- worker API v1 -------------------------------------------------------------
 
 class PulledRequest(msgspec.Struct):
-    """GET /api/v1/request -> 200. `environment` is spliced in as the JSON the
-    acceptor already encoded; `body` is bytes, which JSON carries as base64."""
+    """GET /api/v1/request -> 200. `body` is bytes, which JSON carries as
+    base64."""
     identifier: str
-    environment: msgspec.Raw
+    environment: dict[str, str]
     body: bytes
 
 
@@ -168,6 +170,20 @@ class RequestItem(msgspec.Struct):
 class RequestBatch(msgspec.Struct):
     """GET /api/v2/requests -> 200 (an empty list when nothing came in time)."""
     requests: list[RequestItem]
+
+
+def msgpack_request_batch(items: list[bytes]) -> bytes:
+    """The msgpack RequestBatch of RequestItems encoded one by one (each while
+    its record is in the ring, the environment spliced in as the acceptor
+    encoded it): a one-key map and an array header before the items."""
+    n = len(items)
+    if n < 16:
+        head = b"\x81\xa8requests" + bytes((0x90 | n,))
+    elif n < 0x10000:
+        head = b"\x81\xa8requests\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\x81\xa8requests\xdd" + n.to_bytes(4, "big")
+    return head + b"".join(items)
 
 
 class ResponseItem(msgspec.Struct):

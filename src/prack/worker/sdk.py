@@ -32,6 +32,7 @@ import io
 import logging
 import random
 import signal
+import socket
 import threading
 import time
 import urllib.parse
@@ -241,8 +242,8 @@ class _Front:
         self.failures = 0
         self.idle: list = []          # kept-alive connections for calls about requests
 
-    def connect(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+    def connect(self) -> "_Connection":
+        return _Connection(self.host, self.port, self.timeout)
 
     def borrow(self) -> tuple[http.client.HTTPConnection, bool]:
         """A connection for calls about one request: (conn, is it new)."""
@@ -294,11 +295,149 @@ def backoff(failures: int, base: float = 0.05, cap: float = 2.0) -> float:
     return delay * random.uniform(0.5, 1.0)
 
 
-def _call(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None,
+MAX_HEAD = 64 * 1024    # a longer response head is not a front's
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 client connection, made for a lane's calls: a
+    call is one send and as few receives as the answer needs. http.client
+    costs about five times the CPU per call (bench/analysis.md), which at
+    one or two requests per call was most of a worker's time. It connects
+    on the first call and again after close(); errors are OSError (the
+    front closing an idle connection: http.client.RemoteDisconnected) or
+    http.client.HTTPException (an answer that is not HTTP/1.1)."""
+
+    def __init__(self, host: str, port: int, timeout: float):
+        self.address = (host, port)
+        self.timeout = timeout
+        name = "[%s]" % host if ":" in host else host     # an IPv6 literal
+        self.host = b"Host: %s:%d\r\n" % (name.encode("idna"), port)
+        self.sock: socket.socket | None = None
+        self.buf = bytearray()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.buf.clear()
+
+    def call(self, method: str, path: str, body: bytes | None,
+             headers: dict) -> tuple[int, bytes]:
+        if self.sock is None:
+            self.sock = socket.create_connection(self.address, timeout=self.timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        head = "%s %s HTTP/1.1\r\n" % (method, path) + "".join(
+            "%s: %s\r\n" % kv for kv in headers.items())
+        if body is None:
+            self.sock.sendall(head.encode("latin-1") + self.host + b"\r\n")
+        else:
+            self.sock.sendall(head.encode("latin-1") + self.host +
+                              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        status, fields, keep = self._read_head()
+        while status < 200:                 # interim answers have no body
+            status, fields, keep = self._read_head()
+        if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+            data = self._read_chunked()
+        elif b"content-length" in fields:
+            value = fields[b"content-length"].strip()
+            if not value.isdigit() or len(value) > 18:
+                raise http.client.HTTPException("bad Content-Length %r" % value[:40])
+            data = self._read_exactly(int(value))
+        else:
+            data = self._read_to_end()
+            keep = False
+        if not keep:
+            self.close()
+        return status, data
+
+    def _fill(self) -> bool:
+        """Receive more; False at the end of the stream."""
+        data = self.sock.recv(65536)
+        self.buf += data
+        return bool(data)
+
+    def _read_head(self) -> tuple[int, dict, bool]:
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        while end < 0:
+            if len(buf) > MAX_HEAD:
+                raise http.client.HTTPException("response head over %d bytes" % MAX_HEAD)
+            had = len(buf)
+            if not self._fill():
+                if had:
+                    raise http.client.IncompleteRead(bytes(buf[:200]))
+                raise http.client.RemoteDisconnected("the front closed the connection")
+            end = buf.find(b"\r\n\r\n", max(0, had - 3))
+        lines = bytes(buf[:end]).split(b"\r\n")
+        del buf[:end + 4]
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or \
+                not (parts[1].isdigit() and len(parts[1]) == 3):
+            raise http.client.BadStatusLine(lines[0][:200].decode("latin-1"))
+        fields: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon:
+                raise http.client.HTTPException("bad header line %r" % line[:200])
+            name = name.strip().lower()
+            value = value.strip()
+            fields[name] = fields[name] + b"," + value if name in fields else value
+        connection = fields.get(b"connection", b"").lower()
+        if parts[0] == b"HTTP/1.1":
+            keep = b"close" not in connection
+        else:
+            keep = b"keep-alive" in connection
+        return int(parts[1]), fields, keep
+
+    def _read_exactly(self, n: int) -> bytes:
+        buf = self.buf
+        while len(buf) < n:
+            if not self._fill():
+                raise http.client.IncompleteRead(bytes(buf), n - len(buf))
+        data = bytes(buf[:n])
+        del buf[:n]
+        return data
+
+    def _read_line(self) -> bytes:
+        buf = self.buf
+        end = buf.find(b"\r\n")
+        while end < 0:
+            if len(buf) > MAX_HEAD:
+                raise http.client.HTTPException("chunk line over %d bytes" % MAX_HEAD)
+            if not self._fill():
+                raise http.client.IncompleteRead(bytes(buf))
+            end = buf.find(b"\r\n")
+        line = bytes(buf[:end])
+        del buf[:end + 2]
+        return line
+
+    def _read_chunked(self) -> bytes:
+        out = bytearray()
+        while True:
+            size = self._read_line().split(b";", 1)[0].strip()
+            try:
+                n = int(size, 16)
+            except ValueError:
+                raise http.client.HTTPException("bad chunk size %r" % size[:40]) from None
+            if not n:
+                while self._read_line():    # trailer fields, then the blank line
+                    pass
+                return bytes(out)
+            out += self._read_exactly(n)
+            if self._read_exactly(2) != b"\r\n":
+                raise http.client.HTTPException("chunk without its CRLF")
+
+    def _read_to_end(self) -> bytes:
+        while self._fill():
+            pass
+        data = bytes(self.buf)
+        self.buf.clear()
+        return data
+
+
+def _call(conn: _Connection, method: str, path: str, body: bytes | None,
           headers: dict) -> tuple[int, bytes]:
-    conn.request(method, path, body=body, headers=headers)
-    resp = conn.getresponse()
-    return resp.status, resp.read()
+    return conn.call(method, path, body, headers)
 
 
 class _Pace:
