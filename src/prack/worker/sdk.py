@@ -246,11 +246,14 @@ class _Front:
         return _Connection(self.host, self.port, self.timeout)
 
     def borrow(self) -> tuple[http.client.HTTPConnection, bool]:
-        """A connection for calls about one request: (conn, is it new)."""
+        """A connection for calls about one request (streams, inputs,
+        WebSockets): (conn, is it new). These stay http.client connections:
+        an input is read from the response as the caller reads, which the
+        lanes' lean client (whole answers only) does not do."""
         with self.lock:
             if self.idle:
                 return self.idle.pop(), False
-        return self.connect(), True
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout), True
 
     def give_back(self, conn: http.client.HTTPConnection) -> None:
         with self.lock:
