@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import queue
+import signal
 import socket
 import threading
 import time
@@ -670,3 +671,59 @@ def test_a_client_that_never_reads_is_dropped_after_send_timeout(start_server):
         client.shutdown()
     finally:
         w.stop()
+
+
+def test_events_of_the_other_generation_are_served_during_an_upgrade(tmp_path):
+    """A worker holding a generation-1 WebSocket fetches its events from
+    the shared API port after USR2 (generation 2 answers there and passes
+    the long-poll on as a GET, with its query): the retiring acceptor's
+    close (1001) reaches it."""
+    from upgrade_helpers import code_copy, set_subreaper, start_upgrading
+    if not set_subreaper(True):
+        pytest.skip("needs prctl(PR_SET_CHILD_SUBREAPER) (Linux)")
+    s = None
+    try:
+        code = code_copy(tmp_path / "code")
+        s = start_upgrading(tmp_path, code, acceptors=1)
+        api = Api(s)
+        sock = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        sock.sendall(upgrade_request(b"/old"))
+        ident = api.pull()
+        assert ident.startswith("0001")
+        status, answer = api.call("POST", "/api/v2/requests/%s/head" % ident, {"status": 101})
+        assert status == 200, answer
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        api.conn.close()
+        mark = s.log_mark()
+        os.kill(s.master, signal.SIGUSR2)
+        s.wait_log(r"generation 2 \(pid \d+\) is ready; generation 1 .* retires", since=mark)
+        fresh = s.api_client()        # reaches generation 2
+        fresh.request("GET", "/api/v2/requests/%s/events?wait=5" % ident)
+        resp = fresh.getresponse()
+        answer = json.loads(resp.read())
+        assert resp.status == 200, answer
+        assert answer["events"] == [{"type": "close", "code": ws.CLOSE_GOING_AWAY,
+                                     "reason": "the server is shutting down"}], answer
+        fresh.close()
+        sock.sendall(ws_masked_close())
+        while sock.recv(4096):
+            pass
+        sock.close()
+        s.wait_log(r"prack.master: generation 1 retired", since=mark)
+        assert s.stop_current() in (0, None), "\n".join(s.log)
+        s.assert_clean()
+        assert not any("Traceback" in line for line in s.log), "\n".join(s.log)
+        s = None
+    finally:
+        if s is not None:
+            s.stop_current(timeout=15)
+        set_subreaper(False)
+
+
+def ws_masked_close(code: int = ws.CLOSE_NORMAL) -> bytes:
+    return masked_frame(ws.OP_CLOSE, ws.close_payload(code))
