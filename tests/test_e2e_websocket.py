@@ -727,3 +727,41 @@ def test_events_of_the_other_generation_are_served_during_an_upgrade(tmp_path):
 
 def ws_masked_close(code: int = ws.CLOSE_NORMAL) -> bytes:
     return masked_frame(ws.OP_CLOSE, ws.close_payload(code))
+
+
+def test_a_client_flooding_pings_without_reading_pongs_is_not_read_on(start_server):
+    """Pongs wait for a client that does not read them, as echoes do: past
+    limits.stream_buffer of them the acceptor stops reading the client
+    (its sends stall) instead of queueing pongs without bound."""
+    server = start_server(limits_stream_buffer="64k")
+    w = WsWorker(server.api)
+    try:
+        client = connect(server, "/ping-flood")
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        batch = b"".join(masked_frame(ws.OP_PING, b"p" * 125) for _ in range(1000))
+        cap = 400               # 52 MB of pings, far more than any buffer on the way
+        sent = [0]
+
+        def flood():
+            try:
+                for _ in range(cap):
+                    client.sock.sendall(batch)
+                    sent[0] += 1
+            except OSError:
+                pass
+
+        sender = threading.Thread(target=flood, daemon=True)
+        sender.start()
+        last = -1
+        while sent[0] != last and sent[0] < cap:
+            last = sent[0]
+            sender.join(1.0)
+        print("sender stalled after %d MB" % (sent[0] * len(batch) >> 20))
+        assert sent[0] * len(batch) < 24 << 20, sent[0]
+        client.abort()
+        sender.join(10)
+        _, close, _, _ = w.wait_end("/ping-flood")
+        assert close["code"] == ws.CLOSE_ABNORMAL
+    finally:
+        w.stop()

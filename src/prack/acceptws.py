@@ -132,7 +132,11 @@ class AcceptorWebSockets:
             elif conn.events & selectors.EVENT_READ:
                 self._set_events(conn, conn.events & ~selectors.EVENT_READ)
             return
-        want = conn.events & ~selectors.EVENT_READ if s.paused else \
+        # Not read either while our own frames (pongs, a worker's messages)
+        # wait for the client past the window: a client that sends pings
+        # and never reads the pongs would grow conn.out without bound.
+        hold = s.paused or sum(map(len, conn.out)) > self.ws_window
+        want = conn.events & ~selectors.EVENT_READ if hold else \
             conn.events | selectors.EVENT_READ
         self._set_events(conn, want)
 
@@ -176,11 +180,16 @@ class AcceptorWebSockets:
         is written."""
         s = conn.ws
         conn.deadline = time.monotonic() + self.t_send
-        if s.ack >= 0 and sum(map(len, conn.out)) <= self.ws_window:
+        if conn.out and sum(map(len, conn.out)) > self.ws_window:
+            return
+        if s.ack >= 0:
             self._send_api(wire.stream_frame(wire.F_ACK, conn.slot, conn.key, s.ack))
             s.ack = -1
-        if s.finished and not conn.out:
-            self._ws_end(conn)
+        if s.finished:
+            if not conn.out:
+                self._ws_end(conn)
+        elif not s.paused and not conn.events & selectors.EVENT_READ:
+            self._set_events(conn, conn.events | selectors.EVENT_READ)   # caught up
 
     # -- the end ------------------------------------------------------------------------------
 
