@@ -765,3 +765,29 @@ def test_a_client_flooding_pings_without_reading_pongs_is_not_read_on(start_serv
         assert close["code"] == ws.CLOSE_ABNORMAL
     finally:
         w.stop()
+
+
+def test_messages_after_the_workers_close_do_not_stall_the_closing_handshake(start_server):
+    """Messages a client sends after the worker closed go nowhere (the
+    worker is done); they must not fill the event window, which would stop
+    the acceptor reading before the client's close frame, so the handshake
+    would hang until its 5 s timeout."""
+    server = start_server(limits_stream_buffer="64k")
+    w = WsWorker(server.api)
+    try:
+        client = connect(server, "/late-messages")
+        client.send("close 4000 bye")
+        event = client.recv_event()
+        assert isinstance(event, ws.Close) and event.code == 4000, event
+        started = time.monotonic()
+        # Still in flight from the client's side when it saw the close.
+        client.send_raw(b"".join(masked_frame(ws.OP_BINARY, os.urandom(16384))
+                                 for _ in range(20)) + ws_masked_close(4000))
+        assert client.wait_eof() == b""
+        elapsed = time.monotonic() - started
+        assert elapsed < ws.CLOSE_TIMEOUT / 2, elapsed
+        client.shutdown()
+        _, close, status, _ = w.wait_end("/late-messages")
+        assert close["code"] == 4000 and status == 200
+    finally:
+        w.stop()

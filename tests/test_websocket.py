@@ -370,6 +370,17 @@ def test_session_client_close_is_echoed_and_reported():
     assert s.finished and not s.send(ws.OP_TEXT, b"late")
 
 
+def test_session_drops_messages_once_it_has_closed():
+    # After our close, messages go nowhere and take no room in the window,
+    # so the client's close frame behind them is still read.
+    s = ws.WsSession(1 << 20, 100, now=0.0)
+    s.close(ws.close_payload(4000), now=0.0)
+    s.receive(b"".join(masked_frame(ws.OP_BINARY, b"x" * 60) for _ in range(5))
+              + masked_frame(ws.OP_CLOSE, ws.close_payload(4000)), now=0.0)
+    assert s.to_worker == [] and s.unacked == 0 and not s.paused
+    assert s.finished
+
+
 def test_session_close_without_code_is_1005():
     s = ws.WsSession(1 << 20, 1 << 16, now=0.0)
     s.receive(masked_frame(ws.OP_CLOSE, b""), now=0.0)

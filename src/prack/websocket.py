@@ -549,6 +549,11 @@ class WsSession:
             for event in self.parser.events():
                 cls = event.__class__
                 if cls is Message:
+                    if self.state != WS_OPEN:
+                        # We have closed: the worker is done (or was told);
+                        # counting it would fill the window for good and
+                        # stop us reading the client's close frame.
+                        continue
                     self.to_worker.append((event.opcode, event.data))
                     self.unacked += len(event.data) + EVENT_OVERHEAD
                     if self.paused:
