@@ -791,3 +791,46 @@ def test_messages_after_the_workers_close_do_not_stall_the_closing_handshake(sta
         assert close["code"] == 4000 and status == 200
     finally:
         w.stop()
+
+
+def _rss_kb(pid: int) -> int:
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
+def test_endless_empty_fragments_do_not_grow_the_acceptor(start_server):
+    """A fragmented message is held as its bytes, whatever the number of
+    fragments: two million empty continuation frames (12 MB on the wire,
+    a message of one byte) cost the acceptor nothing (a list of fragments
+    grew by 8 bytes per frame, never counted against max_message_size)."""
+    server = start_server("--log-level", "debug", acceptors=1)
+    [pid] = server.pids("acceptor")
+    w = WsWorker(server.api)
+    try:
+        client = connect(server, "/fragments")
+        empty = masked_frame(ws.OP_CONTINUATION, b"", fin=False) * 100_000
+        client.send_raw(masked_frame(ws.OP_TEXT, b"a", fin=False) + empty)
+
+        def sync():     # a pong proves that all before its ping was parsed
+            client.ping(b"sync")
+            event = client.recv_event()
+            assert isinstance(event, ws.Pong) and event.data == b"sync", event
+        sync()
+        before = _rss_kb(pid)
+        for _ in range(20):
+            client.send_raw(empty)
+        sync()
+        grown = _rss_kb(pid) - before
+        print("acceptor RSS grew by %d kB" % grown)
+        client.send_raw(masked_frame(ws.OP_CONTINUATION, b"b"))
+        assert client.recv() == "ab"
+        assert grown < 6 * 1024, grown
+        client.close()
+        client.recv_event()
+        client.shutdown()
+        w.wait_end("/fragments")
+    finally:
+        w.stop()

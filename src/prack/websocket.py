@@ -282,7 +282,8 @@ class FrameParser:
         self._length = 0
         self._mask = b""
         self._msg_opcode = 0          # opcode of the fragmented message in progress, or 0
-        self._parts: list[bytes] = []
+        self._parts = bytearray()     # the fragmented message so far (never a list:
+                                      # empty fragments would each cost a slot)
         self._msg_size = 0
         self._utf8 = None             # incremental decoder of a fragmented text message
         self._failed: WebSocketError | None = None
@@ -304,7 +305,7 @@ class FrameParser:
         err = self._failed = WebSocketError(code, reason)
         self._state = _CLOSED
         self.buf.clear()
-        self._parts = []
+        self._parts = bytearray()
         return err
 
     def events(self):
@@ -419,13 +420,12 @@ class FrameParser:
                 self._utf8.decode(payload, fin)
             except UnicodeDecodeError:
                 raise self._error(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
-        self._parts.append(payload)
+        self._parts += payload
         self._msg_size += len(payload)
         if not fin:
             return None
-        data = b"".join(self._parts)
-        event = Message(self._msg_opcode, data)
-        self._parts = []
+        event = Message(self._msg_opcode, bytes(self._parts))
+        self._parts = bytearray()
         self._msg_size = 0
         self._msg_opcode = 0
         self._utf8 = None
