@@ -834,3 +834,51 @@ def test_endless_empty_fragments_do_not_grow_the_acceptor(start_server):
         w.wait_end("/fragments")
     finally:
         w.stop()
+
+
+def test_a_large_batch_to_a_slow_client_costs_linear_time(start_server):
+    """A send of many small messages to a client that is not reading: each
+    message past the window waits for the client with no more than
+    constant work (summing the whole pending buffer for each one made the
+    acceptor quadratic: a 30,000-message batch blocked it, and every other
+    client on it, for many seconds). Probes answered by the acceptor
+    itself (a 426) measure how long it is blocked while the batch lands."""
+    server = start_server(acceptors=1, limits_stream_buffer="64k")
+    api = Api(server)
+    box = []
+    opener = threading.Thread(target=lambda: box.append(connect(server, "/batch")))
+    opener.start()
+    ident = api.pull()
+    status, answer = api.call("POST", "/api/v2/requests/%s/head" % ident, {"status": 101})
+    assert status == 200, answer
+    opener.join(10)
+    [client] = box
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    count = 30000
+    messages = [{"type": "binary", "data": base64.b64encode(i.to_bytes(4, "big") * 50).decode()}
+                for i in range(count)]
+    result = []
+    sender = threading.Thread(target=lambda: result.append(api.call(
+        "POST", "/api/v2/requests/%s/send" % ident, {"messages": messages})), daemon=True)
+    api.conn.timeout = 60
+    sender.start()
+    probe = (b"GET /probe HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+             b"Connection: Upgrade\r\nSec-WebSocket-Version: 8\r\n\r\n")
+    worst = 0.0
+    until = time.monotonic() + 4.0          # the batch lands in this time
+    while time.monotonic() < until:
+        at = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as s:
+            s.sendall(probe)
+            assert s.recv(64).startswith(b"HTTP/1.1 426 ")
+        worst = max(worst, time.monotonic() - at)
+    print("worst probe latency %.3f s" % worst)
+    client.sock.settimeout(30)
+    for i in range(count):
+        assert client.recv() == i.to_bytes(4, "big") * 50, i
+    sender.join(30)
+    assert result and result[0][0] == 200, result
+    assert worst < 0.5, worst
+    client.close()
+    client.recv_event()
+    client.shutdown()

@@ -163,7 +163,10 @@ class AcceptorWebSockets:
                 self._write(conn, out)
                 if conn.ws is not s:
                     return
-            if sum(map(len, conn.out)) <= self.ws_window:
+            # A held acknowledgement means the buffer is still over the
+            # window (_ws_flushed releases it once under): no need to sum it
+            # again for each message of a large batch (quadratic).
+            if s.ack < 0 and sum(map(len, conn.out)) <= self.ws_window:
                 self._send_api(wire.stream_frame(wire.F_ACK, conn.slot, conn.key, number))
             else:
                 s.ack = number      # acknowledged when the client catches up
