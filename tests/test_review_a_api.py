@@ -124,8 +124,10 @@ def test_a_worker_that_does_not_read_cannot_pull_everything(start_server):
     # Answers of 4 MiB (3 MB bodies in base64): the socket buffers between
     # the API process and that worker hold only a few of them.
     n = 16
+    # (The bodies stay inline: spooled ones would make the answers small.)
     s = start_server(acceptors=1, limits_ring_size="64M", limits_max_body_size="4M",
-                     api_poll_timeout=30, timeouts_graceful_timeout=1)
+                     limits_inline_body_size="4M", api_poll_timeout=30,
+                     timeouts_graceful_timeout=1)
     bad = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     bad.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
     bad.connect((s.api_host, s.api_port))

@@ -232,3 +232,102 @@ def test_a_worker_held_back_by_a_slow_client_is_not_idle(start_server):
         got += data
     body = bytes(got[got.index(b"\r\n\r\n") + 4:])
     assert body == b"%x\r\n" % len(chunk) + chunk + b"\r\n0\r\n\r\n"
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open("/proc/%d/stat" % pid) as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_buffered_chunks_cost_the_same_however_many_are_buffered(start_server):
+    """Each chunk for a client that does not read made the acceptor sum the
+    sizes of everything buffered for it (to decide the acknowledgement): a
+    worker sending small events to a stalled client cost time growing with
+    the buffer, quadratic in all. Measured as a ratio: the acceptor's CPU
+    for the last 3,000 chunks over that for the first 3,000 (same sizes,
+    same calls; only the amount already buffered differs)."""
+    if not os.path.exists("/proc/self/stat"):
+        import pytest
+        pytest.skip("needs /proc")
+    s = start_server("--log-level", "debug", acceptors=1, limits_stream_buffer="64M",
+                     api_max_request_size="8M")
+    [acceptor] = s.pids("acceptor")
+    api = Api(s, timeout=30)
+    sock = socket.socket()
+    s._track(sock)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", s.port))
+    sock.sendall(GET)
+    rid = api.pull()
+    api.call("POST", "/api/v2/requests/%s/head" % rid, {"status": 200})
+    path = "/api/v2/requests/%s/body" % rid
+    # Fill the kernel's buffers first: from here on chunks stay in the acceptor.
+    assert api.call("POST", path, b"x" * (6 << 20), "application/octet-stream")[0] == 200
+
+    def post(n: int) -> float:
+        before = _cpu_seconds(acceptor)
+        for _ in range(n):
+            assert api.call("POST", path, b"0123456789", "application/octet-stream")[0] == 200
+        return _cpu_seconds(acceptor) - before
+
+    first = post(3000)
+    post(12000)
+    last = post(3000)
+    assert last < 3 * first + 0.1, "first 3000 chunks: %.2fs of CPU, last 3000: %.2fs" % (
+        first, last)
+
+
+def test_error_report_for_a_websocket_closes_it_and_answers_its_event_poll(start_server):
+    """POST .../error for an accepted WebSocket: it closes with 1011, and a
+    worker's events long-poll is answered at once (410), as after the
+    worker's own close; it waited out its wait, and the API process kept
+    the WebSocket's entry for ever."""
+    import base64
+
+    from prack import websocket as ws
+
+    s = start_server(acceptors=1, api_poll_timeout=20)
+    api = Api(s)
+    raw, f = client(s, b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                       b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                       b"Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)) + b"\r\n\r\n")
+    rid = api.pull()
+    assert api.call("POST", "/api/v2/requests/%s/head" % rid, {"status": 101})[0] == 200
+    assert read_head(f)[0].startswith(b"HTTP/1.1 101")
+    poll = Api(s, timeout=30)
+    poll.send("GET", "/api/v2/requests/%s/events?wait=15" % rid)
+    assert select.select([poll.raw.sock], [], [], 0.3)[0] == []     # waiting
+    t0 = time.monotonic()
+    assert api.call("POST", "/api/v2/requests/%s/error" % rid, {"error": "boom"})[0] == 200
+    status, body = poll.answer()
+    assert status == 410 and time.monotonic() - t0 < 5, (status, body)
+    parser = ws.FrameParser(require_mask=False)
+    events = []
+    while not events:
+        data = f.read1(65536)
+        assert data, "closed without a close frame"
+        parser.feed(data)
+        events = list(parser.events())
+    assert isinstance(events[0], ws.Close) and events[0].code == ws.CLOSE_INTERNAL_ERROR
+
+
+def test_state_long_poll_ends_when_the_request_is_answered(start_server):
+    """A state long-poll (a worker's cancellation watch) on a request that
+    its worker then answers: it waited out its whole wait and then said
+    "open" for a request that was over, so watches piled up, one per
+    answered request. Now it ends with the 404 of an answered request."""
+    s = start_server(acceptors=1, api_poll_timeout=20)
+    api = Api(s)
+    sock, f = client(s)
+    rid = api.pull()
+    watch = Api(s, timeout=30)
+    watch.send("GET", "/api/v2/requests/%s/state?wait=15" % rid)
+    assert select.select([watch.raw.sock], [], [], 0.3)[0] == []     # waiting
+    t0 = time.monotonic()
+    assert api.call("POST", "/api/v2/responses",
+                    {"responses": [{"id": rid, "status": 200, "body": "aGk="}]})[1] == \
+        {"results": [{"id": rid, "status": "ok"}]}
+    assert read_head(f)[0].startswith(b"HTTP/1.1 200")
+    status, body = watch.answer()
+    assert status == 404 and time.monotonic() - t0 < 5, (status, body)

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-
-import pytest
 
 from test_e2e_upgrade import _upgrade_holding_one_request, adopt, finish  # noqa: F401
 
@@ -28,9 +25,13 @@ def test_state_of_the_other_generations_request_is_asked_there(tmp_path, adopt):
     404 "unknown" there (the other calls are passed on), so a worker
     watching for cancellation dropped a request whose client still waits."""
     before, s, client, old_ident, mark = _upgrade_holding_one_request(tmp_path)
-    assert _state(s, old_ident) == (200, {"state": "open"})
-    assert _state(s, old_ident, "?wait=0.2") == (200, {"state": "open"})
-    client.close()      # the client leaves: the old generation says so
-    assert _state(s, old_ident, "?wait=5") == (200, {"state": "gone"})
-    s.wait_log(r"prack.master: generation 1 retired", since=mark)
+    try:
+        assert _state(s, old_ident) == (200, {"state": "open"})
+        assert _state(s, old_ident, "?wait=0.2") == (200, {"state": "open"})
+        client.close()      # the client leaves: the old generation says so
+        assert _state(s, old_ident, "?wait=5") == (200, {"state": "gone"})
+        s.wait_log(r"prack.master: generation 1 retired", since=mark)
+    except BaseException:
+        s.stop_current()    # the new master is adopted, not the fixture's
+        raise
     finish(s, before)

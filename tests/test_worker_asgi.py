@@ -27,6 +27,20 @@ def test_scope():
     assert scope["state"] == {"k": 1}
 
 
+def test_websocket_scope():
+    env = dict(ENV, SERVER_PROTOCOL="HTTP/1.1", HTTP_UPGRADE="websocket",
+               HTTP_CONNECTION="keep-alive, Upgrade", HTTP_SEC_WEBSOCKET_PROTOCOL="chat, json",
+               HTTP_SEC_WEBSOCKET_VERSION="13", HTTP_SEC_WEBSOCKET_KEY="dGhlIHNhbXBsZSBub25jZQ==")
+    scope = scope_for(Request("0" * 32, env, b"", 2e9), {})
+    assert scope["type"] == "websocket" and scope["scheme"] == "ws"
+    assert scope["subprotocols"] == ["chat", "json"] and "method" not in scope
+    assert (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ==") in scope["headers"]
+    # Upgrade in HTTP/1.0 means nothing (RFC 9110 7.8); nor without Connection: upgrade.
+    for other in (dict(env, SERVER_PROTOCOL="HTTP/1.0"), dict(env, HTTP_CONNECTION="close"),
+                  dict(env, REQUEST_METHOD="POST")):
+        assert scope_for(Request("0" * 32, other, b"", 2e9), {})["type"] == "http"
+
+
 def test_lifespan_and_failures_in_process():
     events = []
 
@@ -55,7 +69,10 @@ def test_lifespan_and_failures_in_process():
     handler.start()
     try:
         resp = handler(Request("0" * 32, ENV, b"hi", 2e9))
-        assert (resp.status, resp.headers, resp.body) == (200, [("x-ready", "True")], b"hi!")
+        # more_body=True: streamed; each send() returns once its chunk is taken.
+        assert (resp.status, resp.headers) == (200, [("x-ready", "True")])
+        assert list(resp.body) == [b"hi", b"!"]
+        resp.body.close()
         for path in ["/fail", "/silent"]:
             assert handler(Request("0" * 32, dict(ENV, PATH_INFO=path), b"", 2e9)).status == 500
     finally:

@@ -11,7 +11,7 @@ import pytest
 from apps import flask_app
 from apps.compare import compare, fetch
 from apps.procs import WerkzeugServer, WorkerProcess
-from prack.worker.sdk import Request
+from prack.worker.sdk import Request, is_streamed
 from prack.worker.wsgi import WSGIHandler, environ_for
 
 ENV = {"REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": "/a%20b/%C3%A9",
@@ -61,8 +61,11 @@ def test_validator_accepts_the_server_side():
 
     resp = WSGIHandler(wsgiref.validate.validator(app))(request())
     assert resp.status == 201
-    assert resp.body == b"wab"
     assert resp.headers == [("Content-Type", "text/plain"), ("X-A", "1"), ("X-A", "2")]
+    # Not a list: streamed, chunk by chunk as the SDK asks; close() after.
+    assert is_streamed(resp.body) and closed == []
+    assert list(resp.body) == [b"w", b"a", b"b"]
+    resp.body.close()
     assert closed == [True]
     # Flask itself, under the validator, for a plain GET.
     env = dict(ENV, REQUEST_METHOD="GET", PATH_INFO="/items/3", CONTENT_LENGTH="0")
@@ -84,6 +87,8 @@ def test_start_response_with_exc_info_replaces_headers_before_the_body():
 
 
 def test_exc_info_after_the_body_reraises_and_closes():
+    """Once a chunk has left, the head is final: exc_info re-raises into the
+    stream (which Prack aborts), and the iterable is closed."""
     closed = []
 
     class Body:
@@ -106,8 +111,61 @@ def test_exc_info_after_the_body_reraises_and_closes():
         return Body(start_response)
 
     resp = WSGIHandler(app)(request())
-    assert resp.status == 500 and resp.body == b"Internal Server Error\n"
+    assert resp.status == 200 and is_streamed(resp.body)
+    chunks = iter(resp.body)
+    assert next(chunks) == b"partial"
+    with pytest.raises(KeyError):
+        next(chunks)
+    resp.body.close()
     assert closed == [True]
+
+
+def test_which_bodies_stream():
+    """Lists and tuples are one response; an iterable that ends before a
+    non-empty chunk, or whose first chunk is its whole declared
+    Content-Length and then ends, too; any other iterable streams (the first chunk is taken,
+    the rest left to come)."""
+    taken = []
+
+    def gen(*chunks):
+        for chunk in chunks:
+            taken.append(chunk)
+            yield chunk
+
+    def app_for(body, headers=()):
+        def app(environ, start_response):
+            start_response("200 OK", list(headers))
+            return body()
+        return app
+
+    whole = [(lambda: [b"a", b"b"], ()),
+             (lambda: gen(b"", b"ab"), [("Content-Length", "2")]),
+             (lambda: gen(b"ab"), [("Content-Length", "2")]),
+             (lambda: iter([b""]), ())]
+    for body, headers in whole:
+        resp = WSGIHandler(app_for(body, headers))(request())
+        assert resp.body in (b"ab", b""), resp
+    taken.clear()
+    resp = WSGIHandler(app_for(lambda: gen(b"a", b"b", b"c")))(request())
+    assert is_streamed(resp.body) and taken == [b"a"]       # the rest not produced yet
+    assert list(resp.body) == [b"a", b"b", b"c"]
+    resp.body.close()
+    resp = WSGIHandler(app_for(lambda: gen(b"a", b"b"), [("Content-Length", "2")]))(request())
+    assert is_streamed(resp.body) and list(resp.body) == [b"a", b"b"]
+    resp.body.close()
+
+
+def test_start_response_inside_a_generator():
+    """A generator application calls start_response on its first step."""
+    def app(environ, start_response):
+        start_response("202 Accepted", [("X-Late", "1")])
+        yield b"one"
+        yield b"two"
+
+    resp = WSGIHandler(app)(request())
+    assert (resp.status, resp.headers) == (202, [("X-Late", "1")])
+    assert list(resp.body) == [b"one", b"two"]
+    resp.body.close()
 
 
 @pytest.mark.parametrize("app", [

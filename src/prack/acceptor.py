@@ -57,7 +57,7 @@ class Stream:
     how its body is framed, the chunk whose acknowledgement waits for the
     client to read, and the clocks of its limits."""
     __slots__ = ("chunked", "remaining", "discard", "sse", "ack", "started",
-                 "last_data", "last_write")
+                 "last_data", "last_write", "pending")
 
     def __init__(self, chunked: bool, remaining: int, discard: bool, sse: bool, now: float):
         self.chunked = chunked        # chunked transfer coding (HTTP/1.1, no declared length)
@@ -68,6 +68,10 @@ class Stream:
         self.started = now
         self.last_data = now          # the worker's last chunk
         self.last_write = now         # our last write to the client
+        # Bytes in the connection's out list, kept as they come and go: a
+        # sum over that list per chunk cost time in its length (a stalled
+        # client with many small chunks buffered).
+        self.pending = 0
 
 
 class Conn:
@@ -367,6 +371,7 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         conn.state = STREAMING
         conn.status = status
         conn.sent = len(head)
+        conn.stream.pending = sum(map(len, conn.out)) + len(head)
         conn.deadline = now + self.t_send
         self._write(conn, [head])
 
@@ -389,7 +394,7 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
             self._stream_data(conn, st, payload)
             if conn.sock is None:
                 return
-            if self._stream_pending(conn) <= self.stream_buffer:
+            if st.pending <= self.stream_buffer:
                 self._send_api(wire.stream_frame(wire.F_ACK, slot, key, number))
             else:
                 st.ack = number     # acknowledged when the client catches up
@@ -431,12 +436,10 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
 
     def _stream_write(self, conn: Conn, st: Stream, buffers: list) -> None:
         st.last_write = time.monotonic()
-        conn.sent += sum(map(len, buffers))
+        size = sum(map(len, buffers))
+        conn.sent += size
+        st.pending += size
         self._write(conn, buffers)
-
-    @staticmethod
-    def _stream_pending(conn: Conn) -> int:
-        return sum(map(len, conn.out))
 
     def _gone(self, conn: Conn) -> None:
         """Drop a connection whose request a worker may hold; _close tells
@@ -764,7 +767,7 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
     def _flush(self, conn: Conn) -> None:
         out = conn.out
         try:
-            send_pending(conn.sock, out)
+            sent = send_pending(conn.sock, out)
             if conn.file is not None and not out:
                 self._send_file(conn)
         except OSError:
@@ -776,7 +779,8 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         elif state == STREAMING:
             conn.deadline = time.monotonic() + self.t_send
             st = conn.stream
-            if st.ack >= 0 and self._stream_pending(conn) <= self.stream_buffer:
+            st.pending -= sent
+            if st.ack >= 0 and st.pending <= self.stream_buffer:
                 self._send_api(wire.stream_frame(wire.F_ACK, conn.slot, conn.key, st.ack))
                 st.ack = -1
                 st.last_data = time.monotonic()     # the worker's turn starts now

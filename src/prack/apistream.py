@@ -288,11 +288,16 @@ class ApiStreams:
             return
         target = self._elsewhere(parsed)
         if target is not None:          # the other generation's request: ask there
+            def done(status: int, answer: bytes) -> None:
+                if status in (410, 502):
+                    # That generation has stopped, or stops as we ask: its
+                    # clients have gone (no answer could reach them now).
+                    self._reply_state(conn, STATE_GONE)
+                else:
+                    self._reply(conn, status, answer, ctype=self._ctype(conn))
             accept = b"Accept: application/%s\r\n" % (b"msgpack" if conn.msgpack else b"json")
             self._forward(target, req.path + ("?" + req.query if req.query else ""), accept,
-                          b"", lambda status, answer: self._reply(conn, status, answer,
-                                                                  ctype=self._ctype(conn)),
-                          b"GET")
+                          b"", done, b"GET")
             return
         if hold and self._unlinked(parsed):
             # A new API process whose acceptors are relinking: the request
@@ -353,10 +358,23 @@ class ApiStreams:
             self._client_gone(sid)
 
     def _scan_streams(self, now: float) -> None:
-        """State long-polls whose wait is over answer "open"."""
+        """State long-polls whose wait is over answer "open"; those of a
+        request answered meanwhile (or whose slot went GONE without an
+        F_GONE) end now, as a new call would."""
         if not self.gone_waiters:
             return
         for sid, waiters in list(self.gone_waiters.items()):
+            outcome, why = self._lookup((self.generation,) + sid)
+            if outcome != "ok":
+                del self.gone_waiters[sid]
+                for conn, _deadline in waiters:
+                    if conn.sock is None:
+                        continue
+                    if outcome == "gone":
+                        self._reply_state(conn, STATE_GONE)
+                    else:
+                        self._reply_error(conn, 404, why)
+                continue
             keep = []
             for conn, deadline in waiters:
                 if conn.sock is None:

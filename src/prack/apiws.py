@@ -219,6 +219,17 @@ class ApiWebSockets:
         self._reply(conn, 200, self._codec(conn).encode(WsEvents(events)),
                     ctype=self._ctype(conn))
 
+    def _abort_stream(self, sid, out: dict) -> bool:
+        """An /error report (or a whole response) for a WebSocket: it closes
+        with 1011 and, as after the worker's own close, it is over for the
+        worker (an events long-poll gets 410 now)."""
+        ws = self.websockets.pop(sid, None)
+        if ws is not None and ws.waiter is not None:
+            waiter, ws.waiter = ws.waiter, None
+            if waiter.sock is not None:
+                self._reply_error(waiter, 410, "the WebSocket was ended by an error report")
+        return super()._abort_stream(sid, out)
+
     def _ws_forget(self, sid) -> None:
         self.websockets.pop(sid, None)
         self.streams.pop(sid, None)

@@ -72,14 +72,17 @@ def drop_sent(out: list, n: int) -> None:
     del out[:i]
 
 
-def send_pending(sock: socket.socket, out: list) -> None:
+def send_pending(sock: socket.socket, out: list) -> int:
     """Send as much of the buffer list `out` as the socket takes now, removing
-    what was sent. Returns when `out` is empty or the socket would block;
-    raises OSError when the peer is gone."""
+    what was sent. Returns (the number of bytes sent) when `out` is empty or
+    the socket would block; raises OSError when the peer is gone."""
+    total = 0
     while out:
         try:
             n = sock.sendmsg(out[:64])      # at most IOV_MAX-friendly batches
         except (BlockingIOError, InterruptedError):
-            return
+            return total
         drop_sent(out, n)
+        total += n
+    return total
 

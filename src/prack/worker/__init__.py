@@ -4,6 +4,8 @@
 more Prack fronts and answers each with `handler(Request) -> Response`;
 `prack-worker module:app` runs a WSGI or ASGI application that way.
 """
-from prack.worker.sdk import DEFAULT_FRONT, Request, Response, Worker, serve
+from prack.worker.sdk import (DEFAULT_FRONT, ClientGone, Request, Response, WebSocket,
+                              WebSocketClosed, WebSocketResponse, Worker, serve)
 
-__all__ = ["DEFAULT_FRONT", "Request", "Response", "Worker", "serve"]
+__all__ = ["DEFAULT_FRONT", "ClientGone", "Request", "Response", "WebSocket", "WebSocketClosed",
+           "WebSocketResponse", "Worker", "serve"]

@@ -89,6 +89,12 @@ def main_command(
                                help="Seconds each long poll waits; bounds how long a stop takes."),
     max_backoff: float = typer.Option(2.0, "--max-backoff", min=0.05, max=300,
                                       help="Longest pause between retries of a front that is down."),
+    max_streams: int = typer.Option(1000, "--max-streams", min=1, max=100000,
+                                    help="Streamed responses and WebSockets open at once "
+                                         "(each has a thread of its own)."),
+    grace: float = typer.Option(30.0, "--grace", min=0, max=3600,
+                                help="Seconds open streams and WebSockets get to end on a "
+                                     "stop before they are aborted."),
     log_level: str = typer.Option("info", "--log-level",
                                   help="debug, info, warning or error."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
@@ -112,7 +118,7 @@ def main_command(
         handler = WSGIHandler(application)
     try:
         worker = sdk.Worker(handler, fronts, concurrency, batch=batch, wait=wait,
-                            max_backoff=max_backoff)
+                            max_backoff=max_backoff, max_streams=max_streams)
     except ValueError as exc:
         _fail(str(exc))
     start = getattr(handler, "start", None)
@@ -122,7 +128,7 @@ def main_command(
         except Exception as exc:
             _fail("the application failed to start: %s" % exc)
     try:
-        code = sdk.run(worker)
+        code = sdk.run(worker, grace)
     finally:
         close = getattr(handler, "close", None)
         if close is not None:

@@ -1,13 +1,19 @@
 """Run a PEP 3333 (WSGI) application as a Prack handler, unchanged.
 
 The Prack environment already has the CGI keys WSGI wants; this adds the
-`wsgi.*` keys, decodes PATH_INFO as PEP 3333 asks (percent-decoded, bytes
-as latin-1), and collects the body the application returns or writes.
-Prack does not stream, so the whole body is gathered before it is posted.
+`wsgi.*` keys and decodes PATH_INFO as PEP 3333 asks (percent-decoded, bytes
+as latin-1). `wsgi.input` is the request's input (a large body is read from
+Prack as the application reads it).
+
+A list or tuple the application returns is one response, posted with the
+others of the batch. Any other iterable (a generator, a file wrapper) is
+streamed: its head leaves with the first non-empty chunk (PEP 3333) and each
+chunk leaves as the application yields it, unless its declared
+Content-Length is reached at once (the usual framework response of one
+chunk), which makes it one response too.
 """
 from __future__ import annotations
 
-import io
 import logging
 import sys
 import urllib.parse
@@ -31,7 +37,7 @@ def environ_for(req: Request) -> dict:
     env["PATH_INFO"] = urllib.parse.unquote_to_bytes(raw_path).decode("latin-1")
     env["wsgi.version"] = (1, 0)
     env["wsgi.url_scheme"] = scheme
-    env["wsgi.input"] = io.BytesIO(req.body)
+    env["wsgi.input"] = req.input
     env["wsgi.input_terminated"] = True
     env["wsgi.errors"] = sys.stderr
     env["wsgi.multithread"] = True
@@ -86,26 +92,110 @@ class WSGIHandler:
 
     def __call__(self, req: Request) -> Response:
         call = _Call()
+        result = None
+        streamed = False
         try:
             result = self.app(environ_for(req), call.start_response)
-            try:
+            if isinstance(result, (list, tuple)):
                 for chunk in result:
-                    if type(chunk) is not bytes:
-                        raise TypeError("the application yielded %s, not bytes"
-                                        % type(chunk).__name__)
+                    _check(call, chunk)
                     if chunk:
-                        if call.status is None:
-                            raise AssertionError("body before start_response()")
                         call.sent = True
                         call.chunks.append(chunk)
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-            if call.status is None:
-                raise AssertionError("the application never called start_response()")
+            else:
+                rest = self._first(call, iter(result))
+                if rest is not None:
+                    streamed = True
+                    return Response(int(call.status[:3]), list(call.headers),
+                                    _Body(call, rest, result))
+            _started(call)
+            return Response(int(call.status[:3]), list(call.headers), b"".join(call.chunks))
         except Exception:
             log.exception("WSGI application failed on %s %s", req.env.get("REQUEST_METHOD"),
                           req.env.get("PATH_INFO"))
             return _INTERNAL_ERROR
-        return Response(int(call.status[:3]), list(call.headers), b"".join(call.chunks))
+        finally:
+            if not streamed:
+                _close(result)
+
+    @staticmethod
+    def _first(call: _Call, chunks):
+        """Read until the head is final (the first non-empty chunk, PEP
+        3333). The iterator when the rest is to be streamed; None when the
+        body is complete: the iterable ended, or it reached its declared
+        Content-Length and ends right after."""
+        got = sum(map(len, call.chunks))
+        for chunk in chunks:
+            _check(call, chunk)
+            if chunk:
+                call.sent = True
+                call.chunks.append(chunk)
+                got += len(chunk)
+                declared = _declared_length(call)
+                if declared is None or got != declared:
+                    return chunks
+                for chunk in chunks:      # the declared length is here: the end?
+                    _check(call, chunk)
+                    if chunk:
+                        call.chunks.append(chunk)
+                        return chunks
+                return None
+        return None
+
+
+class _Body:
+    """A streamed WSGI body: what write() gave, then the iterable's chunks,
+    as the SDK asks for them; close() closes the application's iterable."""
+    __slots__ = ("call", "chunks", "result")
+
+    def __init__(self, call: _Call, chunks, result):
+        self.call = call
+        self.chunks = chunks
+        self.result = result
+
+    def __iter__(self):
+        call = self.call
+        pending = call.chunks
+        while True:
+            while pending:
+                yield pending.pop(0)
+            try:
+                chunk = next(self.chunks)
+            except StopIteration:
+                break
+            _check(call, chunk)
+            if chunk:
+                pending.append(chunk)
+        while pending:           # write() during the last step
+            yield pending.pop(0)
+
+    def close(self) -> None:
+        _close(self.result)
+
+
+def _check(call: _Call, chunk) -> None:
+    if type(chunk) is not bytes:
+        raise TypeError("the application yielded %s, not bytes" % type(chunk).__name__)
+    if chunk and call.status is None:
+        raise AssertionError("body before start_response()")
+
+
+def _started(call: _Call) -> None:
+    if call.status is None:
+        raise AssertionError("the application never called start_response()")
+
+
+def _declared_length(call: _Call) -> int | None:
+    for name, value in call.headers or ():
+        if name.lower() == "content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _close(result) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
