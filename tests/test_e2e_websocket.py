@@ -882,3 +882,32 @@ def test_a_large_batch_to_a_slow_client_costs_linear_time(start_server):
     client.close()
     client.recv_event()
     client.shutdown()
+
+
+def test_a_paused_websocket_still_completes_the_closing_handshake(start_server):
+    """A worker that has not fetched its events (the window is full, the
+    acceptor stopped reading) closes: the window no longer matters, so the
+    client's answering close frame is read at once instead of the
+    connection hanging until the 5 s close timeout."""
+    server = start_server(limits_stream_buffer="64k")
+    api = Api(server)
+    box = []
+    opener = threading.Thread(target=lambda: box.append(connect(server, "/paused")))
+    opener.start()
+    ident = api.pull()
+    status, answer = api.call("POST", "/api/v2/requests/%s/head" % ident, {"status": 101})
+    assert status == 200, answer
+    opener.join(10)
+    [client] = box
+    client.send_raw(b"".join(masked_frame(ws.OP_BINARY, os.urandom(16384)) for _ in range(20)))
+    status, answer = api.call("POST", "/api/v2/requests/%s/send" % ident,
+                              {"messages": [{"type": "close", "code": 4001, "reason": "busy"}]})
+    assert status == 200, answer
+    event = client.recv_event()
+    assert isinstance(event, ws.Close) and event.code == 4001, event
+    started = time.monotonic()
+    client.close(4001)
+    assert client.wait_eof() == b""
+    elapsed = time.monotonic() - started
+    assert elapsed < ws.CLOSE_TIMEOUT / 2, elapsed
+    client.shutdown()

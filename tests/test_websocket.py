@@ -381,6 +381,17 @@ def test_session_drops_messages_once_it_has_closed():
     assert s.finished
 
 
+def test_session_closing_reads_past_a_full_window():
+    # Paused by a full window, then we close: the client's close frame,
+    # already buffered behind the messages, completes the handshake.
+    s = ws.WsSession(1 << 20, 100, now=0.0)
+    s.receive(b"".join(masked_frame(ws.OP_BINARY, b"x" * 60) for _ in range(5))
+              + masked_frame(ws.OP_CLOSE, ws.close_payload(4000)), now=0.0)
+    assert s.paused and not s.finished
+    s.close(ws.close_payload(4000), now=0.0)
+    assert not s.paused and s.finished
+
+
 def test_session_close_without_code_is_1005():
     s = ws.WsSession(1 << 20, 1 << 16, now=0.0)
     s.receive(masked_frame(ws.OP_CLOSE, b""), now=0.0)

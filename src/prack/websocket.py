@@ -524,7 +524,9 @@ class WsSession:
 
     @property
     def paused(self) -> bool:
-        return self.unacked >= self.window
+        # Once closing, nothing more goes to the worker: the window no
+        # longer holds back reading (the client's close frame must be read).
+        return self.unacked >= self.window and self.state == WS_OPEN
 
     # -- from the client --------------------------------------------------------------
 
@@ -611,6 +613,7 @@ class WsSession:
             self.to_worker.append((OP_CLOSE, event))
         self.state = WS_CLOSING
         self.close_deadline = now + CLOSE_TIMEOUT
+        self.pump()         # input the window held back may hold the answer
 
     # -- time --------------------------------------------------------------------------
 
