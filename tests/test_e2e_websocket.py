@@ -378,6 +378,10 @@ def test_invalid_upgrades_are_answered_by_prack(wsserver, worker, version, statu
     assert data.startswith(b"HTTP/1.1 %d " % status)
     if status == 426:
         assert b"\r\nSec-WebSocket-Version: 13\r\n" in data
+        # RFC 9110 15.5.22: a 426 names the protocol to upgrade to (7.8:
+        # with the upgrade connection option).
+        assert b"\r\nUpgrade: websocket\r\n" in data
+        assert b"\r\nConnection: Upgrade\r\n" in data
     assert "/bad" not in worker.events
 
 

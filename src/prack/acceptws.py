@@ -53,7 +53,10 @@ class AcceptorWebSockets:
         try:
             key = websocket.handshake_key(req.method, req.version_minor, req.headers)
         except websocket.HandshakeError as exc:
-            extra = b"Sec-WebSocket-Version: 13\r\n" if exc.status == 426 else b""
+            # RFC 9110 15.5.22: a 426 names the protocol in Upgrade (and
+            # 7.8: with the upgrade connection option).
+            extra = (b"Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\n") if exc.status == 426 else b""
             self._respond_local(conn, exc.status, exc.message.encode() + b"\n", extra)
             return True
         if key is not None:
