@@ -915,3 +915,58 @@ def test_a_paused_websocket_still_completes_the_closing_handshake(start_server):
     elapsed = time.monotonic() - started
     assert elapsed < ws.CLOSE_TIMEOUT / 2, elapsed
     client.shutdown()
+
+
+def test_a_close_read_just_as_the_api_process_dies_leaves_no_traceback(start_server):
+    """The acceptor reads a client's close frame and finds, sending the
+    close event, that the API process has died: the lost link closes its
+    WebSockets while this one is ending; nothing may fail twice. The
+    acceptor is stopped while the client closes and the API process is
+    killed, so both are ready at once, the client first."""
+    server = start_server("--log-level", "debug", "--access-log", acceptors=1)
+    [acceptor] = server.pids("acceptor")
+    [api_pid] = server.pids("API process")
+    w = WsWorker(server.api)
+    try:
+        client = connect(server, "/dying-link")
+        client.send("x")
+        assert client.recv() == "x"
+        os.kill(acceptor, signal.SIGSTOP)
+        try:
+            client.close(4000)
+            os.kill(api_pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _alive(api_pid):      # its sockets close as it exits
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        finally:
+            os.kill(acceptor, signal.SIGCONT)
+        client.wait_eof()
+        client.shutdown()
+        server.wait_log(r"API process ready \(pid (?!%d\))" % api_pid)
+        # The same acceptor serves on: a new WebSocket works.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client = connect(server, "/after")
+                break
+            except HandshakeRefused as exc:
+                assert time.monotonic() < deadline, exc.status
+        client.send("y")
+        assert client.recv() == "y"
+        client.close()
+        client.recv_event()
+        client.shutdown()
+        assert server.pids("acceptor") == [acceptor], "the acceptor died"
+        assert not any("Traceback" in line for line in server.log), "\n".join(server.log)
+    finally:
+        w.stop()
+
+
+def _alive(pid: int) -> bool:
+    """True until `pid` has exited (a zombie has exited)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

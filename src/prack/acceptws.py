@@ -124,6 +124,8 @@ class AcceptorWebSockets:
                 buffers += wire.stream_frame(wire.F_WS_EVENT, slot, key, 0, opcode, payload)
             s.to_worker = []
             self._send_api(buffers)
+            if conn.ws is not s:
+                return          # that found the API link gone, which ended it
         if s.to_client:
             out, s.to_client = s.to_client, []
             self._write(conn, out)
@@ -191,6 +193,8 @@ class AcceptorWebSockets:
         if s.ack >= 0:
             self._send_api(wire.stream_frame(wire.F_ACK, conn.slot, conn.key, s.ack))
             s.ack = -1
+            if conn.ws is not s:
+                return          # the API link was found gone, which ended it
         if s.finished:
             if not conn.out:
                 self._ws_end(conn)
@@ -204,6 +208,8 @@ class AcceptorWebSockets:
         it still holds the connection, and the TCP connection closes (we
         close first, as RFC 6455 7.1.1 asks of servers), after a drain."""
         s = conn.ws
+        if s is None:
+            return              # ended already (a lost link found while ending)
         conn.ws = None
         self._withdraw(conn)
         if self.access:
@@ -219,7 +225,10 @@ class AcceptorWebSockets:
     def _ws_link_lost(self) -> None:
         """The API process is gone, and with it every WebSocket's state
         there: close them all with 1011 (clients reconnect)."""
-        for conn in [c for c in self.conns.values() if c.state == WEBSOCKET]:
+        # (One whose end is under way - ws cleared, its F_GONE finding the
+        # link gone - is left to finish.)
+        for conn in [c for c in self.conns.values()
+                     if c.state == WEBSOCKET and c.ws is not None]:
             self._ws_shutdown(conn, websocket.CLOSE_INTERNAL_ERROR,
                               "the server lost its worker link")
 
