@@ -970,3 +970,39 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_worker_that_stops_fetching_events_is_bounded_by_stream_idle_timeout(start_server):
+    """A full window stops the acceptor reading the client, so it cannot see
+    the client leave: a worker that never fetches again (it died holding the
+    WebSocket) would keep the connection forever. Past
+    timeouts.stream_idle_timeout Prack closes it (1011) and the worker's
+    state long-poll says "gone"."""
+    server = start_server(limits_stream_buffer="64k", timeouts_stream_idle_timeout="1")
+    api = Api(server)
+    box = []
+    opener = threading.Thread(target=lambda: box.append(connect(server, "/stalled")))
+    opener.start()
+    ident = api.pull()
+    status, answer = api.call("POST", "/api/v2/requests/%s/head" % ident, {"status": 101})
+    assert status == 200, answer
+    opener.join(10)
+    [client] = box
+    # Far more than the window: the client's FIN waits behind what is unread.
+    client.send_raw(b"".join(masked_frame(ws.OP_BINARY, os.urandom(16384)) for _ in range(64)))
+    client.shutdown()           # the client leaves; nobody reads its socket
+    started = time.monotonic()
+    state = None
+    while time.monotonic() - started < 15:
+        status, answer = api.call("GET", "/api/v2/requests/%s/state?wait=5" % ident)
+        assert status == 200, answer
+        state = answer["state"]
+        if state == "gone":
+            break
+    assert state == "gone", state
+    events = []
+    while not events or events[-1]["type"] != "close":
+        status, answer = api.call("GET", "/api/v2/requests/%s/events?wait=5" % ident)
+        assert status == 200, answer
+        events += answer["events"]
+    assert events[-1]["code"] == ws.CLOSE_INTERNAL_ERROR, events[-1]

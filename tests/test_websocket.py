@@ -435,6 +435,20 @@ def test_session_close_timeout():
     assert s.tick(ws.CLOSE_TIMEOUT + 0.1, 30.0) == ws.TICK_DEAD and s.finished
 
 
+def test_session_paused_without_credit_stalls():
+    s = ws.WsSession(1 << 20, 100, now=0.0)
+    s.receive(b"".join(masked_frame(ws.OP_BINARY, b"x" * 60) for _ in range(3)), now=0.0)
+    assert s.paused
+    assert s.tick(1.0, 30.0, 10.0) == ws.TICK_IDLE      # paused from here
+    assert s.tick(10.0, 30.0, 10.0) == ws.TICK_IDLE
+    s.credit(10)                                        # the worker fetches: a new start
+    assert s.paused
+    assert s.tick(11.0, 30.0, 10.0) == ws.TICK_IDLE
+    assert s.tick(20.0, 30.0, 10.0) == ws.TICK_IDLE
+    assert s.tick(21.0, 30.0, 10.0) == ws.TICK_STALLED
+    assert s.tick(21.0, 30.0, 0.0) == ws.TICK_IDLE      # no limit
+
+
 def test_session_idle_ping_then_dead():
     s = ws.WsSession(1 << 20, 1 << 16, now=0.0)
     assert s.tick(5.0, 10.0) == ws.TICK_IDLE

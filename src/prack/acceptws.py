@@ -250,7 +250,7 @@ class AcceptorWebSockets:
                      self.index, conn.target)
             self._close(conn)
             return
-        what = s.tick(now, self.ws_ping)
+        what = s.tick(now, self.ws_ping, self.t_stream_idle)
         if what == websocket.TICK_DEAD:
             if s.state == websocket.WS_OPEN:
                 log.info("acceptor %d: WebSocket client of %s went silent: dropping",
@@ -260,3 +260,9 @@ class AcceptorWebSockets:
                 self._ws_end(conn)
         elif what == websocket.TICK_PING:
             self._ws_pump(conn)
+        elif what == websocket.TICK_STALLED:
+            log.warning("acceptor %d: the worker of WebSocket %s fetched no events for "
+                        "stream_idle_timeout (%.0f s): closing", self.index, conn.target,
+                        self.t_stream_idle)
+            self._ws_shutdown(conn, websocket.CLOSE_INTERNAL_ERROR,
+                              "the worker stopped receiving")

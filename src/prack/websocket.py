@@ -474,7 +474,7 @@ CLOSE_TIMEOUT = 5.0     # how long we wait for the peer's close frame after ours
 # Session states.
 WS_OPEN, WS_CLOSING, WS_CLOSED = range(3)
 # What tick() found.
-TICK_IDLE, TICK_PING, TICK_DEAD = range(3)
+TICK_IDLE, TICK_PING, TICK_DEAD, TICK_STALLED = range(4)
 
 
 def close_event(code: int, reason: str = "") -> bytes:
@@ -506,7 +506,8 @@ class WsSession:
     """
 
     __slots__ = ("parser", "state", "window", "unacked", "to_client", "to_worker",
-                 "finished", "last_heard", "pinged", "close_deadline", "ack", "sent")
+                 "finished", "last_heard", "pinged", "close_deadline", "ack", "sent",
+                 "paused_at")
 
     def __init__(self, max_message_size: int, window: int, now: float):
         self.parser = FrameParser(max_message_size)
@@ -521,6 +522,7 @@ class WsSession:
         self.close_deadline = 0.0
         self.ack = -1           # a worker message whose acknowledgement waits for the client
         self.sent = 0           # bytes queued for the client (for the access log)
+        self.paused_at = 0.0    # when a tick first found us paused with no credit since
 
     @property
     def paused(self) -> bool:
@@ -540,6 +542,7 @@ class WsSession:
         """The worker received `n` bytes of events; parse on if that unpaused us."""
         was = self.paused
         self.unacked = max(0, self.unacked - n)
+        self.paused_at = 0.0    # the worker is fetching
         if was and not self.paused:
             self.pump()
 
@@ -617,20 +620,29 @@ class WsSession:
 
     # -- time --------------------------------------------------------------------------
 
-    def tick(self, now: float, ping_interval: float) -> int:
+    def tick(self, now: float, ping_interval: float, stall_limit: float = 0.0) -> int:
         """Housekeeping: TICK_PING when a ping was queued, TICK_DEAD when the
         connection should be dropped (the client went silent, or never
-        answered our close), else TICK_IDLE."""
+        answered our close), TICK_STALLED when we have been paused with no
+        credit for `stall_limit` (the worker stopped fetching events; as we
+        do not read, we could not even see the client leave), else
+        TICK_IDLE."""
         if self.state == WS_CLOSING:
             if now >= self.close_deadline:
                 self.state = WS_CLOSED
                 self.finished = True
                 return TICK_DEAD
             return TICK_IDLE
-        if not ping_interval or self.state != WS_OPEN or self.paused:
+        if self.paused:
             # While paused we do not read, so silence proves nothing.
-            if self.paused:
-                self.last_heard = now
+            self.last_heard = now
+            if not self.paused_at:
+                self.paused_at = now
+            elif stall_limit and now - self.paused_at >= stall_limit:
+                return TICK_STALLED
+            return TICK_IDLE
+        self.paused_at = 0.0
+        if not ping_interval or self.state != WS_OPEN:
             return TICK_IDLE
         quiet = now - self.last_heard
         if self.pinged:
