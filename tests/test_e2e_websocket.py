@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import queue
+import signal
 import socket
 import threading
 import time
@@ -377,6 +378,10 @@ def test_invalid_upgrades_are_answered_by_prack(wsserver, worker, version, statu
     assert data.startswith(b"HTTP/1.1 %d " % status)
     if status == 426:
         assert b"\r\nSec-WebSocket-Version: 13\r\n" in data
+        # RFC 9110 15.5.22: a 426 names the protocol to upgrade to (7.8:
+        # with the upgrade connection option).
+        assert b"\r\nUpgrade: websocket\r\n" in data
+        assert b"\r\nConnection: Upgrade\r\n" in data
     assert "/bad" not in worker.events
 
 
@@ -670,3 +675,334 @@ def test_a_client_that_never_reads_is_dropped_after_send_timeout(start_server):
         client.shutdown()
     finally:
         w.stop()
+
+
+def test_events_of_the_other_generation_are_served_during_an_upgrade(tmp_path):
+    """A worker holding a generation-1 WebSocket fetches its events from
+    the shared API port after USR2 (generation 2 answers there and passes
+    the long-poll on as a GET, with its query): the retiring acceptor's
+    close (1001) reaches it."""
+    from upgrade_helpers import code_copy, set_subreaper, start_upgrading
+    if not set_subreaper(True):
+        pytest.skip("needs prctl(PR_SET_CHILD_SUBREAPER) (Linux)")
+    s = None
+    try:
+        code = code_copy(tmp_path / "code")
+        s = start_upgrading(tmp_path, code, acceptors=1)
+        api = Api(s)
+        sock = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        sock.sendall(upgrade_request(b"/old"))
+        ident = api.pull()
+        assert ident.startswith("0001")
+        status, answer = api.call("POST", "/api/v2/requests/%s/head" % ident, {"status": 101})
+        assert status == 200, answer
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        api.conn.close()
+        mark = s.log_mark()
+        os.kill(s.master, signal.SIGUSR2)
+        s.wait_log(r"generation 2 \(pid \d+\) is ready; generation 1 .* retires", since=mark)
+        fresh = s.api_client()        # reaches generation 2
+        fresh.request("GET", "/api/v2/requests/%s/events?wait=5" % ident)
+        resp = fresh.getresponse()
+        answer = json.loads(resp.read())
+        assert resp.status == 200, answer
+        assert answer["events"] == [{"type": "close", "code": ws.CLOSE_GOING_AWAY,
+                                     "reason": "the server is shutting down"}], answer
+        fresh.close()
+        sock.sendall(ws_masked_close())
+        while sock.recv(4096):
+            pass
+        sock.close()
+        s.wait_log(r"prack.master: generation 1 retired", since=mark)
+        assert s.stop_current() in (0, None), "\n".join(s.log)
+        s.assert_clean()
+        assert not any("Traceback" in line for line in s.log), "\n".join(s.log)
+        s = None
+    finally:
+        if s is not None:
+            s.stop_current(timeout=15)
+        set_subreaper(False)
+
+
+def ws_masked_close(code: int = ws.CLOSE_NORMAL) -> bytes:
+    return masked_frame(ws.OP_CLOSE, ws.close_payload(code))
+
+
+def test_a_client_flooding_pings_without_reading_pongs_is_not_read_on(start_server):
+    """Pongs wait for a client that does not read them, as echoes do: past
+    limits.stream_buffer of them the acceptor stops reading the client
+    (its sends stall) instead of queueing pongs without bound."""
+    server = start_server(limits_stream_buffer="64k")
+    w = WsWorker(server.api)
+    try:
+        client = connect(server, "/ping-flood")
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        batch = b"".join(masked_frame(ws.OP_PING, b"p" * 125) for _ in range(1000))
+        cap = 400               # 52 MB of pings, far more than any buffer on the way
+        sent = [0]
+
+        def flood():
+            try:
+                for _ in range(cap):
+                    client.sock.sendall(batch)
+                    sent[0] += 1
+            except OSError:
+                pass
+
+        sender = threading.Thread(target=flood, daemon=True)
+        sender.start()
+        last = -1
+        while sent[0] != last and sent[0] < cap:
+            last = sent[0]
+            sender.join(1.0)
+        print("sender stalled after %d MB" % (sent[0] * len(batch) >> 20))
+        assert sent[0] * len(batch) < 24 << 20, sent[0]
+        client.abort()
+        sender.join(10)
+        _, close, _, _ = w.wait_end("/ping-flood")
+        assert close["code"] == ws.CLOSE_ABNORMAL
+    finally:
+        w.stop()
+
+
+def test_messages_after_the_workers_close_do_not_stall_the_closing_handshake(start_server):
+    """Messages a client sends after the worker closed go nowhere (the
+    worker is done); they must not fill the event window, which would stop
+    the acceptor reading before the client's close frame, so the handshake
+    would hang until its 5 s timeout."""
+    server = start_server(limits_stream_buffer="64k")
+    w = WsWorker(server.api)
+    try:
+        client = connect(server, "/late-messages")
+        client.send("close 4000 bye")
+        event = client.recv_event()
+        assert isinstance(event, ws.Close) and event.code == 4000, event
+        started = time.monotonic()
+        # Still in flight from the client's side when it saw the close.
+        client.send_raw(b"".join(masked_frame(ws.OP_BINARY, os.urandom(16384))
+                                 for _ in range(20)) + ws_masked_close(4000))
+        assert client.wait_eof() == b""
+        elapsed = time.monotonic() - started
+        assert elapsed < ws.CLOSE_TIMEOUT / 2, elapsed
+        client.shutdown()
+        _, close, status, _ = w.wait_end("/late-messages")
+        assert close["code"] == 4000 and status == 200
+    finally:
+        w.stop()
+
+
+def _rss_kb(pid: int) -> int:
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
+def test_endless_empty_fragments_do_not_grow_the_acceptor(start_server):
+    """A fragmented message is held as its bytes, whatever the number of
+    fragments: two million empty continuation frames (12 MB on the wire,
+    a message of one byte) cost the acceptor nothing (a list of fragments
+    grew by 8 bytes per frame, never counted against max_message_size)."""
+    server = start_server("--log-level", "debug", acceptors=1)
+    [pid] = server.pids("acceptor")
+    w = WsWorker(server.api)
+    try:
+        client = connect(server, "/fragments")
+        empty = masked_frame(ws.OP_CONTINUATION, b"", fin=False) * 100_000
+        client.send_raw(masked_frame(ws.OP_TEXT, b"a", fin=False) + empty)
+
+        def sync():     # a pong proves that all before its ping was parsed
+            client.ping(b"sync")
+            event = client.recv_event()
+            assert isinstance(event, ws.Pong) and event.data == b"sync", event
+        sync()
+        before = _rss_kb(pid)
+        for _ in range(20):
+            client.send_raw(empty)
+        sync()
+        grown = _rss_kb(pid) - before
+        print("acceptor RSS grew by %d kB" % grown)
+        client.send_raw(masked_frame(ws.OP_CONTINUATION, b"b"))
+        assert client.recv() == "ab"
+        assert grown < 6 * 1024, grown
+        client.close()
+        client.recv_event()
+        client.shutdown()
+        w.wait_end("/fragments")
+    finally:
+        w.stop()
+
+
+def test_a_large_batch_to_a_slow_client_costs_linear_time(start_server):
+    """A send of many small messages to a client that is not reading: each
+    message past the window waits for the client with no more than
+    constant work (summing the whole pending buffer for each one made the
+    acceptor quadratic: a 30,000-message batch blocked it, and every other
+    client on it, for many seconds). Probes answered by the acceptor
+    itself (a 426) measure how long it is blocked while the batch lands."""
+    server = start_server(acceptors=1, limits_stream_buffer="64k")
+    api = Api(server)
+    box = []
+    opener = threading.Thread(target=lambda: box.append(connect(server, "/batch")))
+    opener.start()
+    ident = api.pull()
+    status, answer = api.call("POST", "/api/v2/requests/%s/head" % ident, {"status": 101})
+    assert status == 200, answer
+    opener.join(10)
+    [client] = box
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    count = 30000
+    messages = [{"type": "binary", "data": base64.b64encode(i.to_bytes(4, "big") * 50).decode()}
+                for i in range(count)]
+    result = []
+    sender = threading.Thread(target=lambda: result.append(api.call(
+        "POST", "/api/v2/requests/%s/send" % ident, {"messages": messages})), daemon=True)
+    api.conn.timeout = 60
+    sender.start()
+    probe = (b"GET /probe HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+             b"Connection: Upgrade\r\nSec-WebSocket-Version: 8\r\n\r\n")
+    worst = 0.0
+    until = time.monotonic() + 4.0          # the batch lands in this time
+    while time.monotonic() < until:
+        at = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as s:
+            s.sendall(probe)
+            assert s.recv(64).startswith(b"HTTP/1.1 426 ")
+        worst = max(worst, time.monotonic() - at)
+    print("worst probe latency %.3f s" % worst)
+    client.sock.settimeout(30)
+    for i in range(count):
+        assert client.recv() == i.to_bytes(4, "big") * 50, i
+    sender.join(30)
+    assert result and result[0][0] == 200, result
+    assert worst < 0.5, worst
+    client.close()
+    client.recv_event()
+    client.shutdown()
+
+
+def test_a_paused_websocket_still_completes_the_closing_handshake(start_server):
+    """A worker that has not fetched its events (the window is full, the
+    acceptor stopped reading) closes: the window no longer matters, so the
+    client's answering close frame is read at once instead of the
+    connection hanging until the 5 s close timeout."""
+    server = start_server(limits_stream_buffer="64k")
+    api = Api(server)
+    box = []
+    opener = threading.Thread(target=lambda: box.append(connect(server, "/paused")))
+    opener.start()
+    ident = api.pull()
+    status, answer = api.call("POST", "/api/v2/requests/%s/head" % ident, {"status": 101})
+    assert status == 200, answer
+    opener.join(10)
+    [client] = box
+    client.send_raw(b"".join(masked_frame(ws.OP_BINARY, os.urandom(16384)) for _ in range(20)))
+    status, answer = api.call("POST", "/api/v2/requests/%s/send" % ident,
+                              {"messages": [{"type": "close", "code": 4001, "reason": "busy"}]})
+    assert status == 200, answer
+    event = client.recv_event()
+    assert isinstance(event, ws.Close) and event.code == 4001, event
+    started = time.monotonic()
+    client.close(4001)
+    assert client.wait_eof() == b""
+    elapsed = time.monotonic() - started
+    assert elapsed < ws.CLOSE_TIMEOUT / 2, elapsed
+    client.shutdown()
+
+
+def test_a_close_read_just_as_the_api_process_dies_leaves_no_traceback(start_server):
+    """The acceptor reads a client's close frame and finds, sending the
+    close event, that the API process has died: the lost link closes its
+    WebSockets while this one is ending; nothing may fail twice. The
+    acceptor is stopped while the client closes and the API process is
+    killed, so both are ready at once, the client first."""
+    server = start_server("--log-level", "debug", "--access-log", acceptors=1)
+    [acceptor] = server.pids("acceptor")
+    [api_pid] = server.pids("API process")
+    w = WsWorker(server.api)
+    try:
+        client = connect(server, "/dying-link")
+        client.send("x")
+        assert client.recv() == "x"
+        os.kill(acceptor, signal.SIGSTOP)
+        try:
+            client.close(4000)
+            os.kill(api_pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _alive(api_pid):      # its sockets close as it exits
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        finally:
+            os.kill(acceptor, signal.SIGCONT)
+        client.wait_eof()
+        client.shutdown()
+        server.wait_log(r"API process ready \(pid (?!%d\))" % api_pid)
+        # The same acceptor serves on: a new WebSocket works.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client = connect(server, "/after")
+                break
+            except HandshakeRefused as exc:
+                assert time.monotonic() < deadline, exc.status
+        client.send("y")
+        assert client.recv() == "y"
+        client.close()
+        client.recv_event()
+        client.shutdown()
+        assert server.pids("acceptor") == [acceptor], "the acceptor died"
+        assert not any("Traceback" in line for line in server.log), "\n".join(server.log)
+    finally:
+        w.stop()
+
+
+def _alive(pid: int) -> bool:
+    """True until `pid` has exited (a zombie has exited)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_worker_that_stops_fetching_events_is_bounded_by_stream_idle_timeout(start_server):
+    """A full window stops the acceptor reading the client, so it cannot see
+    the client leave: a worker that never fetches again (it died holding the
+    WebSocket) would keep the connection forever. Past
+    timeouts.stream_idle_timeout Prack closes it (1011) and the worker's
+    state long-poll says "gone"."""
+    server = start_server(limits_stream_buffer="64k", timeouts_stream_idle_timeout="1")
+    api = Api(server)
+    box = []
+    opener = threading.Thread(target=lambda: box.append(connect(server, "/stalled")))
+    opener.start()
+    ident = api.pull()
+    status, answer = api.call("POST", "/api/v2/requests/%s/head" % ident, {"status": 101})
+    assert status == 200, answer
+    opener.join(10)
+    [client] = box
+    # Far more than the window: the client's FIN waits behind what is unread.
+    client.send_raw(b"".join(masked_frame(ws.OP_BINARY, os.urandom(16384)) for _ in range(64)))
+    client.shutdown()           # the client leaves; nobody reads its socket
+    started = time.monotonic()
+    state = None
+    while time.monotonic() - started < 15:
+        status, answer = api.call("GET", "/api/v2/requests/%s/state?wait=5" % ident)
+        assert status == 200, answer
+        state = answer["state"]
+        if state == "gone":
+            break
+    assert state == "gone", state
+    events = []
+    while not events or events[-1]["type"] != "close":
+        status, answer = api.call("GET", "/api/v2/requests/%s/events?wait=5" % ident)
+        assert status == 200, answer
+        events += answer["events"]
+    assert events[-1]["code"] == ws.CLOSE_INTERNAL_ERROR, events[-1]

@@ -370,6 +370,28 @@ def test_session_client_close_is_echoed_and_reported():
     assert s.finished and not s.send(ws.OP_TEXT, b"late")
 
 
+def test_session_drops_messages_once_it_has_closed():
+    # After our close, messages go nowhere and take no room in the window,
+    # so the client's close frame behind them is still read.
+    s = ws.WsSession(1 << 20, 100, now=0.0)
+    s.close(ws.close_payload(4000), now=0.0)
+    s.receive(b"".join(masked_frame(ws.OP_BINARY, b"x" * 60) for _ in range(5))
+              + masked_frame(ws.OP_CLOSE, ws.close_payload(4000)), now=0.0)
+    assert s.to_worker == [] and s.unacked == 0 and not s.paused
+    assert s.finished
+
+
+def test_session_closing_reads_past_a_full_window():
+    # Paused by a full window, then we close: the client's close frame,
+    # already buffered behind the messages, completes the handshake.
+    s = ws.WsSession(1 << 20, 100, now=0.0)
+    s.receive(b"".join(masked_frame(ws.OP_BINARY, b"x" * 60) for _ in range(5))
+              + masked_frame(ws.OP_CLOSE, ws.close_payload(4000)), now=0.0)
+    assert s.paused and not s.finished
+    s.close(ws.close_payload(4000), now=0.0)
+    assert not s.paused and s.finished
+
+
 def test_session_close_without_code_is_1005():
     s = ws.WsSession(1 << 20, 1 << 16, now=0.0)
     s.receive(masked_frame(ws.OP_CLOSE, b""), now=0.0)
@@ -411,6 +433,20 @@ def test_session_close_timeout():
     assert s.to_worker == [(ws.OP_CLOSE, ws.close_event(1001, "going away"))]
     assert s.tick(1.0, 30.0) == ws.TICK_IDLE
     assert s.tick(ws.CLOSE_TIMEOUT + 0.1, 30.0) == ws.TICK_DEAD and s.finished
+
+
+def test_session_paused_without_credit_stalls():
+    s = ws.WsSession(1 << 20, 100, now=0.0)
+    s.receive(b"".join(masked_frame(ws.OP_BINARY, b"x" * 60) for _ in range(3)), now=0.0)
+    assert s.paused
+    assert s.tick(1.0, 30.0, 10.0) == ws.TICK_IDLE      # paused from here
+    assert s.tick(10.0, 30.0, 10.0) == ws.TICK_IDLE
+    s.credit(10)                                        # the worker fetches: a new start
+    assert s.paused
+    assert s.tick(11.0, 30.0, 10.0) == ws.TICK_IDLE
+    assert s.tick(20.0, 30.0, 10.0) == ws.TICK_IDLE
+    assert s.tick(21.0, 30.0, 10.0) == ws.TICK_STALLED
+    assert s.tick(21.0, 30.0, 0.0) == ws.TICK_IDLE      # no limit
 
 
 def test_session_idle_ping_then_dead():

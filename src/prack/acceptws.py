@@ -53,7 +53,10 @@ class AcceptorWebSockets:
         try:
             key = websocket.handshake_key(req.method, req.version_minor, req.headers)
         except websocket.HandshakeError as exc:
-            extra = b"Sec-WebSocket-Version: 13\r\n" if exc.status == 426 else b""
+            # RFC 9110 15.5.22: a 426 names the protocol in Upgrade (and
+            # 7.8: with the upgrade connection option).
+            extra = (b"Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\n") if exc.status == 426 else b""
             self._respond_local(conn, exc.status, exc.message.encode() + b"\n", extra)
             return True
         if key is not None:
@@ -121,6 +124,8 @@ class AcceptorWebSockets:
                 buffers += wire.stream_frame(wire.F_WS_EVENT, slot, key, 0, opcode, payload)
             s.to_worker = []
             self._send_api(buffers)
+            if conn.ws is not s:
+                return          # that found the API link gone, which ended it
         if s.to_client:
             out, s.to_client = s.to_client, []
             self._write(conn, out)
@@ -132,7 +137,11 @@ class AcceptorWebSockets:
             elif conn.events & selectors.EVENT_READ:
                 self._set_events(conn, conn.events & ~selectors.EVENT_READ)
             return
-        want = conn.events & ~selectors.EVENT_READ if s.paused else \
+        # Not read either while our own frames (pongs, a worker's messages)
+        # wait for the client past the window: a client that sends pings
+        # and never reads the pongs would grow conn.out without bound.
+        hold = s.paused or sum(map(len, conn.out)) > self.ws_window
+        want = conn.events & ~selectors.EVENT_READ if hold else \
             conn.events | selectors.EVENT_READ
         self._set_events(conn, want)
 
@@ -159,7 +168,10 @@ class AcceptorWebSockets:
                 self._write(conn, out)
                 if conn.ws is not s:
                     return
-            if sum(map(len, conn.out)) <= self.ws_window:
+            # A held acknowledgement means the buffer is still over the
+            # window (_ws_flushed releases it once under): no need to sum it
+            # again for each message of a large batch (quadratic).
+            if s.ack < 0 and sum(map(len, conn.out)) <= self.ws_window:
                 self._send_api(wire.stream_frame(wire.F_ACK, conn.slot, conn.key, number))
             else:
                 s.ack = number      # acknowledged when the client catches up
@@ -176,11 +188,18 @@ class AcceptorWebSockets:
         is written."""
         s = conn.ws
         conn.deadline = time.monotonic() + self.t_send
-        if s.ack >= 0 and sum(map(len, conn.out)) <= self.ws_window:
+        if conn.out and sum(map(len, conn.out)) > self.ws_window:
+            return
+        if s.ack >= 0:
             self._send_api(wire.stream_frame(wire.F_ACK, conn.slot, conn.key, s.ack))
             s.ack = -1
-        if s.finished and not conn.out:
-            self._ws_end(conn)
+            if conn.ws is not s:
+                return          # the API link was found gone, which ended it
+        if s.finished:
+            if not conn.out:
+                self._ws_end(conn)
+        elif not s.paused and not conn.events & selectors.EVENT_READ:
+            self._set_events(conn, conn.events | selectors.EVENT_READ)   # caught up
 
     # -- the end ------------------------------------------------------------------------------
 
@@ -189,6 +208,8 @@ class AcceptorWebSockets:
         it still holds the connection, and the TCP connection closes (we
         close first, as RFC 6455 7.1.1 asks of servers), after a drain."""
         s = conn.ws
+        if s is None:
+            return              # ended already (a lost link found while ending)
         conn.ws = None
         self._withdraw(conn)
         if self.access:
@@ -204,7 +225,10 @@ class AcceptorWebSockets:
     def _ws_link_lost(self) -> None:
         """The API process is gone, and with it every WebSocket's state
         there: close them all with 1011 (clients reconnect)."""
-        for conn in [c for c in self.conns.values() if c.state == WEBSOCKET]:
+        # (One whose end is under way - ws cleared, its F_GONE finding the
+        # link gone - is left to finish.)
+        for conn in [c for c in self.conns.values()
+                     if c.state == WEBSOCKET and c.ws is not None]:
             self._ws_shutdown(conn, websocket.CLOSE_INTERNAL_ERROR,
                               "the server lost its worker link")
 
@@ -226,7 +250,7 @@ class AcceptorWebSockets:
                      self.index, conn.target)
             self._close(conn)
             return
-        what = s.tick(now, self.ws_ping)
+        what = s.tick(now, self.ws_ping, self.t_stream_idle)
         if what == websocket.TICK_DEAD:
             if s.state == websocket.WS_OPEN:
                 log.info("acceptor %d: WebSocket client of %s went silent: dropping",
@@ -236,3 +260,9 @@ class AcceptorWebSockets:
                 self._ws_end(conn)
         elif what == websocket.TICK_PING:
             self._ws_pump(conn)
+        elif what == websocket.TICK_STALLED:
+            log.warning("acceptor %d: the worker of WebSocket %s fetched no events for "
+                        "stream_idle_timeout (%.0f s): closing", self.index, conn.target,
+                        self.t_stream_idle)
+            self._ws_shutdown(conn, websocket.CLOSE_INTERNAL_ERROR,
+                              "the worker stopped receiving")

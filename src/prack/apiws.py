@@ -165,6 +165,17 @@ class ApiWebSockets:
         except ValueError as exc:
             self._reply_error(conn, 400, str(exc))
             return
+        parsed = wire.parse_identifier(req.path[len(V2_PREFIX):].partition("/")[0])
+        target = self._elsewhere(parsed) if parsed is not None else None
+        if target is not None:
+            # The other generation's WebSocket: ask there, as a GET with its
+            # query (the common forward of _id_call is a POST of the path).
+            accept = b"Accept: application/%s\r\n" % (b"msgpack" if conn.msgpack else b"json")
+            self._forward(target, req.path + ("?" + req.query if req.query else ""), accept,
+                          b"", lambda status, answer: self._reply(conn, status, answer,
+                                                                  ctype=self._ctype(conn)),
+                          b"GET")
+            return
         found = self._ws_call(conn, req, (lambda: self._ws_events(conn, req, False))
                               if hold else None)
         if found is None:

@@ -304,7 +304,9 @@ SETTINGS: tuple[Setting, ...] = (
         "A streamed response (or server-sent events) whose worker sends "
         "nothing for this long is cut off: the client's response ends "
         "incomplete and the worker's next call gets 410. Keep-alive "
-        "comments do not count as activity.",
+        "comments do not count as activity. A WebSocket whose worker "
+        "fetches none of the events waiting for it (limits.stream_buffer "
+        "full) for this long is closed with 1011.",
         min=1, max=86400,
     ),
     Setting(

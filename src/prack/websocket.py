@@ -285,7 +285,8 @@ class FrameParser:
         self._length = 0
         self._mask = b""
         self._msg_opcode = 0          # opcode of the fragmented message in progress, or 0
-        self._parts: list[bytes] = []
+        self._parts = bytearray()     # the fragmented message so far (never a list:
+                                      # empty fragments would each cost a slot)
         self._msg_size = 0
         self._utf8 = None             # incremental decoder of a fragmented text message
         self._failed: WebSocketError | None = None
@@ -307,7 +308,7 @@ class FrameParser:
         err = self._failed = WebSocketError(code, reason)
         self._state = _CLOSED
         self.buf.clear()
-        self._parts = []
+        self._parts = bytearray()
         return err
 
     def events(self):
@@ -422,13 +423,12 @@ class FrameParser:
                 self._utf8.decode(payload, fin)
             except UnicodeDecodeError:
                 raise self._error(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
-        self._parts.append(payload)
+        self._parts += payload
         self._msg_size += len(payload)
         if not fin:
             return None
-        data = b"".join(self._parts)
-        event = Message(self._msg_opcode, data)
-        self._parts = []
+        event = Message(self._msg_opcode, bytes(self._parts))
+        self._parts = bytearray()
         self._msg_size = 0
         self._msg_opcode = 0
         self._utf8 = None
@@ -477,7 +477,7 @@ CLOSE_TIMEOUT = 5.0     # how long we wait for the peer's close frame after ours
 # Session states.
 WS_OPEN, WS_CLOSING, WS_CLOSED = range(3)
 # What tick() found.
-TICK_IDLE, TICK_PING, TICK_DEAD = range(3)
+TICK_IDLE, TICK_PING, TICK_DEAD, TICK_STALLED = range(4)
 
 
 def close_event(code: int, reason: str = "") -> bytes:
@@ -509,7 +509,8 @@ class WsSession:
     """
 
     __slots__ = ("parser", "state", "window", "unacked", "to_client", "to_worker",
-                 "finished", "last_heard", "pinged", "close_deadline", "ack", "sent")
+                 "finished", "last_heard", "pinged", "close_deadline", "ack", "sent",
+                 "paused_at")
 
     def __init__(self, max_message_size: int, window: int, now: float):
         self.parser = FrameParser(max_message_size)
@@ -524,10 +525,13 @@ class WsSession:
         self.close_deadline = 0.0
         self.ack = -1           # a worker message whose acknowledgement waits for the client
         self.sent = 0           # bytes queued for the client (for the access log)
+        self.paused_at = 0.0    # when a tick first found us paused with no credit since
 
     @property
     def paused(self) -> bool:
-        return self.unacked >= self.window
+        # Once closing, nothing more goes to the worker: the window no
+        # longer holds back reading (the client's close frame must be read).
+        return self.unacked >= self.window and self.state == WS_OPEN
 
     # -- from the client --------------------------------------------------------------
 
@@ -541,6 +545,7 @@ class WsSession:
         """The worker received `n` bytes of events; parse on if that unpaused us."""
         was = self.paused
         self.unacked = max(0, self.unacked - n)
+        self.paused_at = 0.0    # the worker is fetching
         if was and not self.paused:
             self.pump()
 
@@ -552,6 +557,11 @@ class WsSession:
             for event in self.parser.events():
                 cls = event.__class__
                 if cls is Message:
+                    if self.state != WS_OPEN:
+                        # We have closed: the worker is done (or was told);
+                        # counting it would fill the window for good and
+                        # stop us reading the client's close frame.
+                        continue
                     self.to_worker.append((event.opcode, event.data))
                     self.unacked += len(event.data) + EVENT_OVERHEAD
                     if self.paused:
@@ -609,23 +619,33 @@ class WsSession:
             self.to_worker.append((OP_CLOSE, event))
         self.state = WS_CLOSING
         self.close_deadline = now + CLOSE_TIMEOUT
+        self.pump()         # input the window held back may hold the answer
 
     # -- time --------------------------------------------------------------------------
 
-    def tick(self, now: float, ping_interval: float) -> int:
+    def tick(self, now: float, ping_interval: float, stall_limit: float = 0.0) -> int:
         """Housekeeping: TICK_PING when a ping was queued, TICK_DEAD when the
         connection should be dropped (the client went silent, or never
-        answered our close), else TICK_IDLE."""
+        answered our close), TICK_STALLED when we have been paused with no
+        credit for `stall_limit` (the worker stopped fetching events; as we
+        do not read, we could not even see the client leave), else
+        TICK_IDLE."""
         if self.state == WS_CLOSING:
             if now >= self.close_deadline:
                 self.state = WS_CLOSED
                 self.finished = True
                 return TICK_DEAD
             return TICK_IDLE
-        if not ping_interval or self.state != WS_OPEN or self.paused:
+        if self.paused:
             # While paused we do not read, so silence proves nothing.
-            if self.paused:
-                self.last_heard = now
+            self.last_heard = now
+            if not self.paused_at:
+                self.paused_at = now
+            elif stall_limit and now - self.paused_at >= stall_limit:
+                return TICK_STALLED
+            return TICK_IDLE
+        self.paused_at = 0.0
+        if not ping_interval or self.state != WS_OPEN:
             return TICK_IDLE
         quiet = now - self.last_heard
         if self.pinged:
