@@ -22,13 +22,11 @@ import msgspec
 from prack import http, spool, static, wire
 from prack.acceptws import WEBSOCKET, AcceptorWebSockets
 from prack.loop import ChildLoop
-from prack.sockets import send_pending
+from prack.sockets import send_file, send_pending
 from prack.ring import RecordTooBig, RingFull
 from prack.wire import SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
 
 log = logging.getLogger("prack.acceptor")
-# sendfile(2) where the platform has it (Linux, BSD, macOS); else pread + send.
-_sendfile = getattr(os, "sendfile", None)
 access_log = logging.getLogger("prack.access")
 
 # Connection states.
@@ -719,29 +717,9 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
     def _send_file(self, conn: Conn) -> None:
         """Send the static file after its head, until the socket is full.
         Raises OSError when the client has gone or the file shrank."""
-        job = conn.file
-        fd = job[0]
-        while job[2]:
-            if _sendfile is not None:
-                try:
-                    n = _sendfile(conn.fd, fd, job[1], min(job[2], 1 << 20))
-                except (BlockingIOError, InterruptedError):
-                    return
-            else:
-                data = os.pread(fd, min(job[2], RECV_SIZE), job[1])
-                n = len(data)
-                if n:
-                    conn.out.append(data)
-            if n == 0:
-                raise OSError("static file shrank while being sent")
-            job[1] += n
-            job[2] -= n
-            if conn.out:            # the pread fallback: send what was read
-                send_pending(conn.sock, conn.out)
-                if conn.out:
-                    return
-        conn.file = None
-        os.close(fd)
+        if send_file(conn.sock, conn.file, conn.out):
+            os.close(conn.file[0])
+            conn.file = None
 
     def _start_response(self, conn: Conn, status: int, keep: bool, buffers: list) -> None:
         conn.keep_alive = keep

@@ -11,19 +11,18 @@ from __future__ import annotations
 import collections
 import errno
 import logging
-import math
 import os
 import selectors
 import socket
 import time
-import urllib.parse
 
 import msgspec
 
 from prack import http, wire
 from prack.apiinput import ApiInput
 from prack.apilife import ApiLifecycle
-from prack.apimsg import BadResponse, check_response_cached as _check_response_cached
+from prack.apimsg import BadParameter, BadResponse, query_params
+from prack.apimsg import check_response_cached as _check_response_cached
 from prack.apimsg import describe as _describe, printable as _printable
 from prack.apistream import ApiStreams
 from prack.apiws import ApiWebSockets
@@ -47,10 +46,6 @@ V2_PREFIX = "/api/v2/requests/"
 
 # Outcomes of delivering one posted response (v2 names them per item).
 OK, GONE, UNKNOWN, INVALID = "ok", "gone", "unknown", "invalid"
-
-
-class BadParameter(Exception):
-    """A query parameter of a v2 call is invalid; the message names it."""
 
 
 class Link:
@@ -923,25 +918,5 @@ def _wants_msgpack(req: http.Request) -> bool:
 
 def _batch_params(query: str, poll_timeout: float) -> tuple[int, float]:
     """(max, wait) of GET /api/v2/requests; wait is capped by poll_timeout."""
-    batch, wait = 1, poll_timeout
-    seen = set()
-    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
-        if name in seen:
-            raise BadParameter("%s: given more than once" % name[:40])
-        seen.add(name)
-        if name == "max":
-            if not (value.isdigit() and value.isascii()) or not value.strip("0"):
-                raise BadParameter("max: expected a whole number from 1, got %r" % value[:40])
-            # Larger than the server's maximum is capped, however long.
-            batch = MAX_BATCH if len(value) > 9 else min(int(value), MAX_BATCH)
-        elif name == "wait":
-            try:
-                wait = float(value)
-            except ValueError:
-                wait = math.nan
-            if not (math.isfinite(wait) and wait >= 0):
-                raise BadParameter("wait: expected seconds (a number >= 0), got %r" % value[:40])
-            wait = min(wait, poll_timeout)
-        else:
-            raise BadParameter("%s: unknown parameter (use max and wait)" % name[:40])
+    wait, batch = query_params(query, poll_timeout, poll_timeout, 1, MAX_BATCH)
     return batch, wait

@@ -23,7 +23,7 @@ import logging
 import os
 
 from prack import http, spool, wire
-from prack.sockets import send_pending
+from prack.sockets import send_file
 from prack.wire import SLOT_TAKEN
 
 log = logging.getLogger("prack.api")
@@ -34,7 +34,6 @@ OCTETS = b"Content-Type: application/octet-stream\r\n"
 # fast worker reading a large body does not hold the loop.
 SEND_CHUNK = 1 << 20
 SENDS_PER_WAKE = 8
-_sendfile = getattr(os, "sendfile", None)
 
 
 class Parked:
@@ -194,35 +193,14 @@ class ApiInput:
         self._write(conn, [head])
 
     def _send_input(self, conn) -> None:
-        """Send the spool file after its head, as far as the socket takes it.
-        Raises OSError when the worker has gone or the file shrank."""
+        """Send the spool file after its head, as far as the socket takes it
+        (a few rounds per wake-up, so one large input does not hold up the
+        loop). Raises OSError when the worker has gone or the file shrank."""
         job = conn.file
-        fd = job[0]
-        for _ in range(SENDS_PER_WAKE):
-            if not job[2]:
-                break
-            if _sendfile is not None:
-                try:
-                    n = _sendfile(conn.sock.fileno(), fd, job[1], min(job[2], SEND_CHUNK))
-                except (BlockingIOError, InterruptedError):
-                    return
-            else:
-                data = os.pread(fd, min(job[2], 1 << 16), job[1])
-                n = len(data)
-                if n:
-                    conn.out.append(data)
-            if n == 0:
-                raise OSError("spool file shrank while being sent")
-            job[1] += n
-            job[2] -= n
-            if conn.out:            # the pread fallback: send what was read
-                send_pending(conn.sock, conn.out)
-                if conn.out:
-                    return
-        if job[2]:
+        if not send_file(conn.sock, job, conn.out, SENDS_PER_WAKE, SEND_CHUNK):
             return                  # more on the next wake-up
         conn.file = None
-        os.close(fd)
+        os.close(job[0])
         conn.busy = False
         if not conn.close_after:
             conn.reader.next()

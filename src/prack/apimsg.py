@@ -3,6 +3,9 @@ status and headers turned into a validated header block, and errors made
 readable for the worker and the log."""
 from __future__ import annotations
 
+import math
+import urllib.parse
+
 import msgspec
 
 from prack import wire
@@ -13,6 +16,41 @@ _BAD_VALUE = frozenset(chr(c) for c in range(32) if c != 9) | {"\x7f"}
 # Framing and hop-by-hop fields are Prack's business (RFC 9110 7.6.1).
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length",
                          "proxy-connection", "te", "trailer", "upgrade"})
+
+class BadParameter(ValueError):
+    """A query parameter of an API call is invalid; the message names it."""
+
+
+def query_params(query: str, wait: float, wait_cap: float, most: int = 0,
+                 most_cap: int = 0) -> tuple[float, int]:
+    """(wait, max) of a long-polling call's query string. `wait` is seconds
+    >= 0, capped by `wait_cap` (api.poll_timeout); `max` a whole number from
+    1, capped by `most_cap`, and allowed only when `most_cap` is set. The
+    arguments `wait` and `most` are the defaults. Unknown or repeated names
+    raise BadParameter."""
+    allowed = "wait and max" if most_cap else "wait"
+    seen = set()
+    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        if name in seen:
+            raise BadParameter("%s: given more than once" % name[:40])
+        seen.add(name)
+        if name == "wait":
+            try:
+                wait = float(value)
+            except ValueError:
+                wait = math.nan
+            if not (math.isfinite(wait) and wait >= 0):
+                raise BadParameter("wait: expected seconds (a number >= 0), got %r"
+                                   % value[:40])
+        elif name == "max" and most_cap:
+            if not (value.isdigit() and value.isascii()) or not value.strip("0"):
+                raise BadParameter("max: expected a whole number from 1, got %r" % value[:40])
+            # Larger than the server's maximum is capped, however long.
+            most = most_cap if len(value) > 9 else min(int(value), most_cap)
+        else:
+            raise BadParameter("%s: unknown parameter (use %s)" % (name[:40], allowed))
+    return min(wait, wait_cap), most
+
 
 class BadResponse(Exception):
     """A worker's posted response is invalid; the message names the field."""

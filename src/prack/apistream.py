@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import logging
 import time
-import urllib.parse
 
 import msgspec
 
 from prack import wire
-from prack.apimsg import BadResponse, check_response, describe, printable
+from prack.apimsg import BadResponse, check_response, describe, printable, query_params
 from prack.wire import SLOT_FREE, SLOT_TAKEN
 
 log = logging.getLogger("prack.api")
@@ -277,7 +276,7 @@ class ApiStreams:
 
     def _stream_state(self, conn, req, hold: bool = True) -> None:
         try:
-            wait = _wait_param(req.query, self.poll_timeout)
+            wait = query_params(req.query, 0.0, self.poll_timeout)[0]
         except ValueError as exc:
             self._reply_error(conn, 400, str(exc))
             return
@@ -387,18 +386,3 @@ class ApiStreams:
                 self.gone_waiters[sid] = keep
             else:
                 del self.gone_waiters[sid]
-
-
-def _wait_param(query: str, limit: float) -> float:
-    """`wait` of GET .../state: seconds >= 0, capped by api.poll_timeout."""
-    wait = 0.0
-    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
-        if name != "wait":
-            raise ValueError("%s: unknown parameter (use wait)" % name[:40])
-        try:
-            wait = float(value)
-        except ValueError:
-            wait = -1.0
-        if not (0 <= wait < float("inf")):
-            raise ValueError("wait: expected seconds (a number >= 0), got %r" % value[:40])
-    return min(wait, limit)

@@ -27,13 +27,12 @@ import binascii
 import collections
 import logging
 import time
-import urllib.parse
 from typing import Any
 
 import msgspec
 
 from prack import websocket, wire
-from prack.apimsg import BadResponse, check_response, describe
+from prack.apimsg import BadResponse, check_response, describe, query_params
 
 log = logging.getLogger("prack.api")
 
@@ -161,7 +160,7 @@ class ApiWebSockets:
 
     def _ws_events(self, conn, req, hold: bool = True) -> None:
         try:
-            wait, most = _events_params(req.query, self.poll_timeout)
+            wait, most = query_params(req.query, 0.0, self.poll_timeout, MAX_EVENTS, MAX_EVENTS)
         except ValueError as exc:
             self._reply_error(conn, 400, str(exc))
             return
@@ -355,30 +354,6 @@ class ApiWebSockets:
                 ws.waiter = None
                 self._ws_deliver(sid, ws, conn, ws.max)
 
-
-
-def _events_params(query: str, limit: float) -> tuple[float, int]:
-    """(wait, max) of GET .../events; wait is capped by api.poll_timeout."""
-    wait, most = 0.0, MAX_EVENTS
-    seen = set()
-    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
-        if name in seen:
-            raise ValueError("%s: given more than once" % name[:40])
-        seen.add(name)
-        if name == "wait":
-            try:
-                wait = float(value)
-            except ValueError:
-                wait = -1.0
-            if not (0 <= wait < float("inf")):
-                raise ValueError("wait: expected seconds (a number >= 0), got %r" % value[:40])
-        elif name == "max":
-            if not (value.isdigit() and value.isascii()) or not value.strip("0"):
-                raise ValueError("max: expected a whole number from 1, got %r" % value[:40])
-            most = MAX_EVENTS if len(value) > 9 else min(int(value), MAX_EVENTS)
-        else:
-            raise ValueError("%s: unknown parameter (use wait and max)" % name[:40])
-    return min(wait, limit), most
 
 
 def _outgoing(batch: WsSend, msgpack: bool) -> tuple[list, bytes | None]:
