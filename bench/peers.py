@@ -75,15 +75,39 @@ class Running:
         self.stop()
 
     def stop(self) -> None:
+        # Processes that are not our children (Mongrel2 daemonizes: its
+        # server is named only by its pid file) are stopped too, or each run
+        # would leave one behind.
+        extra = [pid for pid in self._extra() if pid not in {p.pid for p in self.procs}]
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
+        for pid in extra:
+            _signal(pid, signal.SIGTERM)
         for p in reversed(self.procs):
             try:
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        deadline = time.monotonic() + 20
+        while extra and time.monotonic() < deadline:
+            extra = [pid for pid in extra if _signal(pid, 0)]
+            if extra:
+                time.sleep(0.05)
+        for pid in extra:
+            _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: int) -> bool:
+    """Send sig to pid; False when there is no such process any more."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _spawn(cmd: list[str], cwd: str | None = None, env: dict | None = None,
