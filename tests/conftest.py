@@ -463,3 +463,25 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def read_head(f) -> tuple[bytes, dict]:
+    """A response head from a file over a client socket: (status line,
+    {lower-case name: value})."""
+    status = f.readline()
+    headers = {}
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+def read_chunk(f) -> tuple[int, bytes]:
+    """One chunk of a chunked body from a file over a client socket: (size, data)."""
+    size = int(f.readline().split(b";")[0], 16)
+    data = f.read(size)
+    assert f.read(2) == b"\r\n"
+    return size, data

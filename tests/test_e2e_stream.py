@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from conftest import read_chunk, read_head
+
 
 @pytest.fixture(scope="module")
 def srv(start_module_server):
@@ -60,15 +62,6 @@ class Api:
         self.conn.close()
 
 
-def read_chunk(sock_file):
-    """One chunk of a chunked body from a file over the socket: (size, data)."""
-    line = sock_file.readline()
-    size = int(line.split(b";")[0], 16)
-    data = sock_file.read(size)
-    assert sock_file.read(2) == b"\r\n"
-    return size, data
-
-
 _opened = []
 
 
@@ -106,18 +99,6 @@ def small_window_client(port, rcvbuf):
     sock.connect(("127.0.0.1", port))
     _opened.append(sock)
     return sock
-
-
-def read_head(f):
-    status = f.readline()
-    headers = {}
-    while True:
-        line = f.readline()
-        if line in (b"\r\n", b""):
-            break
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers
 
 
 GET = b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n"

@@ -194,6 +194,25 @@ def connect(server, path: str, **kw) -> WsClient:
 
 # -- exchanging messages ---------------------------------------------------------------
 
+
+def echo_after_api_restart(server, old_api_pid: int) -> None:
+    """Once the API process that replaced `old_api_pid` is ready, a new
+    WebSocket is accepted and echoes (a refusal is retried for up to 10 s,
+    while the worker reconnects)."""
+    server.wait_log(r"API process ready \(pid (?!%d\))" % old_api_pid)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client = connect(server, "/after")
+            break
+        except HandshakeRefused as exc:
+            assert time.monotonic() < deadline, exc.status
+    client.send("y")
+    assert client.recv() == "y"
+    client.close()
+    client.recv_event()
+    client.shutdown()
+
 def test_ten_thousand_messages_echoed_in_order(wsserver, worker):
     client = connect(wsserver, "/echo-many")
     rng = __import__("random").Random(7)
@@ -617,20 +636,7 @@ def test_api_process_death_closes_websockets_with_1011(start_server):
         client.wait_eof()
         client.shutdown()
         # The new API process serves: a new WebSocket works.
-        server.wait_log(r"API process ready \(pid (?!%d\))" % api_pid)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client = connect(server, "/after")
-                break
-            except HandshakeRefused as exc:
-                # Until a worker reconnects, the request may time out; not here.
-                assert time.monotonic() < deadline, exc.status
-        client.send("y")
-        assert client.recv() == "y"
-        client.close()
-        client.recv_event()
-        client.shutdown()
+        echo_after_api_restart(server, api_pid)
     finally:
         w.stop()
 
@@ -943,20 +949,8 @@ def test_a_close_read_just_as_the_api_process_dies_leaves_no_traceback(start_ser
             os.kill(acceptor, signal.SIGCONT)
         client.wait_eof()
         client.shutdown()
-        server.wait_log(r"API process ready \(pid (?!%d\))" % api_pid)
         # The same acceptor serves on: a new WebSocket works.
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client = connect(server, "/after")
-                break
-            except HandshakeRefused as exc:
-                assert time.monotonic() < deadline, exc.status
-        client.send("y")
-        assert client.recv() == "y"
-        client.close()
-        client.recv_event()
-        client.shutdown()
+        echo_after_api_restart(server, api_pid)
         assert server.pids("acceptor") == [acceptor], "the acceptor died"
         assert not any("Traceback" in line for line in server.log), "\n".join(server.log)
     finally:

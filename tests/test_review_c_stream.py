@@ -9,6 +9,8 @@ import signal
 import socket
 import time
 
+from conftest import read_chunk, read_head
+
 GET = b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
@@ -49,25 +51,6 @@ def client(server, request: bytes = GET, timeout: float = 10):
     f = sock.makefile("rb")
     server._track(f)
     return sock, f
-
-
-def read_head(f) -> tuple[bytes, dict]:
-    status = f.readline()
-    headers = {}
-    while True:
-        line = f.readline()
-        if line in (b"\r\n", b""):
-            break
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers
-
-
-def read_chunk(f) -> tuple[int, bytes]:
-    size = int(f.readline().split(b";")[0], 16)
-    data = f.read(size)
-    assert f.read(2) == b"\r\n"
-    return size, data
 
 
 def test_error_report_for_a_streaming_request_ends_its_stream(start_server):

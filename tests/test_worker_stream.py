@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from conftest import read_head
+
 from prack.worker import sdk
 from prack.worker.asgi import ASGIHandler
 from prack.worker.wsgi import WSGIHandler
@@ -50,14 +52,7 @@ def get(server, path: str, version: str = "HTTP/1.1"):
     sock = socket.create_connection((server.host, server.port), timeout=WAIT)
     sock.sendall(("GET %s %s\r\nHost: test\r\n\r\n" % (path, version)).encode())
     f = sock.makefile("rb")
-    status = f.readline()
-    headers = {}
-    while True:
-        line = f.readline()
-        if line in (b"\r\n", b""):
-            break
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
+    status, headers = read_head(f)
     return sock, f, status, headers
 
 
