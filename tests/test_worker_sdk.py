@@ -78,9 +78,12 @@ def test_graceful_stop_finishes_held_requests(start_server):
     assert any("stopping" in line for line in worker.log)
 
 
-def test_in_process_worker_concurrency_and_failures(start_server):
+@pytest.mark.parametrize("api", ["v2", "v1"])
+def test_in_process_worker_concurrency_and_failures(start_server, api):
     """concurrency=N runs N handlers at once (a barrier of N would time out
-    otherwise); a handler that raises gets its client a 502."""
+    otherwise); a handler that raises gets its client a 502; repeated
+    response fields arrive in order. On API v1 (one JSON request per call)
+    too, where a streamed body goes through the v2 stream calls."""
     server = start_server()
     barrier = threading.Barrier(4, timeout=10)
 
@@ -90,10 +93,12 @@ def test_in_process_worker_concurrency_and_failures(start_server):
             raise ValueError("no luck")
         if path.startswith("/together"):
             barrier.wait()
+        if path == "/stream":
+            return Response(200, [("Content-Type", "text/plain")], iter([b"one ", b"two"]))
         return Response(200, [("X-Path", path), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")],
                         req.body[::-1])
 
-    worker = Worker(handler, [server.api], concurrency=4, wait=1).start()
+    worker = Worker(handler, [server.api], concurrency=4, wait=1, api=api).start()
     try:
         results = []
 
@@ -116,9 +121,18 @@ def test_in_process_worker_concurrency_and_failures(start_server):
         assert (r.status, r.read()) == (200, b"cba")
         assert r.getheader("X-Path") == "/echo"
         assert [v for n, v in r.getheaders() if n == "Set-Cookie"] == ["a=1", "b=2"]
+        c.request("GET", "/stream")
+        r = c.getresponse()
+        assert (r.status, r.getheader("Transfer-Encoding"), r.read()) == (200, "chunked",
+                                                                           b"one two")
     finally:
         worker.stop()
         worker.join()
+
+
+def test_api_must_be_v1_or_v2():
+    with pytest.raises(ValueError, match="api must be"):
+        Worker(lambda req: None, ["http://127.0.0.1:9"], api="v3")
 
 
 def test_worker_started_before_its_front(start_server):

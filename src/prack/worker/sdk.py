@@ -51,6 +51,9 @@ MSGPACK = streams.MSGPACK
 _decode_batch = msgspec.msgpack.Decoder(wire.RequestBatch).decode
 _decode_results = msgspec.msgpack.Decoder(wire.ResultBatch).decode
 _encode = msgspec.msgpack.Encoder().encode
+_decode_v1 = msgspec.json.Decoder(wire.PulledRequest).decode
+_encode_json = msgspec.json.Encoder().encode
+JSON = "application/json"
 BATCH_BUDGET = 0.005  # seconds of handler time a lane takes on at once
 IDLE_CONNECTIONS = 16  # kept per front for streams, inputs and watches
 
@@ -476,9 +479,11 @@ class Worker:
 
     def __init__(self, handler, fronts=(DEFAULT_FRONT,), concurrency: int = 8,
                  batch: int = 64, wait: float = 2.0, max_backoff: float = 2.0,
-                 max_streams: int = 1000):
+                 max_streams: int = 1000, api: str = "v2"):
         if concurrency < 1 or batch < 1 or max_streams < 1:
             raise ValueError("concurrency, batch and max_streams must be at least 1")
+        if api not in ("v1", "v2"):
+            raise ValueError("api must be 'v1' or 'v2', not %r" % (api,))
         if isinstance(fronts, str):
             fronts = [fronts]
         self.handler = handler
@@ -497,7 +502,9 @@ class Worker:
         self.streams: dict[threading.Thread, tuple] = {}   # -> (front, request, is a WebSocket)
         self.streams_lock = threading.Lock()
         self.stopping = threading.Event()
-        self.lanes = [threading.Thread(target=self._lane, daemon=True, name="prack-lane",
+        self.api = api
+        lane = self._lane if api == "v2" else self._lane_v1
+        self.lanes = [threading.Thread(target=lane, daemon=True, name="prack-lane",
                                        args=(self.fronts[i % len(self.fronts)],))
                       for i in range(concurrency)]
 
@@ -689,6 +696,76 @@ class Worker:
             _call(conn, "POST", "/api/v2/requests/%s/error" % ident,
                   _encode(wire.Error(reason)), {"Content-Type": MSGPACK})
 
+    def _lane_v1(self, front: _Front) -> None:
+        """A lane on API v1 (JSON, one request per call): for fronts that
+        speak only v1, and to compare the protocols. Stopping waits for the
+        long poll under way (the front's api.poll_timeout at most)."""
+        conn = None
+        reused = False
+        answers: list = []
+        errors: list = []
+        while not self.stopping.is_set():
+            try:
+                if conn is None:
+                    conn = front.connect()
+                try:
+                    status, data = _call(conn, "GET", "/api/v1/request", None, {})
+                except (http.client.RemoteDisconnected, ConnectionResetError,
+                        BrokenPipeError):
+                    if not reused:
+                        raise
+                    conn.close()        # a kept-alive connection the front closed
+                    status, data = _call(conn, "GET", "/api/v1/request", None, {})
+                reused = True
+                if status == 404:       # the poll timed out: nothing for us
+                    front.succeeded()
+                    continue
+                if status != 200:
+                    raise FrontDown("GET /api/v1/request answered %d" % status)
+                pulled = _decode_v1(data)
+            except (OSError, http.client.HTTPException, FrontDown,
+                    msgspec.DecodeError, msgspec.ValidationError) as exc:
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                reused = False
+                self.stopping.wait(backoff(front.failed(exc), cap=self.max_backoff))
+                continue
+            front.succeeded()
+            # v1 tells no deadline: the front answers 504 when it passes.
+            self._handle(front, wire.RequestItem(pulled.identifier, pulled.environment,
+                                                 pulled.body, float("inf")), answers, errors)
+            try:
+                for item in answers:
+                    headers: dict = {}
+                    for name, value in item.headers:
+                        old = headers.get(name)
+                        if old is None:
+                            headers[name] = value
+                        elif type(old) is list:
+                            old.append(value)
+                        else:
+                            headers[name] = [old, value]
+                    status, data = _call(conn, "POST", "/api/v1/response", _encode_json(
+                        wire.PostedResponse(item.id, item.status, headers, item.body)),
+                        {"Content-Type": JSON})
+                    if status == 400:
+                        log.error("front refused the response to %s: %s", item.id, data[:200])
+                    elif status != 200:
+                        log.info("response to %s not delivered: %d", item.id, status)
+                for ident, reason in errors:
+                    _call(conn, "POST", "/api/v2/requests/%s/error" % ident,
+                          _encode_json(wire.Error(reason)), {"Content-Type": JSON})
+            except (OSError, http.client.HTTPException) as exc:
+                log.debug("front %s: answer not delivered: %s", front.url, exc)
+                conn.close()
+                conn = None
+                reused = False
+            answers.clear()
+            errors.clear()
+        if conn is not None:
+            conn.close()
+
 
 def _pairs(headers) -> list:
     if isinstance(headers, dict):
@@ -702,7 +779,8 @@ def serve(handler, fronts=(DEFAULT_FRONT,), concurrency: int = 8, grace: float =
     """Serve `handler` until SIGTERM or SIGINT, then stop pulling, finish the
     requests held and return 0. Streams and WebSockets get `grace` seconds
     to end by themselves, then are aborted. A second signal returns 1 at
-    once. Options: those of Worker (batch, wait, max_backoff, max_streams)."""
+    once. Options: those of Worker (batch, wait, max_backoff, max_streams,
+    api: "v2", or "v1" for one JSON request per call)."""
     return run(Worker(handler, fronts, concurrency, **options), grace)
 
 
