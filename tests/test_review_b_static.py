@@ -49,3 +49,45 @@ def test_a_file_swapped_for_a_fifo_does_not_block(tmp_path, monkeypatch):
         t.join(5)
     assert not blocked
     assert result and result[0].status == 404
+
+
+def test_a_plain_repeat_is_answered_from_the_ready_cache_until_the_file_changes(tmp_path):
+    """A small file asked for again without validators or ranges comes from
+    the one-step cache, which the stat of every request keeps honest: a
+    change of content, size or inode (a file renamed over it) shows at once,
+    and a conditional request still gets its own answer."""
+    import os
+
+    f = tmp_path / "a.txt"
+    f.write_bytes(b"one")
+    files = static.StaticFiles(str(tmp_path), "/static/")
+    first = files.answer("GET", "/static/a.txt", [])
+    assert (first.status, first.body) == (200, b"one")
+    assert files.answer("GET", "/static/a.txt", [(b"host", b"x")]) is first
+    assert files.answer("HEAD", "/static/a.txt", []) is first   # the acceptor drops the body
+
+    etag = first.header_block.split(b"ETag: ")[1].split(b"\r\n")[0]
+    assert files.answer("GET", "/static/a.txt", [(b"if-none-match", etag)]).status == 304
+    ranged = files.answer("GET", "/static/a.txt", [(b"range", b"bytes=1-")])
+    assert (ranged.status, ranged.body) == (206, b"ne")
+
+    f.write_bytes(b"three")                           # new size
+    assert files.answer("GET", "/static/a.txt", []).body == b"three"
+    st = os.stat(f)
+    g = tmp_path / "b.tmp"
+    g.write_bytes(b"THREE")                           # same size and time, new inode
+    os.utime(g, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(g, f)
+    assert files.answer("GET", "/static/a.txt", []).body == b"THREE"
+    f.unlink()
+    assert files.answer("GET", "/static/a.txt", []).status == 404
+
+
+def test_the_ready_cache_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(static, "CACHE_ENTRIES", 8)
+    for i in range(20):
+        (tmp_path / ("%d.txt" % i)).write_bytes(b"x")
+    files = static.StaticFiles(str(tmp_path), "/static/")
+    for i in range(20):
+        assert files.answer("GET", "/static/%d.txt" % i, []).status == 200
+        assert len(files._ready) <= 8

@@ -25,6 +25,9 @@ from prack import http
 _TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml",
                "application/xml")
 _ALLOW = b"Allow: GET, HEAD\r\n"
+# Request fields that make an answer depend on more than the file.
+_CONDITIONAL = frozenset({b"if-none-match", b"if-match", b"if-modified-since",
+                          b"if-unmodified-since", b"range", b"if-range"})
 CACHE_SECONDS = 1.0     # how long a path resolution is trusted
 CACHE_ENTRIES = 4096    # entries per cache before it starts over
 CACHE_PATH_MAX = 256    # longer request paths are resolved every time
@@ -51,12 +54,13 @@ class BytesAnswer:
     """A small file's bytes (or a range of them), kept in memory: the
     acceptor sends head and body in one write."""
 
-    __slots__ = ("status", "header_block", "body")
+    __slots__ = ("status", "header_block", "body", "ready")
 
-    def __init__(self, status: int, header_block: bytes, body: bytes):
+    def __init__(self, status: int, header_block: bytes, body: bytes, ready=None):
         self.status = status
         self.header_block = header_block
         self.body = body
+        self.ready = ready      # a whole file's (path, (size, mtime, inode))
 
 
 class SimpleAnswer:
@@ -150,6 +154,10 @@ class StaticFiles:
         self._heads: dict[tuple, tuple[bytes, int, bytes, bytes]] = {}
         self._bodies: dict[tuple, bytes] = {}
         self._body_bytes = 0
+        # The common case answered in one step: request path -> (trusted
+        # until, file, (size, mtime, inode), its plain 200 answer). Valid
+        # while the stat made for every request still matches.
+        self._ready: dict[str, tuple] = {}
 
     def _resolve_cached(self, raw_path: str) -> bytes | None:
         now = time.monotonic()
@@ -189,8 +197,36 @@ class StaticFiles:
 
     def answer(self, method: str, raw_path: str,
                headers: list) -> FileAnswer | BytesAnswer | SimpleAnswer:
-        if method not in ("GET", "HEAD"):
+        if method != "GET" and method != "HEAD":
             return SimpleAnswer(405, b"method not allowed\n", _ALLOW)
+        ready = self._ready.get(raw_path)
+        plain = True
+        for name, _ in headers:
+            if name in _CONDITIONAL:
+                plain = False
+                break
+        if ready is not None and plain and ready[0] > time.monotonic():
+            # A small file asked for again, without validators or ranges:
+            # only the stat that makes a change show at once.
+            try:
+                st = os.stat(ready[1])
+            except OSError:
+                st = None
+            if st is not None and (st.st_size, st.st_mtime_ns, st.st_ino) == ready[2]:
+                return ready[3]
+        answer = self._answer_path(method, raw_path, headers)
+        if plain and answer.__class__ is BytesAnswer and answer.ready is not None:
+            # Kept as long as the path's resolution is trusted (a long path's
+            # is not kept, nor is this then).
+            resolved = self._paths.get(raw_path)
+            if resolved is not None:
+                if len(self._ready) >= CACHE_ENTRIES:
+                    self._ready.clear()
+                self._ready[raw_path] = (resolved[0],) + answer.ready + (answer,)
+        return answer
+
+    def _answer_path(self, method: str, raw_path: str,
+                     headers: list) -> FileAnswer | BytesAnswer | SimpleAnswer:
         path = self._resolve_cached(raw_path)
         if path is None:
             return SimpleAnswer(404, b"not found\n")
@@ -228,7 +264,9 @@ class StaticFiles:
     def _small_body(self, path: bytes, st) -> bytes | None:
         """The bytes of a small file's current version, read once and kept
         (at most CACHE_BYTES in all); None if it changed while being read."""
-        key = (path, st.st_size, st.st_mtime_ns)
+        # The inode too: a file renamed over it with the same size and time
+        # (a deploy that keeps times) has other bytes.
+        key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
         body = self._bodies.get(key)
         if body is None:
             # Non-blocking like every open here: the name may have come to
@@ -239,11 +277,13 @@ class StaticFiles:
                 now = os.fstat(fd)
             finally:
                 os.close(fd)
-            if not stat.S_ISREG(now.st_mode) or (now.st_size, now.st_mtime_ns) != key[1:] \
+            if not stat.S_ISREG(now.st_mode) or \
+                    (now.st_size, now.st_mtime_ns, now.st_ino) != key[1:] \
                     or len(body) != st.st_size:
                 return None
             if self._body_bytes + len(body) > CACHE_BYTES:
                 self._bodies.clear()
+                self._ready.clear()     # it holds bodies too
                 self._body_bytes = 0
             self._bodies[key] = body
             self._body_bytes += len(body)
@@ -330,8 +370,10 @@ class StaticFiles:
                     status, first, length = 206, r[0], r[1] - r[0] + 1
                     block += b"Content-Range: bytes %d-%d/%d\r\n" % (r[0], r[1], size)
                 if body is not None:
-                    return BytesAnswer(status, block,
-                                       body if status == 200 else body[first:first + length])
+                    if status != 200:
+                        return BytesAnswer(status, block, body[first:first + length])
+                    return BytesAnswer(200, block, body,
+                                       (path, (size, st.st_mtime_ns, st.st_ino)))
                 return FileAnswer(status, fd, first, length, block)
         if fd >= 0:
             os.close(fd)
