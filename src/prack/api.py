@@ -62,7 +62,8 @@ class Link:
 
 class WorkerConn:
     __slots__ = ("sock", "reader", "out", "events", "waiting", "deadline", "keep_alive",
-                 "busy", "close_after", "head", "processing", "batch", "msgpack", "file")
+                 "busy", "close_after", "head", "processing", "batch", "msgpack", "file",
+                 "results")
 
     def __init__(self, sock, reader):
         self.sock = sock
@@ -79,6 +80,8 @@ class WorkerConn:
         self.batch = 0             # the waiting pull: 0 for v1, else v2's `max`
         self.msgpack = False       # answer this v2 call in msgpack
         self.file = None           # a spooled body being sent: [fd, offset, remaining]
+        self.results = None        # a post-and-pull: its encoded ResultBatch, until the
+                                   # batch of requests goes out with it
 
 
 class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
@@ -168,7 +171,12 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
             conn = self.waiters.popleft()
             if conn.waiting and conn.sock is not None:
                 conn.waiting = False
-                self._reply_error(conn, 503, "the server is shutting down")
+                if conn.results is not None:
+                    # A post-and-pull: its answers went through, so it is
+                    # answered 200 with its results and no requests.
+                    self._reply_empty(conn)
+                else:
+                    self._reply_error(conn, 503, "the server is shutting down")
         for conn in list(self.workers.values()):
             if not conn.busy and not conn.out:
                 self._close_worker(conn)
@@ -370,7 +378,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
                 continue
             waiters.popleft()
             conn.waiting = False
-            self._reply(conn, 200, data, ctype=self._ctype(conn))
+            self._reply_batch(conn, data)
         for ring in rings:
             ring.wake()
 
@@ -476,6 +484,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
             self._reply(conn, 404, b'{"error":"no such endpoint"}')
             return
         conn.batch = 0
+        conn.results = None
         conn.msgpack = path.startswith("/api/v2/") and _wants_msgpack(req)
         handler = methods.get(req.method)
         if handler is None:
@@ -503,41 +512,62 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         self._pull(conn, self.poll_timeout)
 
     def _pull_v2(self, conn: WorkerConn, req: http.Request) -> None:
-        # A worker asks with the same few query strings again and again:
-        # valid ones are parsed once (parse_qsl is about 5 µs a call).
+        params = self._batch_params(conn, req)
+        if params is not None:
+            conn.batch, wait = params
+            self._pull(conn, wait)
+
+    def _batch_params(self, conn: WorkerConn, req: http.Request) -> tuple[int, float] | None:
+        """(max, wait) of a v2 pull or post-and-pull, or None once a bad
+        parameter has been answered 400. A worker asks with the same few
+        query strings again and again: valid ones are parsed once
+        (parse_qsl is about 5 µs a call)."""
         params = self.pull_params.get(req.query)
         if params is None:
             try:
                 params = _batch_params(req.query, self.poll_timeout)
             except BadParameter as exc:
                 self._reply_error(conn, 400, str(exc))
-                return
+                return None
             if len(self.pull_params) >= 256:
                 self.pull_params.clear()
             self.pull_params[req.query] = params
-        conn.batch, wait = params
-        self._pull(conn, wait)
+        return params
 
     def _pull(self, conn: WorkerConn, wait: float) -> None:
+        if conn.sock is None:
+            # Gone while its post was held or forwarded: take nothing for it.
+            return
         if self.stopping:
-            self._reply_error(conn, 503, "the server is shutting down")
+            if conn.results is not None:
+                self._reply_empty(conn)     # its results, and no requests
+            else:
+                self._reply_error(conn, 503, "the server is shutting down")
             return
         if wait <= 0:
             data = self._take_for(conn)
             if data is None:
                 self._reply_empty(conn)
             else:
-                self._reply(conn, 200, data, ctype=self._ctype(conn))
+                self._reply_batch(conn, data)
             return
         conn.waiting = True
         conn.deadline = time.monotonic() + wait
         self.waiters.append(conn)
         self._dispatch_waiters()
 
+    def _reply_batch(self, conn: WorkerConn, data: bytes) -> None:
+        """A v1 request or a v2 batch (after a post-and-pull's results)."""
+        results = conn.results
+        if results is not None:
+            conn.results = None
+            data = _results_and_requests(results, data, conn.msgpack)
+        self._reply(conn, 200, data, ctype=self._ctype(conn))
+
     def _reply_empty(self, conn: WorkerConn) -> None:
         """Nothing arrived in time: v1 says 404, v2 an empty batch."""
         if conn.batch:
-            self._reply(conn, 200, self._codec(conn).empty_batch, ctype=self._ctype(conn))
+            self._reply_batch(conn, self._codec(conn).empty_batch)
         else:
             self._reply(conn, 404, NO_REQUESTS)
 
@@ -587,6 +617,15 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
 
     def _post_v2(self, conn: WorkerConn, req: http.Request, hold: bool = True,
                  deadline: float | None = None) -> None:
+        """POST /api/v2/responses; with `max` or `wait` in the query (a
+        post-and-pull) the results go out together with the next batch of
+        requests, pulled as GET /api/v2/requests does once every answer has
+        been delivered (held or forwarded ones included)."""
+        params = None
+        if req.query:
+            params = self._batch_params(conn, req)
+            if params is None:          # 400: nothing delivered, nothing pulled
+                return
         codec = self._codec_in(req)
         try:
             batch = codec.decode_batch(req.body)
@@ -635,7 +674,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
             results.append(wire.ItemResult(item.id, outcome, reason))
         self._send_frames(out)
         if not foreign:
-            self._reply_results(conn, results)
+            self._reply_results(conn, results, params)
             return
         # Items for the other generation go there as one batch each; the
         # answer to this call waits for theirs.
@@ -653,13 +692,21 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
                         ident, UNKNOWN, "identifier: its generation did not answer")
                 pending[0] -= 1
                 if not pending[0]:
-                    self._reply_results(conn, results)
+                    self._reply_results(conn, results, params)
             self._forward(target, "/api/v2/responses", codec.ctype,
                           codec.encode(wire.ResponseBatch([raw for _, _, raw in items])), done)
 
-    def _reply_results(self, conn: WorkerConn, results: list) -> None:
-        self._reply(conn, 200, self._codec(conn).encode(wire.ResultBatch(results)),
-                    ctype=self._ctype(conn))
+    def _reply_results(self, conn: WorkerConn, results: list,
+                       params: tuple[int, float] | None = None) -> None:
+        """The results of a post; with `params` (max, wait), a pull follows
+        and they wait for its batch."""
+        encoded = self._codec(conn).encode(wire.ResultBatch(results))
+        if params is None:
+            self._reply(conn, 200, encoded, ctype=self._ctype(conn))
+            return
+        conn.results = encoded
+        conn.batch, wait = params
+        self._pull(conn, wait)
 
     def _post_error_v2(self, conn: WorkerConn, req: http.Request, hold: bool = True) -> None:
         """A worker gives up on a request: its client gets 502 and the
@@ -914,6 +961,15 @@ def _wants_msgpack(req: http.Request) -> bool:
         if name == b"content-type":
             ctype = value
     return ctype is not None and ctype.split(b";")[0].strip().lower() == b"application/msgpack"
+
+
+def _results_and_requests(results: bytes, batch: bytes, msgpack: bool) -> bytes:
+    """One {"results", "requests"} map (wire.ResultsAndRequests) out of an
+    encoded ResultBatch and an encoded RequestBatch, each a one-key map:
+    their entries are joined, the requests not encoded again."""
+    if msgpack:         # fixmap of 1 -> fixmap of 2
+        return b"\x82" + results[1:] + batch[1:]
+    return results[:-1] + b"," + batch[1:]
 
 
 def _batch_params(query: str, poll_timeout: float) -> tuple[int, float]:

@@ -212,6 +212,14 @@ class ResultBatch(msgspec.Struct):
     results: list[ItemResult]
 
 
+class ResultsAndRequests(msgspec.Struct):
+    """POST /api/v2/responses?max=N&wait=S (post and pull in one call): the
+    results of the posted items, then the next batch of requests, pulled as
+    GET /api/v2/requests would (an empty list when none came in time)."""
+    results: list[ItemResult]
+    requests: list[RequestItem]
+
+
 # -- the request environment -----------------------------------------------------
 
 _env_keys: dict[bytes, str | None] = {}
