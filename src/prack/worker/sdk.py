@@ -10,7 +10,9 @@ v2, msgpack), run a handler on each, post the responses back.
 
 `concurrency` lanes (threads), spread over the fronts, each keep one
 HTTP/1.1 connection open and loop: long-poll for a batch, run the handler on
-each request in turn, post all the answers in one call. No request changes
+each request in turn, post all the answers in one call, which brings back
+the next batch (POST /api/v2/responses?max=N&wait=S): a busy lane makes one
+call per batch. No request changes
 threads on its way, which is what makes a worker cheap per request. A lane
 asks for about 5 ms of handler time at once (a moving average decides how
 many requests that is), so a slow handler takes one request at a time and
@@ -49,7 +51,17 @@ log = logging.getLogger("prack.worker")
 DEFAULT_FRONT = "http://127.0.0.1:4242"
 MSGPACK = streams.MSGPACK
 _decode_batch = msgspec.msgpack.Decoder(wire.RequestBatch).decode
-_decode_results = msgspec.msgpack.Decoder(wire.ResultBatch).decode
+
+
+class _PostAnswer(msgspec.Struct):
+    """The answer to a post-and-pull (wire.ResultsAndRequests). `requests` is
+    None from a front older than the combined call, which ignores the query
+    and answers the results alone."""
+    results: list[wire.ItemResult]
+    requests: list[wire.RequestItem] | None = None
+
+
+_decode_post = msgspec.msgpack.Decoder(_PostAnswer).decode
 _encode = msgspec.msgpack.Encoder().encode
 _decode_v1 = msgspec.json.Decoder(wire.PulledRequest).decode
 _encode_json = msgspec.json.Encoder().encode
@@ -244,6 +256,7 @@ class _Front:
         self.down_since: float | None = None
         self.failures = 0
         self.idle: list = []          # kept-alive connections for calls about requests
+        self.combined = True          # it pulls with the answers (False: an older front)
 
     def connect(self) -> "_Connection":
         return _Connection(self.host, self.port, self.timeout)
@@ -473,8 +486,9 @@ class Worker:
     `concurrency` lanes (threads), spread over the fronts, each keep one
     HTTP/1.1 connection to their front and loop: pull a batch (long poll of
     up to `wait` seconds), run the handler on each request in turn, post the
-    answers in one call. `batch` caps the requests a lane takes at once (the
-    lane adapts below it to the handler's speed). A streamed response or a
+    answers in one call that also pulls the next batch. `batch` caps the
+    requests a lane takes at once (the lane adapts below it to the handler's
+    speed). A streamed response or a
     WebSocket runs on a thread of its own, at most `max_streams` at once."""
 
     def __init__(self, handler, fronts=(DEFAULT_FRONT,), concurrency: int = 8,
@@ -570,37 +584,48 @@ class Worker:
     def _lane(self, front: _Front) -> None:
         conn = None
         reused = False              # conn has carried a call already
-        query = "/api/v2/requests?wait=%g&max=" % self.wait
+        params = "?wait=%g&max=" % self.wait
         pull_headers = {"Accept": MSGPACK}
         answers: list = []          # ResponseItems to post
         errors: list = []           # (id, reason) to report
         while True:
             try:
+                items = None
                 if answers or errors:
                     if conn is None:
                         conn = front.connect()
-                    self._post(conn, answers, errors)
+                    stopping = self.stopping.is_set()
+                    items = self._post(conn, answers, errors, None if stopping or not
+                                       front.combined else params + str(self.pace.size()),
+                                       front)
                     answers, errors = [], []
                     reused = True
-                if self.stopping.is_set():
+                    if stopping:
+                        break
+                    if not items and conn.sock is None:
+                        # Closed after an empty batch: a stopping front says
+                        # so (its pulls get 503). Pull apart to find out.
+                        items = None
+                elif self.stopping.is_set():
                     break
-                if conn is None:
-                    conn = front.connect()
-                path = query + str(self.pace.size())
-                try:
-                    status, data = _call(conn, "GET", path, None, pull_headers)
-                except (http.client.RemoteDisconnected, ConnectionResetError,
-                        BrokenPipeError):
-                    if not reused:
-                        raise
-                    # The front closed a kept-alive connection (a restart, an
-                    # idle limit): one new connection before calling it down.
-                    conn.close()
-                    status, data = _call(conn, "GET", path, None, pull_headers)
-                reused = True
-                if status != 200:
-                    raise FrontDown("GET /api/v2/requests answered %d" % status)
-                items = _decode_batch(data).requests
+                if items is None:
+                    if conn is None:
+                        conn = front.connect()
+                    path = "/api/v2/requests" + params + str(self.pace.size())
+                    try:
+                        status, data = _call(conn, "GET", path, None, pull_headers)
+                    except (http.client.RemoteDisconnected, ConnectionResetError,
+                            BrokenPipeError):
+                        if not reused:
+                            raise
+                        # The front closed a kept-alive connection (a restart, an
+                        # idle limit): one new connection before calling it down.
+                        conn.close()
+                        status, data = _call(conn, "GET", path, None, pull_headers)
+                    reused = True
+                    if status != 200:
+                        raise FrontDown("GET /api/v2/requests answered %d" % status)
+                    items = _decode_batch(data).requests
             except (OSError, http.client.HTTPException, FrontDown,
                     msgspec.DecodeError, msgspec.ValidationError) as exc:
                 if conn is not None:
@@ -613,6 +638,9 @@ class Worker:
                     log.debug("front %s: %d answers not delivered: %s", front.url,
                               len(answers) + len(errors), exc)
                     answers, errors = [], []
+                if self.stopping.is_set():
+                    break
+                front.combined = True       # a restarted front may be a newer one
                 failures = front.failed(exc)
                 self.stopping.wait(backoff(failures, cap=self.max_backoff))
                 continue
@@ -680,21 +708,35 @@ class Worker:
         thread.start()
 
     @staticmethod
-    def _post(conn, answers: list, errors: list) -> None:
-        if answers:
-            status, data = _call(conn, "POST", "/api/v2/responses",
-                                 _encode(wire.ResponseBatch(answers)),
-                                 {"Content-Type": MSGPACK, "Accept": MSGPACK})
-            if status != 200:
-                raise FrontDown("POST /api/v2/responses answered %d" % status)
-            for result in _decode_results(data).results:
-                if result.status == "invalid":
-                    log.error("front refused the response to %s: %s", result.id, result.error)
-                elif result.status != "ok":
-                    log.info("response to %s not delivered: %s", result.id, result.status)
+    def _post(conn, answers: list, errors: list, params: str | None,
+              front: _Front) -> list | None:
+        """Post the answers (with `params`, "?wait=S&max=N": and pull the next
+        batch in the same call) and report the errors. The batch pulled, or
+        None when none was (no answers, no `params`, or an older front)."""
+        items = None
         for ident, reason in errors:
             _call(conn, "POST", "/api/v2/requests/%s/error" % ident,
                   _encode(wire.Error(reason)), {"Content-Type": MSGPACK})
+        if not answers:
+            return None
+        status, data = _call(conn, "POST", "/api/v2/responses" + (params or ""),
+                             _encode(wire.ResponseBatch(answers)),
+                             {"Content-Type": MSGPACK, "Accept": MSGPACK})
+        if status != 200:
+            raise FrontDown("POST /api/v2/responses answered %d" % status)
+        answer = _decode_post(data)
+        if params is not None:
+            items = answer.requests
+            if items is None:
+                log.info("front %s pulls no requests with the answers (an older "
+                         "Prack): pulling apart", front.url)
+                front.combined = False
+        for result in answer.results:
+            if result.status == "invalid":
+                log.error("front refused the response to %s: %s", result.id, result.error)
+            elif result.status != "ok":
+                log.info("response to %s not delivered: %s", result.id, result.status)
+        return items
 
     def _lane_v1(self, front: _Front) -> None:
         """A lane on API v1 (JSON, one request per call): for fronts that
