@@ -38,7 +38,7 @@ def test_a_busy_lane_makes_one_call_per_request(start_server, monkeypatch):
             worker.stop()
         return Response(200, [("Content-Type", "text/plain")], req.env["PATH_INFO"].encode())
 
-    worker = Worker(handler, [server.api], concurrency=1, wait=3).start()
+    worker = Worker(handler, [server.api], concurrency=1, wait=5).start()
     try:
         n = 30
         for i in range(n):
@@ -48,13 +48,14 @@ def test_a_busy_lane_makes_one_call_per_request(start_server, monkeypatch):
         worker.stop()
         worker.join(10)
     pulls = [p for m, p in calls if m == "GET"]
-    combined = [p for m, p in calls if m == "POST" and p.startswith("/api/v2/responses?wait=3&max=")]
+    combined = [p for m, p in calls
+                if m == "POST" and p.startswith("/api/v2/responses?wait=5&max=")]
     plain = [p for m, p in calls if m == "POST" and p == "/api/v2/responses"]
     # One pull to start (a second if it timed out before the first request),
     # then each answer brings the next request; the stopping lane's last post
     # pulls nothing.
     assert 1 <= len(pulls) <= 2, calls
-    assert all(p.startswith("/api/v2/requests?wait=3&max=") for p in pulls)
+    assert all(p.startswith("/api/v2/requests?wait=5&max=") for p in pulls)
     assert len(combined) == n, calls
     assert plain == ["/api/v2/responses"], calls
     assert calls[-1] == ("POST", "/api/v2/responses")
