@@ -346,6 +346,22 @@ def _upgrade_then_post_and_pull(tmp_path):
     before = shm_entries()
     s = start_upgrading(tmp_path, code_copy(tmp_path / "code"), api_poll_timeout=5,
                         acceptors=1)
+    try:
+        mark = _post_and_pull_across_generations(s)
+        s.close_clients()
+        s.wait_log(r"prack.master: generation 1 retired", since=mark)
+    except BaseException:
+        s.close_clients()
+        s.stop_current()        # no server left behind by a failure
+        raise
+    code = s.stop_current()
+    assert code in (0, None), "exit %r\n%s" % (code, "\n".join(s.log))
+    s.assert_clean()
+    assert not any("Traceback" in line for line in s.log), "\n".join(s.log)
+    assert shm_entries() <= before
+
+
+def _post_and_pull_across_generations(s) -> int:
     old = s.raw(timeout=20)
     old.send(b"GET /old HTTP/1.1\r\nHost: x\r\n\r\n")
     [r] = pull(s, 1, msgpack=True)
@@ -353,21 +369,18 @@ def _upgrade_then_post_and_pull(tmp_path):
     os.kill(s.master, signal.SIGUSR2)
     s.wait_log(r"generation 2 \(pid \d+\) is ready; generation 1 .* retires", since=mark)
     new = s.raw(timeout=20)
-    status, answer = None, None
-    done = threading.Event()
+    got = {}
 
     def post():
-        nonlocal status, answer
-        status, answer = call(s, "POST", "/api/v2/responses?max=2&wait=5", {"responses": [
+        got["answer"] = call(s, "POST", "/api/v2/responses?max=2&wait=5", {"responses": [
             item(r["id"], b"old", msgpack=True)]}, msgpack=True)
-        done.set()
 
     t = threading.Thread(target=post)
     t.start()
     assert old.read_response().body == b"old"     # passed on to generation 1
     new.send(b"GET /new HTTP/1.1\r\nHost: x\r\n\r\n")
     t.join(15)
-    assert done.is_set()
+    status, answer = got["answer"]
     assert status == 200
     assert answer["results"] == [{"id": r["id"], "status": "ok"}]
     [n] = answer["requests"]
@@ -375,15 +388,8 @@ def _upgrade_then_post_and_pull(tmp_path):
     assert r["id"].startswith("0001")
     call(s, "POST", "/api/v2/responses", {"responses": [item(n["id"], b"new", True)]}, True)
     assert new.read_response().body == b"new"
-    old.close()
-    new.close()
-    s.close_clients()
-    s.wait_log(r"prack.master: generation 1 retired", since=mark)
-    code = s.stop_current()
-    assert code in (0, None), "exit %r\n%s" % (code, "\n".join(s.log))
-    s.assert_clean()
-    assert not any("Traceback" in line for line in s.log), "\n".join(s.log)
-    assert shm_entries() <= before
+    return mark
+
 
 
 def test_openapi_documents_the_combined_call():
