@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import mmap
 import os
 import random
 import selectors
@@ -42,6 +43,7 @@ ACCEPT_BATCH = 1
 LINGER_MAX_BYTES = 1 << 20
 RETIRE_IDLE_GRACE = 1.0   # an idle keep-alive connection's last chance when retiring
 RECV_SIZE = 65536
+API_READ_SIZE = 1 << 18   # what one read of the API link takes at most
 # accept(2) errors that concern only the connection being accepted (Linux
 # passes its pending network errors on, and says to retry; EPERM is a
 # firewall rule): go on with the next one.
@@ -177,6 +179,10 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         self.free_slots = collections.deque(range(self.nslots))
         self.api: socket.socket | None = None
         self.api_in = bytearray()
+        # Anonymous memory: only the pages reads have used count (an idle
+        # acceptor does not carry 256 KiB of zeros).
+        self.api_scratch = mmap.mmap(-1, API_READ_SIZE, mmap.MAP_PRIVATE)
+        self.api_scratch_view = memoryview(self.api_scratch)
         self.api_out: list = []
         self.api_retry_at = 0.0
         self.rand = random.Random(os.urandom(16))
@@ -300,16 +306,19 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         if not mask & selectors.EVENT_READ:
             return
         try:
-            data = self.api.recv(1 << 18)
+            # Into a buffer kept for it: recv(256 KiB) would allocate that
+            # much per call, which malloc serves with mmap/munmap (measured:
+            # 17-23 us per call against 3 us).
+            n = self.api.recv_into(self.api_scratch)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
-        if not data:
+            n = 0
+        if not n:
             self._api_lost()
             return
         buf = self.api_in
-        buf += data
+        buf += self.api_scratch_view[:n]
         consumed = 0
         for start, end in wire.complete_frames(buf):
             kind = buf[start]
