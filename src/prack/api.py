@@ -108,6 +108,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         self.pipeline_cap = cfg.api.max_request_size + lim.max_header_size
         self.tick = min(0.5, max(0.05, self.poll_timeout / 4 if self.poll_timeout else 0.5))
         self.links: list[Link | None] = [None] * segment.nrings
+        self.due_links: list[Link] = []     # with frames to send at the batch's end
         self.workers: dict[int, WorkerConn] = {}
         self.waiters: collections.deque[WorkerConn] = collections.deque()
         self.rr = 0
@@ -254,10 +255,20 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
             self._unpark_acceptor(link.index)
 
     def _send_link(self, link: Link, buffers: list) -> None:
-        was_empty = not link.out
+        """Frames for an acceptor leave at the end of the event batch: the
+        answers of several posts (one per lane) go in one write, and the
+        acceptor wakes once for them."""
+        if not link.out:
+            self.due_links.append(link)
         link.out.extend(buffers)
-        if was_empty:
-            self._flush_link(link)
+
+    def _end_of_batch(self) -> None:
+        due = self.due_links
+        if due:
+            self.due_links = []
+            for link in due:
+                if link.sock is not None and link.out:
+                    self._flush_link(link)
 
     def _flush_link(self, link: Link) -> None:
         try:
