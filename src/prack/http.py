@@ -73,13 +73,39 @@ class Request:
     scan filled in, and the environment is written by C from `_head` (the
     head's bytes) and `_saved` (a copy of the scan's output)."""
 
-    __slots__ = ("method", "target", "path", "query", "version_minor", "host", "body",
-                 "keep_alive", "content_length", "upgrade", "_head", "_saved", "_headers")
+    __slots__ = ("method", "target", "version_minor", "body", "keep_alive",
+                 "content_length", "upgrade", "_head", "_saved", "_headers", "_path")
 
     def __init__(self) -> None:
         self.body = b""
         self.content_length = None
         self._headers = None
+        self._path = None
+
+    # path, query and host are read from the head when asked for: the
+    # acceptor's hot path needs none of them (C writes the environment).
+    @property
+    def path(self) -> str:
+        """The target's path ("/" first for an absolute target)."""
+        path = self._path
+        if path is None:
+            v = memoryview(self._saved).cast("I")
+            path = self._head[v[4]:v[4] + v[5]].decode("ascii")
+            if v[0] & _HF_PATH_SLASH:
+                path = "/" + path
+            self._path = path
+        return path
+
+    @property
+    def query(self) -> str:
+        v = memoryview(self._saved).cast("I")
+        return self._head[v[6]:v[6] + v[7]].decode("ascii")
+
+    @property
+    def host(self) -> str:
+        """The authority of an absolute target, else Host, else ""."""
+        v = memoryview(self._saved).cast("I")
+        return self._head[v[8]:v[8] + v[9]].decode("ascii")
 
     @property
     def protocol(self) -> str:
@@ -119,29 +145,32 @@ class Request:
     def environ_msgpack(self, server: bytes, server_count: int, extra: bytes = b"",
                         extra_count: int = 0):
         """The CGI/Rack environment (`prk_write_env`, head.h) as one msgpack
-        map: a buffer valid until the next call in this process. `server`
+        map: a memoryview valid until the next call in this process. `server`
         holds SERVER_NAME and SERVER_PORT msgpack pairs for a request
         without a host; `extra` holds `extra_count` more pairs (REMOTE_ADDR
         ...). CONTENT_LENGTH is the body's size once it is in."""
         head = self._head
         saved = self._saved
         length = self.content_length
-        need = lib.prk_env_bound(len(head), len(saved) >> 4, len(server), len(extra))
         out = _env_out
-        if need > out[1]:
+        args = (head, len(head), saved, len(saved), -1 if length is None else length,
+                server, len(server), server_count, extra, len(extra), extra_count)
+        n = lib.prk_write_env(out[0], out[1], *args)
+        if n == lib.PRK_ENV_NO_ROOM:
+            need = lib.prk_env_bound(len(head), len(saved) >> 4, len(server), len(extra))
             out[0] = ffi.new("char[]", need)
             out[1] = need
-        n = lib.prk_write_env(out[0], out[1], head, len(head), saved, len(saved),
-                              -1 if length is None else length,
-                              server, len(server), server_count, extra, len(extra),
-                              extra_count)
-        if n < 0:       # cannot happen with the bound and our own scan
+            out[2] = memoryview(ffi.buffer(out[0]))
+            n = lib.prk_write_env(out[0], need, *args)
+        if n < 0:       # cannot happen: the bound suffices, the scan is ours
             raise ValueError("prk_write_env failed (%d)" % n)
-        return ffi.buffer(out[0], n)
+        return out[2][:n]
 
 
-# The environment's output buffer: [char[], capacity], grown on demand.
-_env_out: list = [ffi.new("char[]", 16384), 16384]
+# The environment's output buffer: [char[], capacity, its memoryview],
+# grown when a head needs more.
+_env_out: list = [ffi.new("char[]", 16384), 16384, None]
+_env_out[2] = memoryview(ffi.buffer(_env_out[0]))
 
 # Raw header name -> lower-case name, so common names are lowered only once.
 # It lives as long as the process: only names up to 64 bytes are kept, else
@@ -182,6 +211,7 @@ _HEAD_ERRORS = {
     lib.PRK_H_BAD_INPUT: (400, "malformed request"),
 }
 
+_H_VERSION = lib.PRK_H_VERSION + (1 << 32)     # as the uint32 view reads it
 _HF_HTTP11 = lib.PRK_HF_HTTP11
 _HF_KEEP_ALIVE = lib.PRK_HF_KEEP_ALIVE
 _HF_CHUNKED = lib.PRK_HF_CHUNKED
@@ -328,8 +358,8 @@ class RequestReader:
         else:
             cbuf = ffi.from_buffer(buf)
             try:
-                rc = lib.prk_parse_request(cbuf, n, self._c_req, self._c_headers,
-                                           limits.max_headers)
+                rc = lib.prk_read_head(cbuf, n, self._c_req, self._c_headers,
+                                       limits.max_headers, limits.max_body_size, self._c_head)
             finally:
                 ffi.release(cbuf)
         self._scanned = n
@@ -354,33 +384,29 @@ class RequestReader:
 
     def _build_request(self, head_len: int) -> None:
         buf = self.buf
+        # prk_read_head has also made the RFC 9112 decisions (target form,
+        # Host, persistence, expectation, body framing: prk_scan_head) in
+        # one C pass over the fields. h: flags, num_headers, then offsets
+        # and lengths of method, path, query, host; host_index, ctype_index,
+        # the scan's result, content_length (words 14-15).
+        h = self._v_head
+        rc = h[12]
+        if rc == _H_VERSION:
+            raise self._fail(505, "HTTP version not supported")
         head = bytes(buf[:head_len])
         del buf[:head_len]
         self._scanned = 0
-        # The RFC 9112 decisions (target form, Host, persistence,
-        # expectation, body framing) are made by one C pass over the fields.
-        rc = lib.prk_scan_head(head, head_len, self._c_req, self._c_headers,
-                               self.limits.max_body_size, self._c_head)
         r = self._v_req
-        h = self._v_head
-        if rc == lib.PRK_H_VERSION:
-            raise self._fail(505, "HTTP version not supported")
         req = Request()
         req.method = head[r[0]:r[0] + r[1]].decode("ascii")
         self._req = req           # from here on, errors know the method
         if rc:
-            status, message = _HEAD_ERRORS.get(rc, (400, "malformed request"))
+            status, message = _HEAD_ERRORS.get(rc - (1 << 32), (400, "malformed request"))
             raise self._fail(status, message)
-        # h: flags, num_headers, method, path, query, host offsets and
-        # lengths, host_index, ctype_index, content_length (2 words).
         flags = h[0]
         req._head = head
         req._saved = self._block[:_HEAD_SIZE + (h[1] << 4)]
         req.target = head[r[2]:r[2] + r[3]].decode("ascii")
-        path = head[h[4]:h[4] + h[5]].decode("ascii")
-        req.path = "/" + path if flags & _HF_PATH_SLASH else path
-        req.query = head[h[6]:h[6] + h[7]].decode("ascii") if h[7] else ""
-        req.host = head[h[8]:h[8] + h[9]].decode("ascii") if h[9] else ""
         req.version_minor = 1 if flags & _HF_HTTP11 else 0
         req.keep_alive = not not flags & _HF_KEEP_ALIVE
         req.upgrade = not not flags & _HF_UPGRADE
@@ -391,7 +417,7 @@ class RequestReader:
             self._body_len = 0
             self.state = _BODY_CHUNKED
         elif flags & _HF_LENGTH:
-            length = h[12] | h[13] << 32
+            length = h[14] | h[15] << 32
             req.content_length = length
             self._remaining = length
             self.state = _BODY_LENGTH

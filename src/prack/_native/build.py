@@ -106,11 +106,15 @@ typedef struct {
     uint32_t host_off, host_len;
     uint32_t host_index;
     uint32_t ctype_index;
+    int32_t result;
+    uint32_t reserved;
     uint64_t content_length;
 } prk_head;
 
 int prk_scan_head(const char *buf, size_t head_len, const prk_request *req,
                   const prk_header *headers, uint64_t max_body, prk_head *out);
+int prk_read_head(const char *buf, size_t len, prk_request *req, prk_header *headers,
+                  size_t max_headers, uint64_t max_body, prk_head *out);
 long long prk_write_env(char *out, size_t cap, const char *head, size_t head_len,
                         const char *saved, size_t saved_len, long long content_length,
                         const char *server, size_t server_len, uint32_t server_count,

@@ -336,6 +336,15 @@ int prk_scan_head(const char *buf, size_t head_len, const prk_request *req,
     return PRK_HEAD_OK;
 }
 
+int prk_read_head(const char *buf, size_t len, prk_request *req, prk_header *headers,
+                  size_t max_headers, uint64_t max_body, prk_head *out)
+{
+    int rc = prk_parse_request(buf, len, req, headers, max_headers);
+    if (rc > 0)
+        out->result = prk_scan_head(buf, (size_t)rc, req, headers, max_body, out);
+    return rc;
+}
+
 /* -- the environment ------------------------------------------------------ */
 
 typedef struct {
@@ -344,19 +353,31 @@ typedef struct {
     int full;
 } writer;
 
-static void put(writer *w, const void *src, size_t n)
+/* Room for n more bytes: where they go, or NULL (and the writer is full). */
+static inline unsigned char *reserve(writer *w, size_t n)
 {
+    unsigned char *at;
     if (w->full || n > w->cap - w->n) {
         w->full = 1;
-        return;
+        return NULL;
     }
-    memcpy(w->p + w->n, src, n);
+    at = w->p + w->n;
     w->n += n;
+    return at;
 }
 
-static void put_byte(writer *w, unsigned char c)
+static inline void put(writer *w, const void *src, size_t n)
 {
-    put(w, &c, 1);
+    unsigned char *at = reserve(w, n);
+    if (at && n)
+        memcpy(at, src, n);
+}
+
+static inline void put_byte(writer *w, unsigned char c)
+{
+    unsigned char *at = reserve(w, 1);
+    if (at)
+        *at = c;
 }
 
 /* msgpack str header for an n-byte UTF-8 string (smallest form). */
@@ -396,25 +417,36 @@ static void put_ascii(writer *w, const void *s, size_t n)
 /* UTF-8 length of latin-1 bytes. */
 static size_t utf8_len(const unsigned char *s, size_t n)
 {
-    size_t k, extra = 0;
-    for (k = 0; k < n; k++)
+    size_t k = 0, extra = 0;
+    uint64_t word;
+    for (; k + 8 <= n; k += 8) {        /* bytes with the high bit, 8 at a time */
+        memcpy(&word, s + k, 8);
+        extra += (size_t)((((word >> 7) & 0x0101010101010101ull) * 0x0101010101010101ull) >> 56);
+    }
+    for (; k < n; k++)
         extra += s[k] >> 7;
     return n + extra;
 }
 
-/* latin-1 bytes as UTF-8 (no header). */
-static void put_latin1(writer *w, const unsigned char *s, size_t n)
+/* latin-1 bytes as UTF-8 (no header); u8 is utf8_len(s, n). */
+static void put_latin1(writer *w, const unsigned char *s, size_t n, size_t u8)
 {
-    size_t k, run = 0;
-    for (k = 0; k < n; k++) {
-        if (s[k] < 0x80)
-            continue;
-        put(w, s + run, k - run);
-        put_byte(w, (unsigned char)(0xc0 | (s[k] >> 6)));
-        put_byte(w, (unsigned char)(0x80 | (s[k] & 0x3f)));
-        run = k + 1;
+    unsigned char *at = reserve(w, u8);
+    size_t k;
+    if (!at)
+        return;
+    if (u8 == n) {
+        memcpy(at, s, n);
+        return;
     }
-    put(w, s + run, n - run);
+    for (k = 0; k < n; k++) {
+        if (s[k] < 0x80) {
+            *at++ = s[k];
+        } else {
+            *at++ = (unsigned char)(0xc0 | (s[k] >> 6));
+            *at++ = (unsigned char)(0x80 | (s[k] & 0x3f));
+        }
+    }
 }
 
 static void put_decimal(writer *w, uint64_t v)
@@ -439,15 +471,26 @@ static int env_dropped(const unsigned char *name, size_t n)
            EQ(name, n, "proxy");
 }
 
-/* Case-insensitive FNV-1a of a field name: repeats are found by comparing
- * hashes first, so many distinct long names cost no quadratic memcmp. */
+/* A hash of a field name that ignores case (and, being a filter only, a
+ * little more: bit 0x20 of every byte), eight bytes at a time: repeats are
+ * found by comparing hashes first, so many distinct long names cost no
+ * quadratic byte comparisons. */
 static uint32_t name_hash(const unsigned char *s, size_t n)
 {
-    uint32_t x = 2166136261u;
-    size_t k;
-    for (k = 0; k < n; k++)
-        x = (x ^ lower(s[k])) * 16777619u;
-    return x;
+    uint64_t x = n * 0x9e3779b97f4a7c15ull, word;
+    size_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        memcpy(&word, s + k, 8);
+        x = (x ^ (word | 0x2020202020202020ull)) * 0xff51afd7ed558ccdull;
+        x ^= x >> 29;
+    }
+    if (k < n) {
+        word = 0;
+        memcpy(&word, s + k, n - k);
+        x = (x ^ (word | 0x2020202020202020ull)) * 0xff51afd7ed558ccdull;
+        x ^= x >> 29;
+    }
+    return (uint32_t)(x ^ (x >> 32));
 }
 
 #define HASHED_MAX 1024    /* limits.max_headers is at most 1000 */
@@ -485,6 +528,7 @@ long long prk_write_env(char *out, size_t cap, const char *head, size_t head_len
     uint32_t hashes[HASHED_MAX];
     unsigned char first_of_name[HASHED_MAX];
     writer w = {(unsigned char *)out, 0, cap, 0};
+    unsigned char *at;
     int has_host;
 
     if (saved_len < sizeof st)
@@ -572,8 +616,9 @@ long long prk_write_env(char *out, size_t cap, const char *head, size_t head_len
         }
         PUT_KEY(&w, "SERVER_NAME");
         put_str_head(&w, name_n);
-        for (k = 0; k < name_n; k++)
-            put_byte(&w, lower(hs[k]));
+        if ((at = reserve(&w, name_n)) != NULL)
+            for (k = 0; k < name_n; k++)
+                at[k] = lower(hs[k]);
         PUT_KEY(&w, "SERVER_PORT");
         if (port_at < hn)
             put_ascii(&w, hs + port_at, hn - port_at);
@@ -588,9 +633,10 @@ long long prk_write_env(char *out, size_t cap, const char *head, size_t head_len
     PUT_KEY(&w, "http");
     if (st.ctype_index) {
         const prk_header *f = &h[st.ctype_index - 1];
+        size_t u8 = utf8_len(b + f->value_off, f->value_len);
         PUT_KEY(&w, "CONTENT_TYPE");
-        put_str_head(&w, utf8_len(b + f->value_off, f->value_len));
-        put_latin1(&w, b + f->value_off, f->value_len);
+        put_str_head(&w, u8);
+        put_latin1(&w, b + f->value_off, f->value_len, u8);
     }
     if (content_length >= 0) {
         PUT_KEY(&w, "CONTENT_LENGTH");
@@ -599,9 +645,9 @@ long long prk_write_env(char *out, size_t cap, const char *head, size_t head_len
 
     for (i = 0; i < nh; i++) {
         const unsigned char *name = b + h[i].name_off;
-        size_t nn = h[i].name_len, total, k;
+        size_t nn = h[i].name_len, total, u8, k;
         uint32_t x;
-        int cookie, is_host;
+        int cookie, is_host, repeats;
         if (i < HASHED_MAX) {
             if (!first_of_name[i])
                 continue;
@@ -615,10 +661,12 @@ long long prk_write_env(char *out, size_t cap, const char *head, size_t head_len
         }
         /* HTTP_NAME */
         put_str_head(&w, 5 + nn);
-        put(&w, "HTTP_", 5);
-        for (k = 0; k < nn; k++) {
-            unsigned char c = name[k];
-            put_byte(&w, c == '-' ? '_' : (c >= 'a' && c <= 'z') ? (unsigned char)(c - 32) : c);
+        if ((at = reserve(&w, 5 + nn)) != NULL) {
+            memcpy(at, "HTTP_", 5);
+            for (k = 0; k < nn; k++) {
+                unsigned char c = name[k];
+                at[5 + k] = c == '-' ? '_' : (c >= 'a' && c <= 'z') ? (unsigned char)(c - 32) : c;
+            }
         }
         is_host = st.host_index == i + 1;
         if (is_host && (st.flags & PRK_HF_ABSOLUTE)) {
@@ -628,17 +676,22 @@ long long prk_write_env(char *out, size_t cap, const char *head, size_t head_len
         }
         cookie = EQ(name, nn, "cookie");
         x = i < HASHED_MAX ? hashes[i] : 0;
-        total = utf8_len(b + h[i].value_off, h[i].value_len);
-        for (j = i + 1; j < nh; j++)
-            if ((j >= HASHED_MAX || i >= HASHED_MAX || hashes[j] == x) && same_name(b, &h[i], &h[j]))
-                total += 2 + utf8_len(b + h[j].value_off, h[j].value_len);
-        /* RFC 9110 5.3 joins repeats with ", "; cookies use "; " (RFC 6265 5.4). */
-        put_str_head(&w, total);
-        put_latin1(&w, b + h[i].value_off, h[i].value_len);
+        u8 = utf8_len(b + h[i].value_off, h[i].value_len);
+        total = u8;
+        repeats = 0;
         for (j = i + 1; j < nh; j++)
             if ((j >= HASHED_MAX || i >= HASHED_MAX || hashes[j] == x) && same_name(b, &h[i], &h[j])) {
+                total += 2 + utf8_len(b + h[j].value_off, h[j].value_len);
+                repeats = 1;
+            }
+        /* RFC 9110 5.3 joins repeats with ", "; cookies use "; " (RFC 6265 5.4). */
+        put_str_head(&w, total);
+        put_latin1(&w, b + h[i].value_off, h[i].value_len, u8);
+        for (j = i + 1; repeats && j < nh; j++)
+            if ((j >= HASHED_MAX || i >= HASHED_MAX || hashes[j] == x) && same_name(b, &h[i], &h[j])) {
                 put(&w, cookie ? "; " : ", ", 2);
-                put_latin1(&w, b + h[j].value_off, h[j].value_len);
+                put_latin1(&w, b + h[j].value_off, h[j].value_len,
+                           utf8_len(b + h[j].value_off, h[j].value_len));
             }
     }
     if ((st.flags & PRK_HF_ABSOLUTE) && !st.host_index) {

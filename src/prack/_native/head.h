@@ -77,6 +77,8 @@ typedef struct {
                                         Host value; length 0 when there is neither */
     uint32_t host_index;             /* 1 + index of the Host field, 0 when none */
     uint32_t ctype_index;            /* 1 + index of the last Content-Type, 0 when none */
+    int32_t result;                  /* prk_read_head: prk_scan_head's result */
+    uint32_t reserved;
     uint64_t content_length;         /* with PRK_HF_LENGTH */
 } prk_head;
 
@@ -88,6 +90,14 @@ typedef struct {
  */
 int prk_scan_head(const char *buf, size_t head_len, const prk_request *req,
                   const prk_header *headers, uint64_t max_body, prk_head *out);
+
+/*
+ * prk_parse_request() and, when it found a complete head, prk_scan_head()
+ * on it (result in out->result): one call for the reader. Returns what
+ * prk_parse_request() returns.
+ */
+int prk_read_head(const char *buf, size_t len, prk_request *req, prk_header *headers,
+                  size_t max_headers, uint64_t max_body, prk_head *out);
 
 /*
  * Write the environment of a scanned head as one msgpack map into
