@@ -364,3 +364,14 @@ def test_request_fields():
     assert not req.upgrade
     assert req.headers[0] == (b"host", b"www.Example.com:8443")
     assert req.headers is req.headers          # made once
+
+
+def test_environ_msgpack_grows_its_buffer_for_a_large_head():
+    limits = http.Limits(MAX_BODY, 256 << 10, 8 << 10, 100)
+    r = http.RequestReader(limits)
+    r.feed(get(b"Host: a", b"X-Big: " + b"\xe9" * 60000))
+    req = r.maybe_read_request()
+    view = req.environ_msgpack(SERVER, 2, REMOTE, 2)
+    env = msgspec.msgpack.decode(bytes(view))
+    assert env["HTTP_X_BIG"] == "\xe9" * 60000
+    assert env == wire.environ(req, "srv", "8080", "10.0.0.1", "5555")

@@ -152,16 +152,19 @@ class Request:
         head = self._head
         saved = self._saved
         length = self.content_length
+        if length is None:
+            length = -1
         out = _env_out
-        args = (head, len(head), saved, len(saved), -1 if length is None else length,
-                server, len(server), server_count, extra, len(extra), extra_count)
-        n = lib.prk_write_env(out[0], out[1], *args)
-        if n == lib.PRK_ENV_NO_ROOM:
+        n = lib.prk_write_env(out[0], out[1], head, len(head), saved, len(saved), length,
+                              server, len(server), server_count, extra, len(extra), extra_count)
+        if n == _ENV_NO_ROOM:
             need = lib.prk_env_bound(len(head), len(saved) >> 4, len(server), len(extra))
             out[0] = ffi.new("char[]", need)
             out[1] = need
             out[2] = memoryview(ffi.buffer(out[0]))
-            n = lib.prk_write_env(out[0], need, *args)
+            n = lib.prk_write_env(out[0], need, head, len(head), saved, len(saved), length,
+                                  server, len(server), server_count, extra, len(extra),
+                                  extra_count)
         if n < 0:       # cannot happen: the bound suffices, the scan is ours
             raise ValueError("prk_write_env failed (%d)" % n)
         return out[2][:n]
@@ -211,6 +214,7 @@ _HEAD_ERRORS = {
     lib.PRK_H_BAD_INPUT: (400, "malformed request"),
 }
 
+_ENV_NO_ROOM = lib.PRK_ENV_NO_ROOM
 _H_VERSION = lib.PRK_H_VERSION + (1 << 32)     # as the uint32 view reads it
 _HF_HTTP11 = lib.PRK_HF_HTTP11
 _HF_KEEP_ALIVE = lib.PRK_HF_KEEP_ALIVE
@@ -393,8 +397,12 @@ class RequestReader:
         rc = h[12]
         if rc == _H_VERSION:
             raise self._fail(505, "HTTP version not supported")
-        head = bytes(buf[:head_len])
-        del buf[:head_len]
+        if head_len == len(buf):          # the usual case: nothing pipelined
+            head = bytes(buf)
+            buf.clear()
+        else:
+            head = bytes(buf[:head_len])
+            del buf[:head_len]
         self._scanned = 0
         r = self._v_req
         req = Request()
