@@ -90,8 +90,9 @@ class Request:
         path = self._path
         if path is None:
             v = memoryview(self._saved).cast("I")
-            path = self._head[v[4]:v[4] + v[5]].decode("ascii")
-            if v[0] & _HF_PATH_SLASH:
+            at = v[_W_PATH]
+            path = self._head[at:at + v[_W_PATH + 1]].decode("ascii")
+            if v[_W_FLAGS] & _HF_PATH_SLASH:
                 path = "/" + path
             self._path = path
         return path
@@ -99,13 +100,15 @@ class Request:
     @property
     def query(self) -> str:
         v = memoryview(self._saved).cast("I")
-        return self._head[v[6]:v[6] + v[7]].decode("ascii")
+        at = v[_W_QUERY]
+        return self._head[at:at + v[_W_QUERY + 1]].decode("ascii")
 
     @property
     def host(self) -> str:
         """The authority of an absolute target, else Host, else ""."""
         v = memoryview(self._saved).cast("I")
-        return self._head[v[8]:v[8] + v[9]].decode("ascii")
+        at = v[_W_HOST]
+        return self._head[at:at + v[_W_HOST + 1]].decode("ascii")
 
     @property
     def protocol(self) -> str:
@@ -180,10 +183,13 @@ _env_out[2] = memoryview(ffi.buffer(_env_out[0]))
 # a client sending new 32 KiB names would make it hold hundreds of MB.
 _names: dict[bytes, bytes] = {}
 
-# prk_head: its size and the uint32 index of ctype_index; the saved copy of
-# a scan is prk_head then num_headers prk_header entries (4 uint32 each).
+# prk_head: its size and the uint32 word of each field read from Python
+# (through a uint32 view: no cffi attribute access); the saved copy of a
+# scan is prk_head then num_headers prk_header entries (4 words each).
 _HEAD_SIZE = ffi.sizeof("prk_head")
-_CTYPE_INDEX = ffi.offsetof("prk_head", "ctype_index") // 4
+_W_FLAGS, _W_NUM_HEADERS, _W_PATH, _W_QUERY, _W_HOST, _CTYPE_INDEX, _W_RESULT = (
+    ffi.offsetof("prk_head", f) // 4 for f in (
+        "flags", "num_headers", "path_off", "query_off", "host_off", "ctype_index", "result"))
 
 # States of the reader.
 _HEAD, _BODY_LENGTH, _BODY_CHUNKED, _DONE, _ERROR = range(5)
@@ -390,11 +396,9 @@ class RequestReader:
         buf = self.buf
         # prk_read_head has also made the RFC 9112 decisions (target form,
         # Host, persistence, expectation, body framing: prk_scan_head) in
-        # one C pass over the fields. h: flags, num_headers, then offsets
-        # and lengths of method, path, query, host; host_index, ctype_index,
-        # the scan's result, content_length (words 14-15).
+        # one C pass over the fields; h is a uint32 view of its prk_head.
         h = self._v_head
-        rc = h[12]
+        rc = h[_W_RESULT]
         if rc == _H_VERSION:
             raise self._fail(505, "HTTP version not supported")
         if head_len == len(buf):          # the usual case: nothing pipelined
@@ -411,9 +415,9 @@ class RequestReader:
         if rc:
             status, message = _HEAD_ERRORS.get(rc - (1 << 32), (400, "malformed request"))
             raise self._fail(status, message)
-        flags = h[0]
+        flags = h[_W_FLAGS]
         req._head = head
-        req._saved = self._block[:_HEAD_SIZE + (h[1] << 4)]
+        req._saved = self._block[:_HEAD_SIZE + (h[_W_NUM_HEADERS] << 4)]
         req.target = head[r[2]:r[2] + r[3]].decode("ascii")
         req.version_minor = 1 if flags & _HF_HTTP11 else 0
         req.keep_alive = not not flags & _HF_KEEP_ALIVE
@@ -425,7 +429,7 @@ class RequestReader:
             self._body_len = 0
             self.state = _BODY_CHUNKED
         elif flags & _HF_LENGTH:
-            length = h[14] | h[15] << 32
+            length = self._c_head.content_length     # a uint64: any byte order
             req.content_length = length
             self._remaining = length
             self.state = _BODY_LENGTH
