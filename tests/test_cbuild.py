@@ -1,9 +1,10 @@
 """The request head's C pass (head.c) through cffi: prk_scan_head's RFC 9112
 decisions and prk_write_env's msgpack environment.
 
-Heads are placed right before a PROT_NONE page (parserlib.GUARD) and the
-environment is written so that its buffer ends at another one: a read past
-the head or a write past `cap` crashes the run instead of passing.
+Heads and saved scans are placed right before a PROT_NONE page
+(parserlib.GuardedBuffer) and the environment is written so that its buffer
+ends at another one: a read past the head or the scan, or a write past
+`cap`, crashes the run instead of passing.
 The differential half (C environment == wire.environ, the readable
 reference) is in test_cbuild_env.py.
 """
@@ -18,6 +19,7 @@ from prack._native import ffi, lib
 
 MAX_BODY = 1 << 20
 IN = parserlib.GuardedBuffer(1 << 18)
+SAVED = parserlib.GuardedBuffer(1 << 16)
 OUT = parserlib.GuardedBuffer(1 << 20)
 REQ = ffi.new("prk_request *")
 HEAD = ffi.new("prk_head *")
@@ -49,9 +51,10 @@ def saved(raw: bytes) -> bytes:
 
 def write_env(head: bytes, state: bytes, cap: int, length: int = -1,
               extra: bytes = REMOTE, extra_count: int = 2):
-    """prk_write_env with out[0:cap] ending at a guard page: (rc, bytes)."""
+    """prk_write_env with the head, the saved scan and out[0:cap] each
+    ending at a guard page: (rc, bytes)."""
     out = OUT.base + OUT.size - cap
-    rc = lib.prk_write_env(out, cap, IN.place(head), len(head), state, len(state),
+    rc = lib.prk_write_env(out, cap, IN.place(head), len(head), SAVED.place(state), len(state),
                            length, SERVER, len(SERVER), 2, extra, len(extra), extra_count)
     return rc, (ffi.buffer(out, rc)[:] if rc >= 0 else b"")
 
