@@ -17,7 +17,6 @@ import selectors
 import socket
 import time
 
-
 from prack import http, spool, static, wire
 from prack.acceptws import WEBSOCKET, AcceptorWebSockets
 from prack.loop import ChildLoop
