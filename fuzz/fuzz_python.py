@@ -3,9 +3,10 @@ environment a worker receives.
 
 For each input the harness plays one client connection the way the acceptor
 does (acceptor.py `_process_one` / `_dispatch`): it feeds the bytes to a
-`prack.http.RequestReader`, takes every complete request, builds its
-environment with `prack.wire.environ` and encodes it with msgspec, exactly
-the calls the acceptor makes. The same bytes are fed twice: whole, and cut
+`prack.http.RequestReader`, takes every complete request and has C write
+its environment as msgpack (`Request.environ_msgpack`), exactly the calls
+the acceptor makes; the decoded map must equal `prack.wire.environ`, the
+readable reference. The same bytes are fed twice: whole, and cut
 into the pieces the fuzzer chooses (a connection's reads), and both must give
 the same requests and environments, and end the same way (see same_end for
 the two allowed differences). Other checks:
@@ -46,6 +47,10 @@ HTTP_KEY = re.compile(r"HTTP_[!#$%&'*+.^_`|~0-9A-Z]+")  # '-' became '_'
 BAD_CHARS = re.compile("[\r\n\x00]")
 ENCODE = msgspec.json.Encoder().encode
 DECODE = msgspec.json.Decoder().decode
+UNPACK = msgspec.msgpack.Decoder(dict[str, str]).decode
+SERVER = wire.msgpack_pairs({"SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080"})
+REMOTE = {"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000"}
+REMOTE_PAIRS = wire.msgpack_pairs(REMOTE)
 MAX_REQUESTS = 64
 
 
@@ -84,7 +89,9 @@ def run(pieces: list[bytes], limits: http.Limits) -> list:
                 return out
             if req is None:
                 break
-            env = wire.environ(req, "127.0.0.1", "8080", "127.0.0.1", "40000")
+            env = UNPACK(bytes(req.environ_msgpack(SERVER, 2, REMOTE_PAIRS, 2)))
+            ref = wire.environ(req, "127.0.0.1", "8080", *REMOTE.values())
+            assert env == ref, (env, ref)
             check_env(env, req.body, limits)
             out.append((env, req.body, req.keep_alive))
             if len(out) >= MAX_REQUESTS:

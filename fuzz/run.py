@@ -1,10 +1,10 @@
 """Builds and runs the fuzz harnesses one after the other (`make fuzz`).
 
-    python fuzz/run.py [--seconds N] [--only parser,chunked,python] [--out DIR]
+    python fuzz/run.py [--seconds N] [--only parser,chunked,head,python] [--out DIR]
 
-- parser, chunked: libFuzzer harnesses (fuzz_parser.c, fuzz_chunked.c)
-  compiled with clang -fsanitize=fuzzer,address,undefined together with
-  src/prack/_native/parser.c;
+- parser, chunked, head: libFuzzer harnesses (fuzz_parser.c, fuzz_chunked.c,
+  fuzz_head.c) compiled with clang -fsanitize=fuzzer,address,undefined
+  together with src/prack/_native/parser.c (and head.c);
 - python: the atheris harness (fuzz_python.py) through prack.http and
   prack.wire to the worker's environment. It imports the `prack` of the
   interpreter running this script (the Makefile uses .venv's).
@@ -34,7 +34,8 @@ NATIVE = ROOT / "src" / "prack" / "_native"
 CFLAGS = ["-g", "-O1", "-std=c11", "-fno-omit-frame-pointer",
           "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
           "-I", str(NATIVE)]
-HARNESSES = ("parser", "chunked", "python")
+HARNESSES = ("parser", "chunked", "head", "python")
+C_HARNESSES = ("parser", "chunked", "head")
 ENV = {"ASAN_OPTIONS": "abort_on_error=1:detect_leaks=1",
        "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
 
@@ -51,8 +52,9 @@ def clang() -> str:
 def build(out: pathlib.Path) -> None:
     cc = clang()
     (out / "bin").mkdir(parents=True, exist_ok=True)
-    for name in ("parser", "chunked"):
-        cmd = [cc, *CFLAGS, str(HERE / f"fuzz_{name}.c"), str(NATIVE / "parser.c"),
+    for name in C_HARNESSES:
+        sources = [str(NATIVE / "parser.c")] + ([str(NATIVE / "head.c")] if name == "head" else [])
+        cmd = [cc, *CFLAGS, str(HERE / f"fuzz_{name}.c"), *sources,
                "-o", str(out / "bin" / f"fuzz_{name}")]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
@@ -110,7 +112,7 @@ def main() -> int:
     from seed_corpus import seed
     for kind, n in seed(args.out / "corpus").items():
         print(f"corpus {kind}: {n} files")
-    if {"parser", "chunked"} & set(names):
+    if set(C_HARNESSES) & set(names):
         build(args.out)
     results = [run_one(n, args.seconds, args.out) for n in names]
     print(f"\n{'harness':<10}{'seconds':>9}{'execs':>14}{'execs/s':>10}  crashes")

@@ -3,7 +3,7 @@
     python fuzz/seed_corpus.py OUTDIR
 
 writes OUTDIR/parser (request heads, valid and invalid), OUTDIR/chunked
-(chunked bodies) and OUTDIR/python (heads, heads with chunked and
+(chunked bodies), OUTDIR/head (heads) and OUTDIR/python (heads, heads with chunked and
 Content-Length bodies, two pipelined requests). Each file gets the leading
 control bytes its harness reads first (see fuzz_*.c / fuzz_python.py).
 Existing files are kept, so a corpus grown by earlier runs is reused. The
@@ -37,6 +37,9 @@ def seed(out: pathlib.Path) -> dict[str, int]:
         _put(out / "parser", b"\xff" + h)
         _put(out / "parser", b"\x02" + h)
         _put(out / "python", b"\x00\x00" + h)
+        # head: small output capacity (x8), max_body (x1000; 0xff: none)
+        _put(out / "head", b"\x20\x01" + h)
+        _put(out / "head", b"\xff\xff" + h)
     for b in bodies:
         _put(out / "chunked", b"\x00\x00" + b)
         _put(out / "chunked", b"\x07\x03" + b)
@@ -46,11 +49,11 @@ def seed(out: pathlib.Path) -> dict[str, int]:
     _put(out / "python", b"\x00\x00GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
          b"OPTIONS * HTTP/1.1\r\nHost: [::1]:80\r\n\r\n")
     # Earlier crash reproducers, so every run re-checks them first.
-    for kind in ("parser", "chunked", "python"):
+    for kind in ("parser", "chunked", "head", "python"):
         for f in sorted((CRASHES / kind).glob("*")) if (CRASHES / kind).is_dir() else ():
             _put(out / kind, f.read_bytes())
     return {kind: len(list((out / kind).iterdir()))
-            for kind in ("parser", "chunked", "python")}
+            for kind in ("parser", "chunked", "head", "python")}
 
 
 if __name__ == "__main__":

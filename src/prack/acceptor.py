@@ -18,8 +18,6 @@ import selectors
 import socket
 import time
 
-import msgspec
-
 from prack import http, spool, static, wire
 from prack.acceptws import WEBSOCKET, AcceptorWebSockets
 from prack.loop import ChildLoop
@@ -86,7 +84,7 @@ class Conn:
                  "remote_addr", "remote_port", "started", "sent_continue",
                  "lingered", "status", "sent", "processing", "again",
                  "body_since", "body_read", "file", "stream", "spool", "input",
-                 "input_keep", "ws")
+                 "input_keep", "ws", "env_remote")
 
     def __init__(self, sock, slot, reader, addr):
         self.sock = sock
@@ -117,6 +115,7 @@ class Conn:
         self.input = 0            # a deferred body's progress (spool.PARKED ...)
         self.input_keep = False
         self.ws = None            # a WebSocket upgrade's (key, protocols), then its WsSession
+        self.env_remote = None    # REMOTE_ADDR and REMOTE_PORT as msgpack pairs, once made
         if isinstance(addr, tuple):
             self.remote_addr = addr[0]
             self.remote_port = str(addr[1])
@@ -167,11 +166,10 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         self.static = (static.StaticFiles(st.root, st.prefix, st.index, st.cache_control)
                        if st.root else None)
         host, port = listener.getsockname()[:2] if listener.family != socket.AF_UNIX else ("", 0)
-        self.server_name = host
-        self.server_port = str(port)
         # The environment goes into the ring as msgpack: a v2 msgpack pull
-        # (the SDK's) splices it as it is; JSON answers convert it.
-        self.encode = msgspec.msgpack.Encoder().encode
+        # (the SDK's) splices it as it is; JSON answers convert it. These
+        # are its SERVER_NAME and SERVER_PORT for a request without a host.
+        self.env_server = wire.msgpack_pairs({"SERVER_NAME": host, "SERVER_PORT": str(port)})
         self.conns: dict[int, Conn] = {}
         self.slots: list[Conn | None] = [None] * self.nslots
         # First freed, first reused: a slot stays GONE as long as possible, so
@@ -645,13 +643,19 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         if self.static is not None and self.static.wants(req.path):
             self._serve_static(conn, req)
             return
-        env = wire.environ(req, self.server_name, self.server_port,
-                           conn.remote_addr, conn.remote_port)
+        # The environment is written as msgpack by C (prk_write_env), from
+        # the head and the scan the reader kept with the request.
+        extra = conn.env_remote
+        if extra is None:
+            extra = conn.env_remote = wire.msgpack_pairs(
+                {"REMOTE_ADDR": conn.remote_addr, "REMOTE_PORT": conn.remote_port})
+        count = 2
         if conn.spool is not None:
-            self._spooled_env(conn, env)
-        if "HTTP_UPGRADE" in env and self._ws_request(conn, req):
+            extra += self._spooled_env(conn)
+            count = 3
+        if req.upgrade and self._ws_request(conn, req):
             return
-        env_packed = self.encode(env)
+        env_packed = req.environ_msgpack(self.env_server, 2, extra, count)
         key = conn.key or self.rand.getrandbits(62) or 1
         slot = conn.slot
         ring = self.ring

@@ -68,51 +68,187 @@ class Limits:
 
 
 class Request:
-    """One complete request. Header names are lower-case bytes, values bytes."""
+    """One complete request. `headers` (lower-case name, value) pairs of
+    bytes are made on first use: the hot path reads only the fields the C
+    scan filled in, and the environment is written by C from `_head` (the
+    head's bytes) and `_saved` (a copy of the scan's output)."""
 
-    __slots__ = ("method", "target", "path", "query", "version_minor", "headers",
-                 "host", "body", "keep_alive", "content_type", "content_length")
+    __slots__ = ("method", "target", "version_minor", "body", "keep_alive",
+                 "content_length", "upgrade", "_head", "_saved", "_headers", "_path")
 
     def __init__(self) -> None:
         self.body = b""
-        self.content_type = None
         self.content_length = None
+        self._headers = None
+        self._path = None
+
+    # path, query and host are read from the head when asked for: the
+    # acceptor's hot path needs none of them (C writes the environment).
+    @property
+    def path(self) -> str:
+        """The target's path ("/" first for an absolute target)."""
+        path = self._path
+        if path is None:
+            v = memoryview(self._saved).cast("I")
+            at = v[_W_PATH]
+            path = self._head[at:at + v[_W_PATH + 1]].decode("ascii")
+            if v[_W_FLAGS] & _HF_PATH_SLASH:
+                path = "/" + path
+            self._path = path
+        return path
+
+    @property
+    def query(self) -> str:
+        v = memoryview(self._saved).cast("I")
+        at = v[_W_QUERY]
+        return self._head[at:at + v[_W_QUERY + 1]].decode("ascii")
+
+    @property
+    def host(self) -> str:
+        """The authority of an absolute target, else Host, else ""."""
+        v = memoryview(self._saved).cast("I")
+        at = v[_W_HOST]
+        return self._head[at:at + v[_W_HOST + 1]].decode("ascii")
 
     @property
     def protocol(self) -> str:
         return "HTTP/1.1" if self.version_minor else "HTTP/1.0"
 
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The header fields in order, names lower-cased (for the rarer
+        readers: static files, the WebSocket handshake, the API's own)."""
+        headers = self._headers
+        if headers is None:
+            head = self._head
+            v = memoryview(self._saved)[_HEAD_SIZE:].cast("I")
+            names = _names
+            headers = []
+            for i in range(0, len(v), 4):
+                raw = head[v[i]:v[i] + v[i + 1]]
+                name = names.get(raw)
+                if name is None:
+                    name = raw.lower()
+                    if len(names) < 4096 and len(raw) <= 64:   # long names: not kept
+                        names[raw] = name
+                headers.append((name, head[v[i + 2]:v[i + 2] + v[i + 3]]))
+            self._headers = headers
+        return headers
 
-# Header names the framing decisions need (the rest only go to the worker).
-_FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
-                      b"expect", b"content-type"})
+    @property
+    def content_type(self) -> bytes | None:
+        """The last Content-Type value, or None."""
+        v = memoryview(self._saved).cast("I")
+        index = v[_CTYPE_INDEX]
+        if not index:
+            return None
+        at = _HEAD_SIZE // 4 + (index - 1) * 4
+        return self._head[v[at + 2]:v[at + 2] + v[at + 3]]
+
+    def environ_msgpack(self, server: bytes, server_count: int, extra: bytes = b"",
+                        extra_count: int = 0):
+        """The CGI/Rack environment (`prk_write_env`, head.h) as one msgpack
+        map: a memoryview valid until the next call in this process. `server`
+        holds SERVER_NAME and SERVER_PORT msgpack pairs for a request
+        without a host; `extra` holds `extra_count` more pairs (REMOTE_ADDR
+        ...). CONTENT_LENGTH is the body's size once it is in."""
+        head = self._head
+        saved = self._saved
+        length = self.content_length
+        if length is None:
+            length = -1
+        out = _env_out
+        n = lib.prk_write_env(out[0], out[1], head, len(head), saved, len(saved), length,
+                              server, len(server), server_count, extra, len(extra), extra_count)
+        if n == _ENV_NO_ROOM:
+            need = lib.prk_env_bound(len(head), len(saved) >> 4, len(server), len(extra))
+            out[0] = ffi.new("char[]", need)
+            out[1] = need
+            out[2] = memoryview(ffi.buffer(out[0]))
+            n = lib.prk_write_env(out[0], need, head, len(head), saved, len(saved), length,
+                                  server, len(server), server_count, extra, len(extra),
+                                  extra_count)
+        if n < 0:       # cannot happen: the bound suffices, the scan is ours
+            raise ValueError("prk_write_env failed (%d)" % n)
+        return out[2][:n]
+
+
+# The environment's output buffer: [char[], capacity, its memoryview],
+# grown when a head needs more.
+_env_out: list = [ffi.new("char[]", 16384), 16384, None]
+_env_out[2] = memoryview(ffi.buffer(_env_out[0]))
+
 # Raw header name -> lower-case name, so common names are lowered only once.
 # It lives as long as the process: only names up to 64 bytes are kept, else
 # a client sending new 32 KiB names would make it hold hundreds of MB.
 _names: dict[bytes, bytes] = {}
 
+# prk_head: its size and the uint32 word of each field read from Python
+# (through a uint32 view: no cffi attribute access); the saved copy of a
+# scan is prk_head then num_headers prk_header entries (4 words each).
+_HEAD_SIZE = ffi.sizeof("prk_head")
+_W_FLAGS, _W_NUM_HEADERS, _W_PATH, _W_QUERY, _W_HOST, _CTYPE_INDEX, _W_RESULT = (
+    ffi.offsetof("prk_head", f) // 4 for f in (
+        "flags", "num_headers", "path_off", "query_off", "host_off", "ctype_index", "result"))
+
 # States of the reader.
 _HEAD, _BODY_LENGTH, _BODY_CHUNKED, _DONE, _ERROR = range(5)
 
-# Host and authority syntax (RFC 9110 7.2, RFC 3986 3.2.2-3.2.3): an
-# IP-literal in brackets or a reg-name (which covers IPv4), then an optional
-# ":" port of digits. RFC 9112 3.2: an invalid Host value is a 400.
-_HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+# prk_scan_head() results -> (status, message), as RFC 9112 / 9110 want.
+_HEAD_ERRORS = {
+    lib.PRK_H_VERSION: (505, "HTTP version not supported"),
+    lib.PRK_H_CONNECT: (501, "CONNECT is not supported"),
+    lib.PRK_H_AUTHORITY_FORM: (400, "authority-form target is only for CONNECT"),
+    lib.PRK_H_ASTERISK_FORM: (400, "asterisk-form target is only for OPTIONS"),
+    lib.PRK_H_SCHEME: (400, "unsupported scheme in request target"),
+    lib.PRK_H_USERINFO: (400, "userinfo in request target"),
+    lib.PRK_H_AUTHORITY: (400, "invalid authority in request target"),
+    lib.PRK_H_FRAGMENT: (400, "fragment in request target"),
+    lib.PRK_H_HOST_REPEATED: (400, "more than one Host header field"),
+    lib.PRK_H_HOST_MISSING: (400, "missing Host header field"),
+    lib.PRK_H_HOST_INVALID: (400, "invalid Host header field"),
+    lib.PRK_H_EXPECTATION: (417, "unsupported expectation"),
+    lib.PRK_H_TE_HTTP10: (400, "Transfer-Encoding in an HTTP/1.0 request"),
+    lib.PRK_H_TE_AND_LENGTH: (400, "both Transfer-Encoding and Content-Length"),
+    lib.PRK_H_TE_NOT_FINAL: (400, "chunked is not the final transfer coding"),
+    lib.PRK_H_TE_TWICE: (400, "chunked applied more than once"),
+    lib.PRK_H_TE_UNSUPPORTED: (501, "unsupported transfer coding"),
+    lib.PRK_H_LENGTH_INVALID: (400, "invalid Content-Length"),
+    lib.PRK_H_LENGTH_TOO_LARGE: (400, "Content-Length too large"),
+    lib.PRK_H_LENGTH_CONFLICT: (400, "conflicting Content-Length values"),
+    lib.PRK_H_BODY_TOO_LARGE: (413, "request body too large"),
+    lib.PRK_H_BAD_INPUT: (400, "malformed request"),
+}
+
+_ENV_NO_ROOM = lib.PRK_ENV_NO_ROOM
+_H_VERSION = lib.PRK_H_VERSION + (1 << 32)     # as the uint32 view reads it
+_HF_HTTP11 = lib.PRK_HF_HTTP11
+_HF_KEEP_ALIVE = lib.PRK_HF_KEEP_ALIVE
+_HF_CHUNKED = lib.PRK_HF_CHUNKED
+_HF_LENGTH = lib.PRK_HF_LENGTH
+_HF_CONTINUE = lib.PRK_HF_CONTINUE
+_HF_PATH_SLASH = lib.PRK_HF_PATH_SLASH
+_HF_UPGRADE = lib.PRK_HF_UPGRADE
 
 
 _arrays: dict[int, tuple] = {}
 
 
 def _parse_arrays(max_headers: int) -> tuple:
-    """(prk_request, prk_header[max_headers], and uint32 views of both),
-    made once per process and size."""
+    """The parse and scan output, made once per process and size: one
+    buffer holding a prk_head then prk_header[max_headers], so a request's
+    copy of both is one slice. (prk_request, prk_head *, prk_header *, the
+    buffer, a uint32 view of prk_request, a uint32 view of prk_head)."""
     arrays = _arrays.get(max_headers)
     if arrays is None:
         req = ffi.new("prk_request *")
-        headers = ffi.new("prk_header[]", max_headers)
+        block = ffi.new("char[]", _HEAD_SIZE + 16 * max_headers)
+        head = ffi.cast("prk_head *", block)
+        headers = ffi.cast("prk_header *", block + _HEAD_SIZE)
         arrays = _arrays[max_headers] = (
-            req, headers, memoryview(ffi.buffer(req)).cast("I"),
-            memoryview(ffi.buffer(headers)).cast("I"))
+            req, head, headers, ffi.buffer(block),
+            memoryview(ffi.buffer(req)).cast("I"),
+            memoryview(ffi.buffer(head)).cast("I"))
     return arrays
 
 
@@ -124,8 +260,8 @@ class RequestReader:
     """
 
     __slots__ = ("limits", "buf", "state", "_req", "_remaining", "_chunked",
-                 "_body", "wants_continue", "_c_req", "_c_headers", "_c_out_len",
-                 "_v_req", "_v_headers", "_scanned", "inline_limit", "sink",
+                 "_body", "wants_continue", "_c_req", "_c_head", "_c_headers", "_c_out_len",
+                 "_block", "_v_req", "_v_head", "_scanned", "inline_limit", "sink",
                  "wants_sink", "_body_len")
 
     def __init__(self, limits: Limits, inline_limit: int | None = None):
@@ -151,8 +287,8 @@ class RequestReader:
         # head is parsed and turned into a Request in one synchronous call,
         # so readers never need them at the same time, and an idle
         # connection does not carry max_headers * 16 bytes of them.
-        (self._c_req, self._c_headers, self._v_req,
-         self._v_headers) = _parse_arrays(limits.max_headers)
+        (self._c_req, self._c_head, self._c_headers, self._block, self._v_req,
+         self._v_head) = _parse_arrays(limits.max_headers)
         self._c_out_len = None
         self._scanned = 0
 
@@ -232,8 +368,8 @@ class RequestReader:
         else:
             cbuf = ffi.from_buffer(buf)
             try:
-                rc = lib.prk_parse_request(cbuf, n, self._c_req, self._c_headers,
-                                           limits.max_headers)
+                rc = lib.prk_read_head(cbuf, n, self._c_req, self._c_headers,
+                                       limits.max_headers, limits.max_body_size, self._c_head)
             finally:
                 ffi.release(cbuf)
         self._scanned = n
@@ -258,156 +394,42 @@ class RequestReader:
 
     def _build_request(self, head_len: int) -> None:
         buf = self.buf
-        # The C structs are read through memoryviews made once per reader:
-        # far cheaper than cffi attribute access per field.
-        r = self._v_req
-        if r[4] != 1:
+        # prk_read_head has also made the RFC 9112 decisions (target form,
+        # Host, persistence, expectation, body framing: prk_scan_head) in
+        # one C pass over the fields; h is a uint32 view of its prk_head.
+        h = self._v_head
+        rc = h[_W_RESULT]
+        if rc == _H_VERSION:
             raise self._fail(505, "HTTP version not supported")
-        head = bytes(buf[:head_len])
-        del buf[:head_len]
-        self._scanned = 0
-        req = Request()
-        method = head[r[0]:r[0] + r[1]].decode("ascii")
-        target = head[r[2]:r[2] + r[3]].decode("ascii")
-        req.method = method
-        req.target = target
-        self._req = req           # from here on, errors know the method
-        # RFC 9112 2.3: a 1.x minor version above 1 is answered as 1.1.
-        req.version_minor = 1 if r[5] >= 1 else 0
-        form = r[6]
-        headers = []
-        h = self._v_headers
-        names = _names
-        host = None
-        host_count = 0
-        te = None
-        lengths = None
-        conn_tokens = None
-        expect = None
-        for i in range(0, r[7] * 4, 4):
-            raw = head[h[i]:h[i] + h[i + 1]]
-            name = names.get(raw)
-            if name is None:
-                name = raw.lower()
-                if len(names) < 4096 and len(raw) <= 64:   # long names: not kept
-                    names[raw] = name
-            value = head[h[i + 2]:h[i + 2] + h[i + 3]]
-            headers.append((name, value))
-            if name in _FRAMING:
-                if name == b"host":
-                    host = value
-                    host_count += 1
-                elif name == b"content-length":
-                    lengths = value if lengths is None else lengths + b"," + value
-                elif name == b"transfer-encoding":
-                    te = value if te is None else te + b"," + value
-                elif name == b"connection":
-                    conn_tokens = value if conn_tokens is None else conn_tokens + b"," + value
-                elif name == b"expect":
-                    expect = value if expect is None else expect + b"," + value
-                else:
-                    req.content_type = value
-        req.headers = headers
-
-        # Target form must suit the method (RFC 9112 3.2.3, 3.2.4).
-        if method == "CONNECT":
-            raise self._fail(501, "CONNECT is not supported")
-        if form == lib.PRK_FORM_AUTHORITY:
-            raise self._fail(400, "authority-form target is only for CONNECT")
-        if form == lib.PRK_FORM_ASTERISK and method != "OPTIONS":
-            raise self._fail(400, "asterisk-form target is only for OPTIONS")
-        if form == lib.PRK_FORM_ABSOLUTE:
-            # RFC 9112 3.2.2: the target's authority replaces Host.
-            scheme, _, rest = target.partition("://")
-            if scheme.lower() not in ("http", "https"):
-                raise self._fail(400, "unsupported scheme in request target")
-            cut = len(rest)
-            for sep in "/?#":
-                at = rest.find(sep)
-                if 0 <= at < cut:
-                    cut = at
-            authority, path_part = rest[:cut], rest[cut:]
-            if "@" in authority:
-                raise self._fail(400, "userinfo in request target")
-            # RFC 9110 4.2.1: an http URI with an empty host is invalid.
-            if not authority or not _HOST_RE.fullmatch(authority.encode("ascii")):
-                raise self._fail(400, "invalid authority in request target")
-            if not path_part.startswith("/"):
-                path_part = "/" + path_part
-            target_path = path_part
+        if head_len == len(buf):          # the usual case: nothing pipelined
+            head = bytes(buf)
+            buf.clear()
         else:
-            authority = None
-            target_path = target
-        if "#" in target_path:
-            raise self._fail(400, "fragment in request target")
-        path, sep, query = target_path.partition("?")
-        req.path = path
-        req.query = query
-
-        # Host (RFC 9112 3.2): exactly one in HTTP/1.1.
-        if host_count > 1:
-            raise self._fail(400, "more than one Host header field")
-        if req.version_minor and host_count == 0:
-            raise self._fail(400, "missing Host header field")
-        if host is not None and not _HOST_RE.fullmatch(host):
-            raise self._fail(400, "invalid Host header field")
-        req.host = authority if authority is not None else (
-            host.decode("latin-1") if host is not None else "")
-
-        # Persistence (RFC 9112 9.3).
-        close = keep = False
-        if conn_tokens is not None:
-            for tok in conn_tokens.split(b","):
-                tok = tok.strip().lower()
-                if tok == b"close":
-                    close = True
-                elif tok == b"keep-alive":
-                    keep = True
-        req.keep_alive = not close and (req.version_minor == 1 or keep)
-
-        # Expectations (RFC 9110 10.1.1).
-        self.wants_continue = False
-        if expect is not None:
-            if expect.strip().lower() != b"100-continue":
-                raise self._fail(417, "unsupported expectation")
-            # An HTTP/1.0 client does not know 100 (RFC 9110 10.1.1).
-            self.wants_continue = req.version_minor == 1
-
-        # Message body length (RFC 9112 6.3).
-        max_body = self.limits.max_body_size
-        if te is not None:
-            if req.version_minor == 0:
-                raise self._fail(400, "Transfer-Encoding in an HTTP/1.0 request")
-            if lengths is not None:
-                raise self._fail(400, "both Transfer-Encoding and Content-Length")
-            codings = [c.strip().lower() for c in te.split(b",")]
-            if codings[-1] != b"chunked":
-                raise self._fail(400, "chunked is not the final transfer coding")
-            if len(codings) > 1:
-                if b"chunked" in codings[:-1]:
-                    raise self._fail(400, "chunked applied more than once")
-                raise self._fail(501, "unsupported transfer coding")
+            head = bytes(buf[:head_len])
+            del buf[:head_len]
+        self._scanned = 0
+        r = self._v_req
+        req = Request()
+        req.method = head[r[0]:r[0] + r[1]].decode("ascii")
+        self._req = req           # from here on, errors know the method
+        if rc:
+            status, message = _HEAD_ERRORS.get(rc - (1 << 32), (400, "malformed request"))
+            raise self._fail(status, message)
+        flags = h[_W_FLAGS]
+        req._head = head
+        req._saved = self._block[:_HEAD_SIZE + (h[_W_NUM_HEADERS] << 4)]
+        req.target = head[r[2]:r[2] + r[3]].decode("ascii")
+        req.version_minor = 1 if flags & _HF_HTTP11 else 0
+        req.keep_alive = not not flags & _HF_KEEP_ALIVE
+        req.upgrade = not not flags & _HF_UPGRADE
+        self.wants_continue = not not flags & _HF_CONTINUE
+        if flags & _HF_CHUNKED:
             self._chunked = ffi.new("prk_chunked *")
             self._body = bytearray()
             self._body_len = 0
             self.state = _BODY_CHUNKED
-        elif lengths is not None:
-            # RFC 9110 8.6: repeated values are accepted only when they are
-            # the same digits ("5, 5"); "5, 05" is refused, as llhttp and h11
-            # do, since another parser may read "05" differently.
-            first = None
-            for part in lengths.split(b","):
-                part = part.strip()
-                if not part.isdigit() or not part.isascii():
-                    raise self._fail(400, "invalid Content-Length")
-                if len(part) > 18:
-                    raise self._fail(400, "Content-Length too large")
-                if first is not None and part != first:
-                    raise self._fail(400, "conflicting Content-Length values")
-                first = part
-            length = int(first)
-            if length > max_body:
-                raise self._fail(413, "request body too large")
+        elif flags & _HF_LENGTH:
+            length = self._c_head.content_length     # a uint64: any byte order
             req.content_length = length
             self._remaining = length
             self.state = _BODY_LENGTH
@@ -417,8 +439,6 @@ class RequestReader:
         else:
             self._remaining = 0
             self.state = _BODY_LENGTH
-        if self.state == _BODY_LENGTH and self._remaining == 0:
-            self.wants_continue = False
 
     def _read_length_body(self) -> Request | None:
         need = self._remaining

@@ -160,11 +160,11 @@ class AcceptorUploads:
         self._fail(conn, 503, "cannot store the request body")
         return False
 
-    def _spooled_env(self, conn, env: dict) -> None:
-        """A request whose body was spooled: the environment says where it is."""
-        if conn.spool is not None:
-            conn.spool.finish()
-            env[INPUT_KEY] = input_path(self._identifier(conn))
+    def _spooled_env(self, conn) -> bytes:
+        """A request whose body was spooled: the environment says where it
+        is, in the msgpack pair this returns."""
+        conn.spool.finish()
+        return wire.msgpack_pairs({INPUT_KEY: input_path(self._identifier(conn))})
 
     # -- Expect: 100-continue ---------------------------------------------------------
 

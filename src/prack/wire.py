@@ -256,9 +256,24 @@ def split_host(host: str, default_port: str) -> tuple[str, str]:
     return name.lower(), port or default_port
 
 
+_encode_msgpack = msgspec.msgpack.Encoder().encode
+
+
+def msgpack_pairs(pairs: dict[str, str]) -> bytes:
+    """The key/value pairs of a small dict (fewer than 16 keys) in msgpack,
+    without the map's header: the fixed parts the C environment writer
+    (`prk_write_env`, via `Request.environ_msgpack`) adds to its map."""
+    return _encode_msgpack(pairs)[1:]
+
+
 def environ(req, server_name: str, server_port: str, remote_addr: str,
             remote_port: str) -> dict:
-    """The Rack/CGI environment for one request (all values strings)."""
+    """The Rack/CGI environment for one request (all values strings).
+
+    The readable reference of the environment the acceptor sends: its hot
+    path has `prk_write_env` (C, head.c) write the same map as msgpack.
+    tests/test_cbuild_env.py and fuzz/fuzz_python.py check that the two
+    agree on many requests; change both together."""
     if req.host:
         server_name, server_port = split_host(req.host, "80")
     env = {
