@@ -21,7 +21,7 @@ import time
 from prack import http, spool, static, wire
 from prack.acceptws import WEBSOCKET, AcceptorWebSockets
 from prack.loop import ChildLoop
-from prack.sockets import send_file, send_pending
+from prack.sockets import drop_sent, send_file, send_pending
 from prack.ring import RecordTooBig, RingFull
 from prack.wire import SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
 
@@ -757,7 +757,26 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         conn.state = WRITING
         conn.status = status
         # Counted before the first write, which may send it all and log it.
-        conn.sent = sum(map(len, buffers)) + (conn.file[2] if conn.file is not None else 0)
+        size = sum(map(len, buffers))
+        if conn.file is None and not conn.out and len(buffers) <= 64:
+            conn.sent = size
+            # The usual answer: head and body leave in one call, and the
+            # connection goes straight back to reading.
+            try:
+                n = conn.sock.sendmsg(buffers)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                self._close(conn)
+                return
+            if n == size:
+                if conn.events & selectors.EVENT_WRITE:
+                    self._set_events(conn, conn.events & ~selectors.EVENT_WRITE)
+                self._finished(conn)
+                return
+            drop_sent(buffers, n)
+        else:
+            conn.sent = size + (conn.file[2] if conn.file is not None else 0)
         conn.deadline = time.monotonic() + self.t_send
         self._write(conn, buffers)
 
