@@ -197,6 +197,17 @@ class Segment:
                 f"capacity={self.capacity} size={self.size}>")
 
 
+# prk_take_v2's output: [char[], capacity, its memoryview]. A record too
+# big for it is taken the long way (Ring.peek).
+_TAKE_CAPACITY = 256 << 10
+_take_out: list = [None, _TAKE_CAPACITY, None]
+
+
+def _take_buffer() -> None:
+    _take_out[0] = ffi.new("char[]", _TAKE_CAPACITY)
+    _take_out[2] = memoryview(ffi.buffer(_take_out[0]))
+
+
 class Ring:
     """One single-producer / single-consumer ring of a Segment.
 
@@ -207,7 +218,7 @@ class Ring:
     """
 
     __slots__ = ("segment", "index", "max_record", "_ptr", "_mm", "_view", "_lenp",
-                 "_reserve", "_commit", "_peek", "_release")
+                 "_reserve", "_commit", "_peek", "_release", "_taken")
 
     def __init__(self, segment: Segment, index: int) -> None:
         ptr = lib.prk_segment_ring(segment._base, index)
@@ -224,6 +235,7 @@ class Ring:
         self._commit = lib.prk_ring_commit
         self._peek = lib.prk_ring_peek
         self._release = lib.prk_ring_release
+        self._taken = ffi.new("uint32_t[1]"), ffi.new("int[1]")
 
     def _detach(self) -> None:
         # Called by Segment.close(): later calls fail cleanly (the C side
@@ -294,6 +306,22 @@ class Ring:
         """Consume the record returned by the last peek()."""
         if self._release(self._ptr) != 0:
             raise RingError(f"ring {self.index}: release without a peeked record")
+
+    def take_v2(self, max_items: int, max_bytes: int, deadline: float):
+        """Consumer: take up to `max_items` queued requests (until `max_bytes`
+        are written) as msgpack RequestItems back to back, in one C call
+        (prk_take_v2, take.h): (bytes, count), with count 0 when the ring
+        is empty or its next record is for the caller to take the long way
+        (`peek`): a deferred body, or one too big for the buffer."""
+        out = _take_out
+        if out[0] is None:          # made on first use: only the API process takes
+            _take_buffer()
+        taken, stop = self._taken
+        n = lib.prk_take_v2(self._ptr, max_items, max_bytes, deadline, out[0], out[1],
+                            taken, stop)
+        if n < 0:
+            raise RingError(f"ring {self.index}: take failed ({n})")
+        return (out[2][:n].tobytes() if n else b""), taken[0]
 
     def sleep(self) -> bool:
         """Declare the consumer asleep. True: the ring is still empty and the

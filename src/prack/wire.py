@@ -172,11 +172,12 @@ class RequestBatch(msgspec.Struct):
     requests: list[RequestItem]
 
 
-def msgpack_request_batch(items: list[bytes]) -> bytes:
+def msgpack_request_batch(items: list[bytes], count: int | None = None) -> bytes:
     """The msgpack RequestBatch of RequestItems encoded one by one (each while
     its record is in the ring, the environment spliced in as the acceptor
-    encoded it): a one-key map and an array header before the items."""
-    n = len(items)
+    encoded it): a one-key map and an array header before the items.
+    `count`: the number of items when a part holds several."""
+    n = len(items) if count is None else count
     if n < 16:
         head = b"\x81\xa8requests" + bytes((0x90 | n,))
     elif n < 0x10000:

@@ -150,6 +150,13 @@ uint64_t prk_slot_load(prk_ring *r, uint32_t slot);
 void prk_slot_store(prk_ring *r, uint32_t slot, uint64_t value);
 int prk_slot_cas(prk_ring *r, uint32_t slot, uint64_t expected, uint64_t desired);
 uint64_t prk_slot_exchange(prk_ring *r, uint32_t slot, uint64_t value);
+
+#define PRK_TAKE_EMPTY ...
+#define PRK_TAKE_FULL ...
+#define PRK_TAKE_OTHER ...
+#define PRK_TAKE_BAD ...
+long long prk_take_v2(prk_ring *r, uint32_t max_items, uint64_t max_bytes, double deadline,
+                      char *out, uint64_t cap, uint32_t *taken, int *stop);
 """
 
 
@@ -159,8 +166,9 @@ def make_builder(src: pathlib.Path) -> FFI:
     builder.cdef(CDEF)
     builder.set_source(
         "prack._native._prack",
-        '#include "parser.h"\n#include "head.h"\n#include "ring.h"\n',
-        sources=[str(src / "parser.c"), str(src / "head.c"), str(src / "ring.c")],
+        '#include "parser.h"\n#include "head.h"\n#include "ring.h"\n#include "take.h"\n',
+        sources=[str(src / "parser.c"), str(src / "head.c"), str(src / "ring.c"),
+                 str(src / "take.c")],
         include_dirs=[str(src)],
         extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
     )

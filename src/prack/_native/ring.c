@@ -412,6 +412,11 @@ long long prk_ring_peek(prk_ring *r, uint32_t *len)
     return (long long)(r->data_off + idx + REC_HEADER);
 }
 
+const char *prk_ring_at(prk_ring *r, long long off)
+{
+    return seg_base(r) + off;
+}
+
 int prk_ring_release(prk_ring *r)
 {
     if (!r || r->peek_state != 1)

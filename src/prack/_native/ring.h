@@ -75,6 +75,8 @@ int prk_ring_commit(prk_ring *r);
 /* Segment offset of the oldest record's payload (>= 0) with its length in
  * *len, or PRK_RING_EMPTY. Does not consume. */
 long long prk_ring_peek(prk_ring *r, uint32_t *len);
+/* The address of an offset prk_ring_peek returned. */
+const char *prk_ring_at(prk_ring *r, long long off);
 
 /* Consume the record returned by the last peek. */
 int prk_ring_release(prk_ring *r);
