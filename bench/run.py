@@ -58,10 +58,11 @@ def prack_v2(work, echo=False, **kw):
 # name -> (start(work, echo) -> Running, app processes, what it is)
 HELLO = {
     "prack-v2": (lambda w, echo=False: prack_v2(w, echo), 2,
-                 "Prack, 2 acceptors, 2 Python SDK workers (prack.worker) on API v2: "
-                 "batched msgpack pulls and posts"),
+                 "Prack, 2 acceptors, 2 Python SDK workers (prack.worker, 8 lanes each) on "
+                 "API v2: msgpack batches, each lane's answers posted with its next pull"),
     "prack-v1": (lambda w, echo=False: prack_v1(w, echo), 2,
-                 "Prack, 2 acceptors, 2 Python workers on API v1 (JSON, one pull at a time)"),
+                 "Prack, 2 acceptors, 2 Python SDK workers (8 lanes each) on API v1: JSON, "
+                 "one request per pull and one per post"),
     "nginx": (lambda w, echo=False: peers.start_nginx_hello(w, 2), 0,
               "nginx alone, 2 worker processes, `return 200`"),
     "uvicorn-1": (lambda w, echo=False: peers.start_uvicorn(
