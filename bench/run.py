@@ -161,9 +161,11 @@ def ratios(summary: dict, ours: list[str]) -> dict:
 
 def _hold_idle(host: str, port: int, n: int) -> list[socket.socket]:
     """Open n keep-alive connections, make one request on each, and keep
-    them open and idle."""
+    them open and idle. Raises if one was not answered 200 and kept open
+    (a refusal over max_connections would make the per-connection figure
+    a fraction of the truth)."""
     sel = selectors.DefaultSelector()
-    socks, pending = [], 0
+    socks, pending, refused = [], 0, 0
     req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
     for i in range(n):
         s = socket.create_connection((host, port), timeout=10)
@@ -178,7 +180,13 @@ def _hold_idle(host: str, port: int, n: int) -> list[socket.socket]:
                 if not data or b"\r\n\r\n" in data:
                     sel.unregister(key.fileobj)
                     pending -= 1
+                    if not data.startswith(b"HTTP/1.1 200 ") or b"Connection: close" in data:
+                        refused += 1
     sel.close()
+    if refused:
+        for s in socks:
+            s.close()
+        raise RuntimeError("%d of %d idle connections were not kept" % (refused, n))
     return socks
 
 
@@ -189,12 +197,9 @@ def scenario_memory(args) -> dict:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, idle_conns + 1000), hard))
     out = {}
     with tempfile.TemporaryDirectory() as work:
-        env_max = str(idle_conns)   # per acceptor: all may land on one
-        os.environ["PRACK_SERVER_MAX_CONNECTIONS"] = env_max
-        try:
-            run = prack_v2(work)
-        finally:
-            del os.environ["PRACK_SERVER_MAX_CONNECTIONS"]
+        # Per acceptor: all may land on one. (Given as a setting: start_prack
+        # does not pass the caller's PRACK_* variables on.)
+        run = prack_v2(work, settings={"server_max_connections": idle_conns})
         with run:
             server = run.procs[0].pid
             tree = lambda: measure.tree([server])      # noqa: E731 - master, acceptors, API
