@@ -141,7 +141,12 @@ class WsWorker:
                     self.events[path].append(event)
                     if event["type"] == "close":
                         closed_at = time.monotonic()
-                        after, _ = self.call(conn, "GET", base + "events?wait=0")
+                        try:
+                            after, _ = self.call(conn, "GET", base + "events?wait=0")
+                        except (ConnectionError, http.client.RemoteDisconnected):
+                            # A stopping API process answers the close event
+                            # with Connection: close, and may be gone by now.
+                            after = "link lost"
                         self.ended.put((path, event, after, time.monotonic() - closed_at))
                         return
                     data = self._data(event)

@@ -484,7 +484,11 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
                 raise
             if not self.free_slots:
                 # Over max_connections: refuse quickly rather than queue forever.
+                # It counts as the wake-up's connection: a full acceptor that
+                # refused a whole burst would turn away connections the
+                # others, woken too but taking one each, have room for.
                 self._refuse(sock)
+                taken += 1
                 continue
             try:
                 sock.setblocking(False)

@@ -162,7 +162,8 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
             data(mask)
 
     def _drained(self) -> bool:
-        return not any(w.busy or w.out for w in self.workers.values())
+        return (not any(w.busy or w.out for w in self.workers.values())
+                and not self._ws_unfetched())
 
     def _begin_stop(self) -> None:
         self.stopping = True
@@ -178,9 +179,16 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
                     self._reply_empty(conn)
                 else:
                     self._reply_error(conn, 503, "the server is shutting down")
-        for conn in list(self.workers.values()):
-            if not conn.busy and not conn.out:
-                self._close_worker(conn)
+        # The acceptors have stopped first: their WebSockets ended with a
+        # close event (1001) that a worker may not have fetched yet, on a
+        # connection idle between two events calls. Those connections stay
+        # open for it (until the stop deadline); else idle ones close now.
+        unfetched = self._ws_unfetched()
+        log.debug("API process stopping (%d WebSocket ends not yet fetched)", unfetched)
+        if not unfetched:
+            for conn in list(self.workers.values()):
+                if not conn.busy and not conn.out:
+                    self._close_worker(conn)
 
     # -- acceptor links ------------------------------------------------------------
 

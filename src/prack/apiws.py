@@ -302,6 +302,10 @@ class ApiWebSockets:
             ws.closed = True
         self._ws_wake(sid, ws)
 
+    def _ws_unfetched(self) -> int:
+        """WebSockets whose end (the close event) no worker has received."""
+        return sum(not ws.done for ws in self.websockets.values())
+
     def _ws_wake(self, sid, ws: _WebSocket) -> None:
         conn = ws.waiter
         if conn is not None:

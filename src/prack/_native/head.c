@@ -472,9 +472,8 @@ static int env_dropped(const unsigned char *name, size_t n)
 }
 
 /* A hash of a field name that ignores case (and, being a filter only, a
- * little more: bit 0x20 of every byte), eight bytes at a time: repeats are
- * found by comparing hashes first, so many distinct long names cost no
- * quadratic byte comparisons. */
+ * little more: bit 0x20 of every byte), eight bytes at a time: the fields
+ * are sorted by it first, so most comparisons are of two integers. */
 static uint32_t name_hash(const unsigned char *s, size_t n)
 {
     uint64_t x = n * 0x9e3779b97f4a7c15ull, word;
@@ -506,6 +505,55 @@ static int same_name(const unsigned char *b, const prk_header *x, const prk_head
     return 1;
 }
 
+/* The order that groups the fields of one name (ignoring case), in field
+ * order within the group: hash, then the lower-cased name, then index. */
+static int field_order(const unsigned char *b, const prk_header *h, const uint32_t *hashes,
+                       uint16_t x, uint16_t y)
+{
+    size_t nx = h[x].name_len, ny = h[y].name_len, n = nx < ny ? nx : ny, k;
+    if (hashes[x] != hashes[y])
+        return hashes[x] < hashes[y] ? -1 : 1;
+    for (k = 0; k < n; k++) {
+        unsigned char cx = lower(b[h[x].name_off + k]), cy = lower(b[h[y].name_off + k]);
+        if (cx != cy)
+            return cx < cy ? -1 : 1;
+    }
+    if (nx != ny)
+        return nx < ny ? -1 : 1;
+    return x < y ? -1 : x > y;
+}
+
+/* Sort the field indices a[0:n] by field_order, with tmp[0:n] as scratch
+ * (a bottom-up merge sort: O(n log n) comparisons whatever the names, so a
+ * head of many names with one hash costs no quadratic work). */
+static void sort_fields(uint16_t *a, uint16_t *tmp, uint32_t n, const unsigned char *b,
+                        const prk_header *h, const uint32_t *hashes)
+{
+    uint16_t *src = a, *dst = tmp, *swap;
+    uint32_t width, lo, mid, hi, i, j, k;
+
+    for (width = 1; width < n; width *= 2) {
+        for (lo = 0; lo < n; lo += 2 * width) {
+            mid = lo + width < n ? lo + width : n;
+            hi = lo + 2 * width < n ? lo + 2 * width : n;
+            i = lo;
+            j = mid;
+            k = lo;
+            while (i < mid && j < hi)
+                dst[k++] = field_order(b, h, hashes, src[i], src[j]) <= 0 ? src[i++] : src[j++];
+            while (i < mid)
+                dst[k++] = src[i++];
+            while (j < hi)
+                dst[k++] = src[j++];
+        }
+        swap = src;
+        src = dst;
+        dst = swap;
+    }
+    if (src != a)
+        memcpy(a, src, (size_t)n * sizeof *a);
+}
+
 size_t prk_env_bound(size_t head_len, uint32_t num_headers, size_t server_len,
                      size_t extra_len)
 {
@@ -526,6 +574,8 @@ long long prk_write_env(char *out, size_t cap, const char *head, size_t head_len
     prk_header aligned[HASHED_MAX];
     uint32_t nh, i, j, fields = 0, count;
     uint32_t hashes[HASHED_MAX];
+    uint16_t order[HASHED_MAX], scratch[HASHED_MAX];
+    uint16_t next_of_name[HASHED_MAX];  /* the next field of the same name, 0: none */
     unsigned char first_of_name[HASHED_MAX];
     writer w = {(unsigned char *)out, 0, cap, 0};
     unsigned char *at;
@@ -535,14 +585,12 @@ long long prk_write_env(char *out, size_t cap, const char *head, size_t head_len
         return PRK_ENV_BAD_STATE;
     memcpy(&st, saved, sizeof st);
     nh = st.num_headers;
-    if ((saved_len - sizeof st) / sizeof(prk_header) < nh)
+    if ((saved_len - sizeof st) / sizeof(prk_header) < nh || nh > HASHED_MAX)
         return PRK_ENV_BAD_STATE;
     /* The entries follow prk_head (a multiple of 8 bytes) in the caller's
      * copy, aligned when the copy is; else they are copied here first. */
     h = (const prk_header *)(const void *)(saved + sizeof st);
     if (((uintptr_t)h & (_Alignof(prk_header) - 1)) != 0) {
-        if (nh > HASHED_MAX)
-            return PRK_ENV_BAD_STATE;
         memcpy(aligned, saved + sizeof st, (size_t)nh * sizeof(prk_header));
         h = aligned;
     }
@@ -558,19 +606,24 @@ long long prk_write_env(char *out, size_t cap, const char *head, size_t head_len
             return PRK_ENV_BAD_STATE;
 
     /* Which fields start a variable (the first of their name, not left
-     * out), so the map's size is known before it is written. */
+     * out), so the map's size is known before it is written, and the
+     * repeats of each: the fields sorted so that each name's are together,
+     * in order. */
     for (i = 0; i < nh; i++) {
-        const unsigned char *name = b + h[i].name_off;
-        int first = !env_dropped(name, h[i].name_len);
-        uint32_t x = name_hash(name, h[i].name_len);
-        if (i < HASHED_MAX)
-            hashes[i] = x;
-        for (j = 0; first && j < i; j++)
-            if ((j >= HASHED_MAX || i >= HASHED_MAX || hashes[j] == x) && same_name(b, &h[i], &h[j]))
-                first = 0;
-        if (i < HASHED_MAX)
-            first_of_name[i] = (unsigned char)first;
-        fields += (uint32_t)first;
+        hashes[i] = name_hash(b + h[i].name_off, h[i].name_len);
+        order[i] = (uint16_t)i;
+        next_of_name[i] = 0;
+    }
+    sort_fields(order, scratch, nh, b, h, hashes);
+    for (j = 0; j < nh; j++) {
+        uint16_t x = order[j];
+        if (j && hashes[order[j - 1]] == hashes[x] && same_name(b, &h[order[j - 1]], &h[x])) {
+            first_of_name[x] = 0;
+            next_of_name[order[j - 1]] = x;
+        } else {
+            first_of_name[x] = (unsigned char)!env_dropped(b + h[x].name_off, h[x].name_len);
+            fields += first_of_name[x];
+        }
     }
     has_host = st.host_len > 0;
     count = 6 + (has_host ? 2 : server_count) + (st.ctype_index ? 1 : 0) +
@@ -646,19 +699,9 @@ long long prk_write_env(char *out, size_t cap, const char *head, size_t head_len
     for (i = 0; i < nh; i++) {
         const unsigned char *name = b + h[i].name_off;
         size_t nn = h[i].name_len, total, u8, k;
-        uint32_t x;
-        int cookie, is_host, repeats;
-        if (i < HASHED_MAX) {
-            if (!first_of_name[i])
-                continue;
-        } else {
-            int first = !env_dropped(name, nn);
-            for (j = 0; first && j < i; j++)
-                if (same_name(b, &h[i], &h[j]))
-                    first = 0;
-            if (!first)
-                continue;
-        }
+        int cookie, is_host;
+        if (!first_of_name[i])
+            continue;
         /* HTTP_NAME */
         put_str_head(&w, 5 + nn);
         if ((at = reserve(&w, 5 + nn)) != NULL) {
@@ -675,24 +718,18 @@ long long prk_write_env(char *out, size_t cap, const char *head, size_t head_len
             continue;
         }
         cookie = EQ(name, nn, "cookie");
-        x = i < HASHED_MAX ? hashes[i] : 0;
         u8 = utf8_len(b + h[i].value_off, h[i].value_len);
         total = u8;
-        repeats = 0;
-        for (j = i + 1; j < nh; j++)
-            if ((j >= HASHED_MAX || i >= HASHED_MAX || hashes[j] == x) && same_name(b, &h[i], &h[j])) {
-                total += 2 + utf8_len(b + h[j].value_off, h[j].value_len);
-                repeats = 1;
-            }
+        for (j = next_of_name[i]; j; j = next_of_name[j])
+            total += 2 + utf8_len(b + h[j].value_off, h[j].value_len);
         /* RFC 9110 5.3 joins repeats with ", "; cookies use "; " (RFC 6265 5.4). */
         put_str_head(&w, total);
         put_latin1(&w, b + h[i].value_off, h[i].value_len, u8);
-        for (j = i + 1; repeats && j < nh; j++)
-            if ((j >= HASHED_MAX || i >= HASHED_MAX || hashes[j] == x) && same_name(b, &h[i], &h[j])) {
-                put(&w, cookie ? "; " : ", ", 2);
-                put_latin1(&w, b + h[j].value_off, h[j].value_len,
-                           utf8_len(b + h[j].value_off, h[j].value_len));
-            }
+        for (j = next_of_name[i]; j; j = next_of_name[j]) {
+            put(&w, cookie ? "; " : ", ", 2);
+            put_latin1(&w, b + h[j].value_off, h[j].value_len,
+                       utf8_len(b + h[j].value_off, h[j].value_len));
+        }
     }
     if ((st.flags & PRK_HF_ABSOLUTE) && !st.host_index) {
         PUT_KEY(&w, "HTTP_HOST");

@@ -116,8 +116,10 @@ int prk_read_head(const char *buf, size_t len, prk_request *req, prk_header *hea
  *   authority of an absolute-form target;
  *   then the msgpack pairs in `extra` (extra_count of them).
  * Field bytes are read as latin-1 and written as UTF-8.
- * Returns the bytes written, PRK_ENV_NO_ROOM or PRK_ENV_BAD_STATE.
- * prk_env_bound() is a size that always suffices.
+ * Returns the bytes written, PRK_ENV_NO_ROOM or PRK_ENV_BAD_STATE (also for
+ * more than 1024 fields; limits.max_headers is at most 1000). Repeats are
+ * found by sorting the fields by name: O(n log n) however the names are
+ * chosen. prk_env_bound() is a size that always suffices.
  */
 long long prk_write_env(char *out, size_t cap, const char *head, size_t head_len,
                         const char *saved, size_t saved_len, long long content_length,

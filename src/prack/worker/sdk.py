@@ -68,6 +68,10 @@ _encode_json = msgspec.json.Encoder().encode
 JSON = "application/json"
 BATCH_BUDGET = 0.005  # seconds of handler time a lane takes on at once
 IDLE_CONNECTIONS = 16  # kept per front for streams, inputs and watches
+# A v1 pull has no `wait`: it long-polls for the front's api.poll_timeout,
+# which may be up to this (config.py's bound), so a v1 lane's connection
+# waits that long plus a margin before calling the front down.
+V1_POLL_MAX = 300.0
 
 
 class Request:
@@ -749,7 +753,10 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 if conn is None:
-                    conn = front.connect()
+                    # Not front.connect(): its timeout (the lanes' wait + 30 s)
+                    # is shorter than a front's api.poll_timeout may be.
+                    conn = _Connection(front.host, front.port,
+                                       max(front.timeout, V1_POLL_MAX + 30.0))
                 try:
                     status, data = _call(conn, "GET", "/api/v1/request", None, {})
                 except (http.client.RemoteDisconnected, ConnectionResetError,
