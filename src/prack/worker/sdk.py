@@ -463,6 +463,19 @@ def _call(conn: _Connection, method: str, path: str, body: bytes | None,
     return conn.call(method, path, body, headers)
 
 
+def _pull(conn: _Connection, reused: bool, path: str, headers: dict) -> tuple[int, bytes]:
+    """A lane's GET. On a connection that has carried calls already, the
+    front may have closed it (a restart, an idle limit): one new connection
+    before calling the front down."""
+    try:
+        return _call(conn, "GET", path, None, headers)
+    except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+        if not reused:
+            raise
+        conn.close()
+        return _call(conn, "GET", path, None, headers)
+
+
 class _Pace:
     """How many requests a lane asks for at once: about BATCH_BUDGET seconds
     of handler time (a moving average), between 1 and `most`. A fast handler
@@ -616,16 +629,7 @@ class Worker:
                     if conn is None:
                         conn = front.connect()
                     path = "/api/v2/requests" + params + str(self.pace.size())
-                    try:
-                        status, data = _call(conn, "GET", path, None, pull_headers)
-                    except (http.client.RemoteDisconnected, ConnectionResetError,
-                            BrokenPipeError):
-                        if not reused:
-                            raise
-                        # The front closed a kept-alive connection (a restart, an
-                        # idle limit): one new connection before calling it down.
-                        conn.close()
-                        status, data = _call(conn, "GET", path, None, pull_headers)
+                    status, data = _pull(conn, reused, path, pull_headers)
                     reused = True
                     if status != 200:
                         raise FrontDown("GET /api/v2/requests answered %d" % status)
@@ -757,14 +761,7 @@ class Worker:
                     # is shorter than a front's api.poll_timeout may be.
                     conn = _Connection(front.host, front.port,
                                        max(front.timeout, V1_POLL_MAX + 30.0))
-                try:
-                    status, data = _call(conn, "GET", "/api/v1/request", None, {})
-                except (http.client.RemoteDisconnected, ConnectionResetError,
-                        BrokenPipeError):
-                    if not reused:
-                        raise
-                    conn.close()        # a kept-alive connection the front closed
-                    status, data = _call(conn, "GET", "/api/v1/request", None, {})
+                status, data = _pull(conn, reused, "/api/v1/request", {})
                 reused = True
                 if status == 404:       # the poll timed out: nothing for us
                     front.succeeded()
