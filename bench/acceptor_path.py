@@ -13,13 +13,13 @@ scheduled in between, so a change to the hot path shows as microseconds.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import os
-import pstats
 import selectors
 import socket
 import tempfile
 import time
+
+import inprocess  # bench/, next to this script
 
 from prack import config, wire
 from prack.acceptor import Acceptor
@@ -114,21 +114,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         rig = Rig(work)
         try:
-            for _ in range(50):
-                rig.round()
-            if args.profile:
-                prof = cProfile.Profile()
-                prof.enable()
-                for _ in range(args.rounds):
-                    rig.round()
-                prof.disable()
-                pstats.Stats(prof).sort_stats("tottime").print_stats(20)
-            passes = [sum(rig.round() for _ in range(args.rounds)) / (args.rounds * CLIENTS)
-                      for _ in range(5)]
+            results = inprocess.passes(rig.round, args.rounds, CLIENTS, args.profile)
         finally:
             rig.close()
-    print("acceptor, per request: %.2f us (best of 5; all: %s)" % (
-        min(passes) * 1e6, " ".join("%.1f" % (p * 1e6) for p in passes)))
+    print(inprocess.report("acceptor, per request", results))
 
 
 if __name__ == "__main__":

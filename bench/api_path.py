@@ -10,15 +10,15 @@ timed (its recv and sendmsg included), per request, best of 5.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import os
-import pstats
 import selectors
 import socket
 import tempfile
 import time
 
 import msgspec
+
+import inprocess  # bench/, next to this script
 
 from prack import config, wire
 from prack.api import ApiServer
@@ -137,21 +137,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         rig = Rig(work, args.batch)
         try:
-            for _ in range(30):
-                rig.round()
-            if args.profile:
-                prof = cProfile.Profile()
-                prof.enable()
-                for _ in range(args.rounds):
-                    rig.round()
-                prof.disable()
-                pstats.Stats(prof).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("LINES", "22")))
-            passes = [sum(rig.round() for _ in range(args.rounds)) / (args.rounds * args.batch)
-                      for _ in range(5)]
+            results = inprocess.passes(rig.round, args.rounds, args.batch, args.profile)
         finally:
             rig.close()
-    print("API process, batches of %d, per request: %.2f us (best of 5; all: %s)" % (
-        args.batch, min(passes) * 1e6, " ".join("%.1f" % (p * 1e6) for p in passes)))
+    print(inprocess.report("API process, batches of %d, per request" % args.batch, results))
 
 
 if __name__ == "__main__":
