@@ -61,13 +61,11 @@ class Rig:
     def round(self) -> float:
         """One request per client; seconds spent in the acceptor."""
         acc, clock = self.acc, time.perf_counter
-        end_of_batch = getattr(acc, "_end_of_batch", None) or (lambda: None)   # older trees
         for c in self.clients:
             c.send(REQUEST)
         t0 = clock()
         for conn in self.conns:
             acc._on_conn(conn, selectors.EVENT_READ)
-        end_of_batch()
         spent = clock() - t0
         frames = []
         unpack = wire.RECORD.unpack_from

@@ -79,7 +79,6 @@ class Rig:
                                 len(body)) + body)
         t0 = time.perf_counter()
         self.api._on_worker(self.wconn, selectors.EVENT_READ)
-        self.api._end_of_batch()
         self.spent += time.perf_counter() - t0
 
     def _read_answer(self) -> bytes:
@@ -103,7 +102,6 @@ class Rig:
         self.acceptor.send(wire.WAKE_FRAME)
         t0 = time.perf_counter()
         self.api._on_link(self.link, selectors.EVENT_READ)
-        self.api._end_of_batch()
         self.spent += time.perf_counter() - t0
         got = self.decode(self._read_answer())
         if len(got.requests) != self.batch:

@@ -108,7 +108,6 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         self.pipeline_cap = cfg.api.max_request_size + lim.max_header_size
         self.tick = min(0.5, max(0.05, self.poll_timeout / 4 if self.poll_timeout else 0.5))
         self.links: list[Link | None] = [None] * segment.nrings
-        self.due_links: list[Link] = []     # with frames to send at the batch's end
         self.workers: dict[int, WorkerConn] = {}
         self.waiters: collections.deque[WorkerConn] = collections.deque()
         self.rr = 0
@@ -263,20 +262,13 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
             self._unpark_acceptor(link.index)
 
     def _send_link(self, link: Link, buffers: list) -> None:
-        """Frames for an acceptor leave at the end of the event batch: the
-        answers of several posts (one per lane) go in one write, and the
-        acceptor wakes once for them."""
-        if not link.out:
-            self.due_links.append(link)
+        # At once: a worker's post is answered only after its frames are in
+        # the acceptor's socket, so an API process killed in between loses
+        # no answer that a worker was told was delivered.
+        was_empty = not link.out
         link.out.extend(buffers)
-
-    def _end_of_batch(self) -> None:
-        due = self.due_links
-        if due:
-            self.due_links = []
-            for link in due:
-                if link.sock is not None and link.out:
-                    self._flush_link(link)
+        if was_empty:
+            self._flush_link(link)
 
     def _flush_link(self, link: Link) -> None:
         try:

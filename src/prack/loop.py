@@ -109,7 +109,6 @@ class ChildLoop:
         monotonic = time.monotonic
         next_scan = monotonic() + self.tick
         registered = sel.get_map()
-        end_of_batch = self._end_of_batch
         while True:
             for key, mask in sel.select(max(0.0, next_scan - monotonic())):
                 # An earlier event of this batch may have closed (or
@@ -118,7 +117,6 @@ class ChildLoop:
                 # socket safe (CPython reports them as two entries).
                 if registered.get(key.fd) is key:
                     on_event(key.data, mask)
-            end_of_batch()
             if self.stopping and self._drained():
                 self._finish()
                 return
@@ -136,7 +134,6 @@ class ChildLoop:
                     self._begin_stop()
                 self._scan(now)
                 self._housekeeping(now)
-                end_of_batch()
                 if self.stopping and now >= self.stop_deadline:
                     self._finish()
                     return
@@ -182,11 +179,6 @@ class ChildLoop:
         listener.close()
 
     # hooks
-    def _end_of_batch(self) -> None:
-        """Work deferred until the events of one select() are handled (and
-        after housekeeping): sends that many events would each have made
-        are made once."""
-
     def _scan(self, now: float) -> None:
         """Housekeeping: deadlines."""
 
