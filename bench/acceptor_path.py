@@ -21,9 +21,11 @@ import time
 
 import inprocess  # bench/, next to this script
 
-from prack import config, wire
-from prack.acceptor import Acceptor
-from prack.ring import Segment
+from prack import config
+
+from prack.ipc import wire
+from prack.acceptor.process import Acceptor
+from prack.ipc.ring import Segment
 
 CLIENTS = 32
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"

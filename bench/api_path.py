@@ -20,9 +20,11 @@ import msgspec
 
 import inprocess  # bench/, next to this script
 
-from prack import config, wire
-from prack.api import ApiServer
-from prack.ring import Segment
+from prack import config
+
+from prack.ipc import wire
+from prack.api.process import ApiServer
+from prack.ipc.ring import Segment
 
 ENV = msgspec.msgpack.encode({
     "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/", "QUERY_STRING": "",

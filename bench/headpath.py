@@ -22,7 +22,9 @@ from micro import BROWSER_REQUEST  # noqa: E402
 
 import msgspec  # noqa: E402
 
-from prack import http, wire  # noqa: E402
+from prack.protocol import http
+
+from prack.ipc import wire  # noqa: E402
 
 WRK_REQUEST = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: keep-alive\r\n"
                b"Accept: */*\r\n\r\n")

@@ -47,7 +47,7 @@ def best_of(fn, rounds=3):
 
 def bench_parser(n: int) -> dict:
     from prack._native import ffi, lib
-    from prack import http
+    from prack.protocol import http
     req = ffi.new("prk_request *")
     hdrs = ffi.new("prk_header[]", 100)
     buf = ffi.from_buffer(BROWSER_REQUEST)
@@ -102,7 +102,7 @@ def bench_parser(n: int) -> dict:
 
 
 def bench_ring(n: int) -> dict:
-    from prack.ring import RingFull, Segment
+    from prack.ipc.ring import RingFull, Segment
     payload = bytes(range(256)) * 2     # 512-byte records
     seg = Segment.create(1, 16, 1 << 20)
     ring = seg.ring(0)

@@ -34,7 +34,8 @@ import atheris
 
 with atheris.instrument_imports(include=["prack"], enable_loader_override=False):
     import msgspec
-    from prack import http, wire
+    from prack.protocol import http
+    from prack.ipc import wire
 
 LIMITS = [
     http.Limits(1 << 20, 32 << 10, 8 << 10, 100),     # config.py defaults

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import h11
 import httptools
 
-from prack import http
+from prack.protocol import http
 
 CRLF = b"\r\n"
 NEXT = b"GET /next HTTP/1.1\r\nHost: next.example\r\n\r\n"

@@ -28,9 +28,10 @@ def runner(monkeypatch):
 
 @pytest.fixture
 def fake_master(monkeypatch):
-    """Stand in for prack.master so the CLI can be run without a server."""
+    """Stand in for prack.master.arbiter so the CLI can be run without a server."""
+    import prack.master
     calls = []
-    module = types.ModuleType("prack.master")
+    module = types.ModuleType("prack.master.arbiter")
 
     def run(cfg, *, config_path):
         calls.append((cfg, config_path))
@@ -38,8 +39,8 @@ def fake_master(monkeypatch):
 
     module.run = run
     module.exit_code = 0
-    monkeypatch.setitem(sys.modules, "prack.master", module)
-    monkeypatch.setattr(prack, "master", module, raising=False)
+    monkeypatch.setitem(sys.modules, "prack.master.arbiter", module)
+    monkeypatch.setattr(prack.master, "arbiter", module, raising=False)
     module.calls = calls
     return module
 

@@ -5,7 +5,9 @@ import msgspec
 import yaml
 from openapi_spec_validator import validate
 
-from prack import apistream, wire
+from prack.api import streams as apistream
+
+from prack.ipc import wire
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SPEC = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
@@ -51,7 +53,7 @@ def test_openapi_lists_every_endpoint():
 
 
 def test_openapi_v2_parameters_match_the_server():
-    from prack import api
+    from prack.api import process as api
     params = {p["name"]: p for p in SPEC["paths"]["/api/v2/requests"]["get"]["parameters"]}
     assert set(params) == {"max", "wait"}
     assert "%d" % api.MAX_BATCH in params["max"]["description"]
@@ -60,7 +62,7 @@ def test_openapi_v2_parameters_match_the_server():
 
 
 def test_openapi_websocket_shapes_match_the_server():
-    from prack import apiws
+    from prack.api import websockets as apiws
     params = {p["name"]: p for p in
               SPEC["paths"]["/api/v2/requests/{id}/events"]["get"]["parameters"]}
     assert set(params) == {"id", "max", "wait"}

@@ -11,7 +11,7 @@ import os
 import socket
 import struct
 
-from prack import websocket as ws
+from prack.protocol import websocket as ws
 
 
 def masked_frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes | None = None,

@@ -22,7 +22,9 @@ import sys
 import traceback
 from typing import Any, Optional
 
-from prack import __version__, config, upgrade
+from prack import __version__, config
+
+from prack.master import upgrade
 from prack.errors import PrackError
 
 PROG = "prack-server"
@@ -74,7 +76,7 @@ def _serve(config_path: Optional[str], check: bool, flags: dict[str, Any]) -> in
         cfg = config.load(config_path, flags=flags)
         # Imported before --check returns: an upgrade's check (PID 1 re-exec)
         # then also proves that the new code imports.
-        from prack import master
+        from prack.master import arbiter as master
 
         if check:
             sys.stdout.write(config.dump_toml(cfg))

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from prack import wire
+from prack.ipc import wire
 from prack.worker import streams
 from prack.worker.streams import ClientGone, WebSocket, WebSocketClosed  # noqa: F401
 

@@ -1,0 +1,147 @@
+"""Checks and messages shared by the API process's calls: a worker's
+status and headers turned into a validated header block, and errors made
+readable for the worker and the log."""
+from __future__ import annotations
+
+import math
+import urllib.parse
+
+import msgspec
+
+from prack.ipc import wire
+
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+# Characters a header value may not carry: CTLs except HTAB (RFC 9110 5.5).
+_BAD_VALUE = frozenset(chr(c) for c in range(32) if c != 9) | {"\x7f"}
+# Framing and hop-by-hop fields are Prack's business (RFC 9110 7.6.1).
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length",
+                         "proxy-connection", "te", "trailer", "upgrade"})
+
+class BadParameter(ValueError):
+    """A query parameter of an API call is invalid; the message names it."""
+
+
+def query_params(query: str, wait: float, wait_cap: float, most: int = 0,
+                 most_cap: int = 0) -> tuple[float, int]:
+    """(wait, max) of a long-polling call's query string. `wait` is seconds
+    >= 0, capped by `wait_cap` (api.poll_timeout); `max` a whole number from
+    1, capped by `most_cap`, and allowed only when `most_cap` is set. The
+    arguments `wait` and `most` are the defaults. Unknown or repeated names
+    raise BadParameter."""
+    allowed = "wait and max" if most_cap else "wait"
+    seen = set()
+    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        if name in seen:
+            raise BadParameter("%s: given more than once" % name[:40])
+        seen.add(name)
+        if name == "wait":
+            try:
+                wait = float(value)
+            except ValueError:
+                wait = math.nan
+            if not (math.isfinite(wait) and wait >= 0):
+                raise BadParameter("wait: expected seconds (a number >= 0), got %r"
+                                   % value[:40])
+        elif name == "max" and most_cap:
+            if not (value.isdigit() and value.isascii()) or not value.strip("0"):
+                raise BadParameter("max: expected a whole number from 1, got %r" % value[:40])
+            # Larger than the server's maximum is capped, however long.
+            most = most_cap if len(value) > 9 else min(int(value), most_cap)
+        else:
+            raise BadParameter("%s: unknown parameter (use %s)" % (name[:40], allowed))
+    return min(wait, wait_cap), most
+
+
+class BadResponse(Exception):
+    """A worker's posted response is invalid; the message names the field."""
+
+
+def describe(exc: Exception, codec=None) -> str:
+    """msgspec's message, with its `$.field` path turned into the field name."""
+    text = str(exc)
+    if " - at `$." in text:
+        reason, _, where = text.partition(" - at `$.")
+        return "%s: %s" % (where.rstrip("`"), reason)
+    if isinstance(exc, msgspec.DecodeError):
+        return "malformed %s: %s" % (codec.name if codec else "JSON", text)
+    return text
+
+
+def printable(text: str, limit: int = 500) -> str:
+    """A worker's message for one log line: bounded, control characters escaped."""
+    cut = text[:limit]
+    out = cut.encode("unicode_escape").decode("ascii")
+    return out + ("... (%d characters)" % len(text) if len(text) > limit else "")
+
+
+_checked: dict = {}
+
+
+def check_response_cached(code, headers, field: str) -> tuple[int, int, bytes, int]:
+    """check_response, remembered: a worker posts the same few statuses and
+    header sets again and again. Only valid ones are kept, at most 256."""
+    try:
+        key = (code, tuple(headers.items()) if type(headers) is dict else
+               tuple(headers) if headers else ())
+        hit = _checked.get(key)
+    except TypeError:           # list values (several of one header): not kept
+        return check_response(code, headers, field)
+    if hit is None:
+        hit = check_response(code, headers, field)
+        if len(_checked) >= 256:
+            _checked.clear()
+        _checked[key] = hit
+    return hit
+
+
+def check_response(code, headers, field: str = "code") -> tuple[int, int, bytes, int]:
+    """Validate a posted response's status (`field` names it in errors) and
+    headers (a dict, or v2's list of pairs): (status, flags, header block,
+    declared length)."""
+    if type(code) is str:
+        given = code
+        code = code.strip()
+        if not (code.isdigit() and code.isascii() and len(code) == 3):
+            raise BadResponse("%s: expected a 3-digit status code, got %r" % (field, given))
+        code = int(code)
+    if not 200 <= code <= 999:
+        raise BadResponse("%s: expected a final status code from 200 to 999, got %r"
+                          % (field, code))
+    flags = 0
+    declared = wire.NO_LENGTH
+    lines = []
+    if not headers:
+        pairs = ()
+    elif type(headers) is dict:
+        pairs = headers.items()
+    else:
+        pairs = headers
+    for name, value in pairs:
+        if not name or not _TCHAR.issuperset(name):
+            raise BadResponse("headers: %r is not a valid header name" % name)
+        values = value if type(value) is list else value.split("\n")
+        lower = name.lower()
+        for item in values:
+            if _BAD_VALUE.intersection(item):
+                raise BadResponse("headers.%s: value contains CR, LF, NUL or another control "
+                                  "character" % name)
+            if lower in _HOP_BY_HOP:
+                if lower == "connection":
+                    if any(t.strip().lower() == "close" for t in item.split(",")):
+                        flags |= wire.RF_CLOSE
+                elif lower == "content-length":
+                    item = item.strip()
+                    if item.isdigit() and item.isascii() and len(item) < 19:
+                        declared = int(item)
+                        flags |= wire.RF_DECLARED
+                continue
+            if lower == "date":
+                flags |= wire.RF_HAS_DATE
+            elif lower == "server":
+                flags |= wire.RF_HAS_SERVER
+            try:
+                encoded = item.strip(" \t").encode("latin-1")
+            except UnicodeEncodeError:
+                encoded = item.strip(" \t").encode("utf-8")
+            lines.append(name.encode("ascii") + b": " + encoded + b"\r\n")
+    return code, flags, b"".join(lines), declared

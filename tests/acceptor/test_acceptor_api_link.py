@@ -1,0 +1,143 @@
+"""An acceptor driven in process, for event orders an end-to-end test
+cannot force (the API process dying between two frames of one read)."""
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import socket
+
+import pytest
+
+from prack import config
+
+from prack.ipc import wire
+from prack.acceptor.process import Acceptor, QUEUED
+from prack.ipc.ring import Segment
+
+
+@pytest.fixture
+def acceptor(tmp_path):
+    cfg = config.load(None, env={})
+    seg = Segment.create(1, 8, 1 << 20)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.setblocking(False)
+    api_path = str(tmp_path / "api.sock")
+    api_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    api_listener.bind(api_path)
+    api_listener.listen(4)
+    status_r, status_w = os.pipe()
+    acc = Acceptor(cfg, 0, 1, listener, seg, api_path, status_w)
+    acc.sel.register(listener, selectors.EVENT_READ, acc._on_accept)
+    acc._connect_api()
+    api_side, _ = api_listener.accept()
+    clients = []
+    yield acc, seg, listener, api_listener, api_side, clients
+    for conn in list(acc.conns.values()):
+        acc._close(conn)
+    for s in clients + [api_side, api_listener, listener]:
+        s.close()
+    if acc.api is not None:
+        acc.api.close()
+    acc.sel.close()
+    seg.close()
+    os.close(status_r)
+    os.close(status_w)
+
+
+def _client(acc, listener, clients, data: bytes):
+    c = socket.create_connection(listener.getsockname())
+    c.settimeout(5)
+    clients.append(c)
+    acc._on_accept(selectors.EVENT_READ)
+    conn = next(k for k in acc.conns.values() if k.sock.getpeername() == c.getsockname())
+    c.sendall(data)
+    while conn.state != QUEUED:
+        acc._on_readable(conn)
+    return c, conn
+
+
+def test_api_lost_while_handling_a_read_of_several_frames(acceptor):
+    """Frame 1 answers a keep-alive client whose pipelined request is then
+    queued; the wake-up for it finds the API process gone, and the acceptor
+    reconnects. Frame 2, read in the same recv, must still be delivered, not
+    crash the acceptor on a buffer emptied under the frame loop."""
+    acc, seg, listener, api_listener, api_side, clients = acceptor
+    a, conn_a = _client(acc, listener, clients,
+                        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /a2 HTTP/1.1\r\nHost: x\r\n\r\n")
+    b, conn_b = _client(acc, listener, clients, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    ring = seg.ring(0)
+    while ring.peek() is not None:      # the API process takes both records...
+        ring.release()
+    assert ring.sleep()                 # ...and sleeps: the next push wakes it
+    acc._flush_api()
+    api_side.recv(1 << 16)              # the acceptor's HELLO
+    frames = []
+    for conn, body in ((conn_a, b"answer a"), (conn_b, b"answer b")):
+        frames += wire.response_frame(conn.slot, conn.key, 200, 0, b"", body)
+    api_side.sendall(b"".join(frames))
+    api_side.close()                    # the API process dies after writing both
+    acc._on_api(selectors.EVENT_READ)
+    assert conn_a.state == QUEUED       # a2 queued; its wake-up found the link gone
+    assert conn_b.state != QUEUED and conn_b.status == 200
+    assert b"answer b" in b.recv(1 << 16)
+    assert b"answer a" in a.recv(1 << 16)
+
+
+class _Listener:
+    """Stands in for the listening socket: hands out `results` in turn."""
+
+    family = socket.AF_INET
+
+    def __init__(self, results):
+        self.results = list(results)
+
+    def accept(self):
+        r = self.results.pop(0)
+        if isinstance(r, BaseException):
+            raise r
+        return r
+
+
+class _ResetSocket:
+    """An accepted socket the peer already reset: BSD and macOS refuse
+    setsockopt on it (EINVAL / ECONNRESET)."""
+
+    family = socket.AF_INET
+    closed = False
+
+    def setblocking(self, flag):
+        pass
+
+    def setsockopt(self, *args):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    def fileno(self):
+        return 10_000
+
+    def close(self):
+        self.closed = True
+
+
+def test_errors_of_one_new_connection_do_not_crash_the_acceptor(acceptor):
+    """accept(2) passes a new connection's pending network errors on
+    (ENETUNREACH, EHOSTUNREACH, EPERM from a firewall ...; Linux says to
+    retry), and a reset connection may refuse setsockopt: each concerns one
+    connection, and the acceptor goes on with the next."""
+    acc, seg, listener, api_listener, api_side, clients = acceptor
+    reset = _ResetSocket()
+    real = socket.create_connection(listener.getsockname())
+    clients.append(real)
+    good = listener.accept()
+    acc.listener = _Listener([OSError(errno.ENETUNREACH, "unreachable"),
+                              OSError(errno.EPERM, "firewall"),
+                              OSError(errno.EHOSTUNREACH, "unreachable"),
+                              (reset, ("127.0.0.1", 1)),
+                              good, BlockingIOError()])
+    acc._on_accept(selectors.EVENT_READ)
+    assert reset.closed
+    conn, = acc.conns.values()
+    assert conn.sock is good[0]
+    acc.listener = listener
