@@ -22,9 +22,8 @@ import time
 import inprocess  # bench/, next to this script
 
 from prack import config
-
-from prack.ipc import wire
 from prack.acceptor.process import Acceptor
+from prack.ipc import frames, slots
 from prack.ipc.ring import Segment
 
 CLIENTS = 32
@@ -69,8 +68,8 @@ class Rig:
         for conn in self.conns:
             acc._on_conn(conn, selectors.EVENT_READ)
         spent = clock() - t0
-        frames = []
-        unpack = wire.RECORD.unpack_from
+        answers = []
+        unpack = slots.RECORD.unpack_from
         while True:
             view = self.ring.peek()
             if view is None:
@@ -78,13 +77,13 @@ class Rig:
             _, _, slot, key = unpack(view)[:4]
             view.release()
             self.ring.release()
-            frames += wire.response_frame(slot, key, 200, 0, ANSWER_BLOCK, ANSWER_BODY)
+            answers += frames.response_frame(slot, key, 200, 0, ANSWER_BLOCK, ANSWER_BODY)
         try:
             while self.api.recv(65536):     # HELLO and WAKE frames
                 pass
         except BlockingIOError:
             pass
-        self.api.sendall(b"".join(frames))
+        self.api.sendall(b"".join(answers))
         t0 = clock()
         acc._on_api(selectors.EVENT_READ)
         spent += clock() - t0

@@ -16,15 +16,14 @@ import socket
 import tempfile
 import time
 
+import inprocess  # bench/, next to this script
 import msgspec
 
-import inprocess  # bench/, next to this script
-
 from prack import config
-
-from prack.ipc import wire
 from prack.api.process import ApiServer
+from prack.ipc import frames, slots
 from prack.ipc.ring import Segment
+from prack.protocol import messages
 
 ENV = msgspec.msgpack.encode({
     "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/", "QUERY_STRING": "",
@@ -57,8 +56,8 @@ class Rig:
         self.acceptor.connect(path)
         self.api._on_accept_link(selectors.EVENT_READ)
         self.link = next(iter(self.api.sel.get_map().values())).data
-        self.acceptor.sendall(wire.FRAME_LEN.pack(wire.HELLO.size) +
-                              wire.HELLO.pack(wire.F_HELLO, 0, 1, os.getpid()))
+        self.acceptor.sendall(frames.FRAME_LEN.pack(frames.HELLO.size) +
+                              frames.HELLO.pack(frames.F_HELLO, 0, 1, os.getpid()))
         self.api._on_link(self.link, selectors.EVENT_READ)
         self.acceptor.setblocking(False)
         # The worker's keep-alive connection.
@@ -67,7 +66,7 @@ class Rig:
         self.api._on_accept_worker(selectors.EVENT_READ)
         self.wconn = next(iter(self.api.workers.values()))
         self.key = 1
-        self.decode = msgspec.msgpack.Decoder(wire.ResultsAndRequests).decode
+        self.decode = msgspec.msgpack.Decoder(messages.ResultsAndRequests).decode
         self.query = "/api/v2/responses?max=%d&wait=5" % batch
         self.answers = []
         self.spent = 0.0
@@ -98,10 +97,10 @@ class Rig:
         ring = self.ring
         for _ in range(self.batch):     # the acceptor queues a batch
             slot = self.key % self.seg.nslots
-            ring.slot_store(slot, (self.key << 2) | wire.SLOT_QUEUED)
-            ring.push(wire.RECORD.pack(1, 0, slot, self.key, time.time(), len(ENV), 0, 0), ENV)
+            ring.slot_store(slot, (self.key << 2) | slots.SLOT_QUEUED)
+            ring.push(slots.RECORD.pack(1, 0, slot, self.key, time.time(), len(ENV), 0, 0), ENV)
             self.key += 1
-        self.acceptor.send(wire.WAKE_FRAME)
+        self.acceptor.send(frames.WAKE_FRAME)
         t0 = time.perf_counter()
         self.api._on_link(self.link, selectors.EVENT_READ)
         self.spent += time.perf_counter() - t0
@@ -111,12 +110,12 @@ class Rig:
         self.answers = [{"id": item.id, "status": 200, "headers": HEADERS,
                          "body": b"Hello, World!"} for item in got.requests]
         self._send_call()               # answers, and the next pull waits
-        frames = b""
-        while frames.count(b"Hello, World!") < self.batch:
+        received = b""
+        while received.count(b"Hello, World!") < self.batch:
             try:
-                frames += self.acceptor.recv(1 << 20)
+                received += self.acceptor.recv(1 << 20)
             except BlockingIOError:
-                raise RuntimeError("the frames did not come") from None
+                raise RuntimeError("the received did not come") from None
         return self.spent
 
     def close(self) -> None:

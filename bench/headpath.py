@@ -6,7 +6,7 @@ request and a three-field wrk-style request. Best of 7 rounds.
     PYTHONPATH=src python bench/headpath.py [--n 200000]
 
 It times whichever prack is on the path: one whose Request has
-environ_msgpack (the C environment, head.c) or the older one (wire.environ
+environ_msgpack (the C environment, head.c) or the older one (environ.environ
 and msgspec), so the same script measures a branch and main.
 """
 from __future__ import annotations
@@ -18,13 +18,10 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import msgspec  # noqa: E402
 from micro import BROWSER_REQUEST  # noqa: E402
 
-import msgspec  # noqa: E402
-
-from prack.protocol import http
-
-from prack.ipc import wire  # noqa: E402
+from prack.protocol import environ, http
 
 WRK_REQUEST = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: keep-alive\r\n"
                b"Accept: */*\r\n\r\n")
@@ -34,12 +31,12 @@ LIMITS = http.Limits(1 << 20, 32 << 10, 8 << 10, 100)
 def env_maker():
     """f(req) -> the environment's msgpack bytes (or buffer), as _dispatch makes it."""
     if hasattr(http.Request, "environ_msgpack"):
-        server = wire.msgpack_pairs({"SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080"})
-        remote = wire.msgpack_pairs({"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000"})
+        server = environ.msgpack_pairs({"SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080"})
+        remote = environ.msgpack_pairs({"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000"})
         return "c", lambda req: req.environ_msgpack(server, 2, remote, 2)
     encode = msgspec.msgpack.Encoder().encode
-    environ = wire.environ
-    return "python", lambda req: encode(environ(req, "127.0.0.1", "8080", "127.0.0.1", "40000"))
+    build = environ.environ
+    return "python", lambda req: encode(build(req, "127.0.0.1", "8080", "127.0.0.1", "40000"))
 
 
 def best(fn, n: int, rounds: int = 7) -> float:

@@ -31,9 +31,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
-from prack.protocol import websocket as ws   # noqa: E402
-from upload import front_rss, start_server   # noqa: E402
-from wsclient import WsClient       # noqa: E402
+from upload import front_rss, start_server  # noqa: E402
+from wsclient import WsClient  # noqa: E402
+
+from prack.protocol import websocket as ws  # noqa: E402
 
 
 def echo_worker(api, stop: threading.Event) -> None:

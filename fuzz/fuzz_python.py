@@ -5,7 +5,7 @@ For each input the harness plays one client connection the way the acceptor
 does (acceptor.py `_process_one` / `_dispatch`): it feeds the bytes to a
 `prack.http.RequestReader`, takes every complete request and has C write
 its environment as msgpack (`Request.environ_msgpack`), exactly the calls
-the acceptor makes; the decoded map must equal `prack.wire.environ`, the
+the acceptor makes; the decoded map must equal `prack.environ.environ`, the
 readable reference. The same bytes are fed twice: whole, and cut
 into the pieces the fuzzer chooses (a connection's reads), and both must give
 the same requests and environments, and end the same way (see same_end for
@@ -34,9 +34,8 @@ import atheris
 
 with atheris.instrument_imports(include=["prack"], enable_loader_override=False):
     import msgspec
-    from prack.protocol import http
-    from prack.ipc import wire
 
+    from prack.protocol import environ, http
 LIMITS = [
     http.Limits(1 << 20, 32 << 10, 8 << 10, 100),     # config.py defaults
     http.Limits(64, 1024, 256, 8),                     # config.py minimums
@@ -49,9 +48,9 @@ BAD_CHARS = re.compile("[\r\n\x00]")
 ENCODE = msgspec.json.Encoder().encode
 DECODE = msgspec.json.Decoder().decode
 UNPACK = msgspec.msgpack.Decoder(dict[str, str]).decode
-SERVER = wire.msgpack_pairs({"SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080"})
+SERVER = environ.msgpack_pairs({"SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080"})
 REMOTE = {"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000"}
-REMOTE_PAIRS = wire.msgpack_pairs(REMOTE)
+REMOTE_PAIRS = environ.msgpack_pairs(REMOTE)
 MAX_REQUESTS = 64
 
 
@@ -91,7 +90,7 @@ def run(pieces: list[bytes], limits: http.Limits) -> list:
             if req is None:
                 break
             env = UNPACK(bytes(req.environ_msgpack(SERVER, 2, REMOTE_PAIRS, 2)))
-            ref = wire.environ(req, "127.0.0.1", "8080", *REMOTE.values())
+            ref = environ.environ(req, "127.0.0.1", "8080", *REMOTE.values())
             assert env == ref, (env, ref)
             check_env(env, req.body, limits)
             out.append((env, req.body, req.keep_alive))

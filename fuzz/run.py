@@ -6,7 +6,7 @@
   fuzz_head.c) compiled with clang -fsanitize=fuzzer,address,undefined
   together with src/prack/_native/parser.c (and head.c);
 - python: the atheris harness (fuzz_python.py) through prack.http and
-  prack.wire to the worker's environment. It imports the `prack` of the
+  prack.protocol.environ to the worker's environment. It imports the `prack` of the
   interpreter running this script (the Makefile uses .venv's).
 
 Each harness runs for --seconds (default 60) with one job, seeded from

@@ -7,8 +7,7 @@ from openapi_spec_validator import validate
 
 from prack.api import streams as apistream
 
-from prack.ipc import wire
-
+from prack.protocol import messages
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SPEC = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
 
@@ -23,13 +22,13 @@ def _properties(struct) -> set[str]:
 
 def test_openapi_schemas_match_the_structs():
     schemas = SPEC["components"]["schemas"]
-    for name, struct in [("PulledRequest", wire.PulledRequest),
-                         ("PostedResponse", wire.PostedResponse),
-                         ("Message", wire.Message), ("Error", wire.Error),
-                         ("RequestItem", wire.RequestItem), ("RequestBatch", wire.RequestBatch),
-                         ("ResponseItem", wire.ResponseItem),
-                         ("ResponseBatch", wire.ResponseBatch),
-                         ("ItemResult", wire.ItemResult), ("ResultBatch", wire.ResultBatch),
+    for name, struct in [("PulledRequest", messages.PulledRequest),
+                         ("PostedResponse", messages.PostedResponse),
+                         ("Message", messages.Message), ("Error", messages.Error),
+                         ("RequestItem", messages.RequestItem), ("RequestBatch", messages.RequestBatch),
+                         ("ResponseItem", messages.ResponseItem),
+                         ("ResponseBatch", messages.ResponseBatch),
+                         ("ItemResult", messages.ItemResult), ("ResultBatch", messages.ResultBatch),
                          ("StreamHead", apistream.StreamHead),
                          ("StreamEnd", apistream.StreamEnd),
                          ("StreamState", apistream.StreamState)]:
@@ -77,7 +76,7 @@ def test_openapi_websocket_shapes_match_the_server():
 
 def test_v2_items_encode_as_documented():
     """A RequestItem in msgpack carries its body raw; in JSON, base64."""
-    item = wire.RequestItem("0" * 32, {"REQUEST_METHOD": "GET"}, b"\x00\xff", 1.5)
+    item = messages.RequestItem("0" * 32, {"REQUEST_METHOD": "GET"}, b"\x00\xff", 1.5)
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(item))["body"] == b"\x00\xff"
     assert msgspec.json.decode(msgspec.json.encode(item))["body"] == "AP8="
 

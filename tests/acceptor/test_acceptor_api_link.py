@@ -11,7 +11,7 @@ import pytest
 
 from prack import config
 
-from prack.ipc import wire
+from prack.ipc import frames
 from prack.acceptor.process import Acceptor, QUEUED
 from prack.ipc.ring import Segment
 
@@ -74,10 +74,10 @@ def test_api_lost_while_handling_a_read_of_several_frames(acceptor):
     assert ring.sleep()                 # ...and sleeps: the next push wakes it
     acc._flush_api()
     api_side.recv(1 << 16)              # the acceptor's HELLO
-    frames = []
+    answers = []
     for conn, body in ((conn_a, b"answer a"), (conn_b, b"answer b")):
-        frames += wire.response_frame(conn.slot, conn.key, 200, 0, b"", body)
-    api_side.sendall(b"".join(frames))
+        answers += frames.response_frame(conn.slot, conn.key, 200, 0, b"", body)
+    api_side.sendall(b"".join(answers))
     api_side.close()                    # the API process dies after writing both
     acc._on_api(selectors.EVENT_READ)
     assert conn_a.state == QUEUED       # a2 queued; its wake-up found the link gone

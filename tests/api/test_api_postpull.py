@@ -19,8 +19,7 @@ import pytest
 
 from conftest import shm_entries
 from prack.api import process as api
-from prack.ipc import wire
-
+from prack.protocol import messages
 REQ = b"GET /pp/%d HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
@@ -119,18 +118,18 @@ def test_post_and_pull(srv, msgpack):
 
 
 def test_the_combined_answer_is_the_documented_struct():
-    """The two encoded maps joined give wire.ResultsAndRequests, in both
+    """The two encoded maps joined give messages.ResultsAndRequests, in both
     encodings (also with no requests, and with more than 15 items)."""
-    results = [wire.ItemResult("a" * 32, "ok"), wire.ItemResult("b", "invalid", "why")]
-    items = [wire.RequestItem("%032x" % i, {"PATH_INFO": "/%d" % i}, b"\x00\xff", 1.5)
+    results = [messages.ItemResult("a" * 32, "ok"), messages.ItemResult("b", "invalid", "why")]
+    items = [messages.RequestItem("%032x" % i, {"PATH_INFO": "/%d" % i}, b"\x00\xff", 1.5)
              for i in range(20)]
     for module in (msgspec.json, msgspec.msgpack):
         for reqs in ([], items[:1], items):
-            joined = api._results_and_requests(module.encode(wire.ResultBatch(results)),
-                                               module.encode(wire.RequestBatch(reqs)),
+            joined = api._results_and_requests(module.encode(messages.ResultBatch(results)),
+                                               module.encode(messages.RequestBatch(reqs)),
                                                module is msgspec.msgpack)
-            assert module.decode(joined, type=wire.ResultsAndRequests) == \
-                wire.ResultsAndRequests(results, reqs)
+            assert module.decode(joined, type=messages.ResultsAndRequests) == \
+                messages.ResultsAndRequests(results, reqs)
 
 
 def test_results_for_every_kind_of_item_then_the_next_batch(srv):
@@ -402,7 +401,7 @@ def test_openapi_documents_the_combined_call():
     spec = yaml.safe_load((pathlib.Path(__file__).resolve().parents[2] / "docs" /
                            "openapi.yaml").read_text())
     schema = spec["components"]["schemas"]["ResultsAndRequests"]
-    fields = msgspec.structs.fields(wire.ResultsAndRequests)
+    fields = msgspec.structs.fields(messages.ResultsAndRequests)
     assert set(schema["properties"]) == {f.encode_name for f in fields}
     assert set(schema["required"]) == {f.encode_name for f in fields if f.required}
     post = spec["paths"]["/api/v2/responses"]["post"]

@@ -8,7 +8,9 @@ import pytest
 
 from prack.ipc import ring as ringmod
 
-from prack.ipc import wire
+from prack.protocol import messages
+
+from prack.ipc import slots
 from prack.ipc.ring import Segment
 
 ENC = msgspec.msgpack.Encoder().encode
@@ -16,7 +18,7 @@ DEADLINE = 1_790_000_000.25
 
 
 def _python_item(generation, acceptor, slot, key, env, body) -> bytes:
-    return ENC(wire.RequestItem(wire.make_identifier(generation, acceptor, slot, key),
+    return ENC(messages.RequestItem(slots.make_identifier(generation, acceptor, slot, key),
                                 msgspec.Raw(env), body, DEADLINE))
 
 
@@ -27,9 +29,9 @@ def seg():
     s.close()
 
 
-def _queue(ring, generation, acceptor, slot, key, env, body, flags=0, state=wire.SLOT_QUEUED):
+def _queue(ring, generation, acceptor, slot, key, env, body, flags=0, state=slots.SLOT_QUEUED):
     ring.slot_store(slot, (key << 2) | state)
-    ring.push(wire.RECORD.pack(generation, acceptor, slot, key, 1.5, len(env), len(body), flags),
+    ring.push(slots.RECORD.pack(generation, acceptor, slot, key, 1.5, len(env), len(body), flags),
               env, body)
 
 
@@ -52,9 +54,9 @@ def test_items_match_the_python_encoding_for_every_body_size(seg):
     assert n == len(cases)
     assert data == b"".join(_python_item(*c) for c in cases)
     for c in cases:                   # each slot claimed
-        assert ring.slot_load(c[2]) == (c[3] << 2) | wire.SLOT_TAKEN
+        assert ring.slot_load(c[2]) == (c[3] << 2) | slots.SLOT_TAKEN
     assert ring.take_v2(10, 1 << 30, DEADLINE) == (b"", 0)     # empty now
-    batch = msgspec.msgpack.decode(wire.msgpack_request_batch([data], n), type=wire.RequestBatch)
+    batch = msgspec.msgpack.decode(messages.msgpack_request_batch([data], n), type=messages.RequestBatch)
     assert [item.body for item in batch.requests] == [c[5] for c in cases]
 
 
@@ -62,13 +64,13 @@ def test_withdrawn_records_are_dropped_and_limits_hold(seg):
     ring = seg.ring(0)
     env = ENC({"PATH_INFO": "/"})
     _queue(ring, 1, 0, 1, 11, env, b"a")
-    _queue(ring, 1, 0, 2, 12, env, b"b", state=wire.SLOT_GONE)     # the client left
+    _queue(ring, 1, 0, 2, 12, env, b"b", state=slots.SLOT_GONE)     # the client left
     _queue(ring, 1, 0, 3, 13, env, b"c")
     _queue(ring, 1, 0, 4, 14, env, b"d")
     data, n = ring.take_v2(2, 1 << 30, DEADLINE)                    # max_items
     assert n == 2
     assert data == _python_item(1, 0, 1, 11, env, b"a") + _python_item(1, 0, 3, 13, env, b"c")
-    assert ring.slot_load(2) == (12 << 2) | wire.SLOT_GONE          # left alone
+    assert ring.slot_load(2) == (12 << 2) | slots.SLOT_GONE          # left alone
     data, n = ring.take_v2(10, 1, DEADLINE)                         # max_bytes: one item
     assert n == 1 and data == _python_item(1, 0, 4, 14, env, b"d")
 
@@ -77,13 +79,13 @@ def test_records_for_the_long_way_stop_the_run(seg, monkeypatch):
     ring = seg.ring(0)
     env = ENC({"PATH_INFO": "/"})
     _queue(ring, 1, 0, 1, 21, env, b"x")
-    _queue(ring, 1, 0, 2, 22, env, b"", flags=wire.RECF_INPUT_PENDING)
+    _queue(ring, 1, 0, 2, 22, env, b"", flags=slots.RECF_INPUT_PENDING)
     data, n = ring.take_v2(10, 1 << 30, DEADLINE)
     assert n == 1                                   # stops before the deferred body
     assert ring.take_v2(10, 1 << 30, DEADLINE) == (b"", 0)
     view = ring.peek()                              # still there for the caller
-    assert wire.RECORD.unpack_from(view)[2] == 2
-    assert ring.slot_load(2) == (22 << 2) | wire.SLOT_QUEUED    # not claimed
+    assert slots.RECORD.unpack_from(view)[2] == 2
+    assert ring.slot_load(2) == (22 << 2) | slots.SLOT_QUEUED    # not claimed
     view.release()
     ring.release()
     # A record larger than the output buffer is left to the caller too.
@@ -91,4 +93,4 @@ def test_records_for_the_long_way_stop_the_run(seg, monkeypatch):
     monkeypatch.setattr(ringmod, "_take_out", [None, 4096, None])
     _queue(ring, 1, 0, 3, 23, env, b"y" * 5000)
     assert ring.take_v2(10, 1 << 30, DEADLINE) == (b"", 0)
-    assert ring.slot_load(3) == (23 << 2) | wire.SLOT_QUEUED
+    assert ring.slot_load(3) == (23 << 2) | slots.SLOT_QUEUED

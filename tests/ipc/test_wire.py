@@ -1,34 +1,34 @@
 """Wire shapes that are assembled by hand rather than by msgspec."""
 import msgspec
 
-from prack.ipc import wire
+from prack.protocol import messages
 
-
+from prack.ipc import slots
 def test_msgpack_request_batch_is_what_msgspec_encodes():
     """A v2 msgpack pull answer is built from items encoded one by one (the
     environment spliced from the ring): it must be byte for byte the batch
     msgspec would encode, for every array header size."""
     env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/x", "HTTP_HOST": "h"}
     encode = msgspec.msgpack.encode
-    decode = msgspec.msgpack.Decoder(wire.RequestBatch).decode
+    decode = msgspec.msgpack.Decoder(messages.RequestBatch).decode
     for n in (0, 1, 15, 16, 300, 0x10000):
-        items = [wire.RequestItem("%032x" % i, env, b"b%d" % i, 1.5) for i in range(n)]
-        parts = [encode(wire.RequestItem(it.id, msgspec.Raw(encode(env)), it.body, it.deadline))
+        items = [messages.RequestItem("%032x" % i, env, b"b%d" % i, 1.5) for i in range(n)]
+        parts = [encode(messages.RequestItem(it.id, msgspec.Raw(encode(env)), it.body, it.deadline))
                  for it in items]
-        data = wire.msgpack_request_batch(parts)
-        assert data == encode(wire.RequestBatch(items))
+        data = messages.msgpack_request_batch(parts)
+        assert data == encode(messages.RequestBatch(items))
         assert decode(data).requests == items
 
 
 def test_identifiers_round_trip():
     for parts in ((1, 0, 0, 1), (0xFFFF, 0xFFFF, 0xFFFFFFFF, (1 << 64) - 1), (7, 3, 1234, 5 << 40)):
-        ident = wire.make_identifier(*parts)
+        ident = slots.make_identifier(*parts)
         assert len(ident) == 32
         assert ident == "%04x%04x%08x%016x" % parts
-        assert wire.parse_identifier(ident) == parts
+        assert slots.parse_identifier(ident) == parts
     for bad in ("", "0" * 31, "0" * 33, "G" * 32, "0x" + "0" * 30, " " + "0" * 31,
                 "A" * 32, "_".join(["0" * 16, "0" * 15]), None, 5):
-        assert wire.parse_identifier(bad) is None, bad
+        assert slots.parse_identifier(bad) is None, bad
 
 
 def test_checked_responses_are_remembered_only_when_valid():

@@ -1,5 +1,5 @@
 """Differential: the environment the acceptor sends (C, prk_write_env through
-Request.environ_msgpack) decodes to exactly the dict of wire.environ, the
+Request.environ_msgpack) decodes to exactly the dict of environ.environ, the
 readable reference, for many requests: the parser corpus, the seeded
 near-valid requests of tests/differential.py, and a generator of header
 sets aimed at the environment's rules (repeats, Cookie, names with "_",
@@ -16,8 +16,7 @@ import pytest
 import differential
 import parserlib
 from prack.protocol import http
-from prack.ipc import wire
-
+from prack.protocol import environ
 LIMITS = http.Limits(1 << 20, 32 << 10, 8 << 10, 100)
 DECODE = msgspec.msgpack.Decoder(dict[str, str]).decode
 ADDRS = [("127.0.0.1", "8080", "10.0.0.1", "5555"), ("::1", "80", "::1", "1"),
@@ -38,12 +37,12 @@ def check_stream(data: bytes, rnd: random.Random) -> int:
         if req is None:
             return n
         server_name, server_port, addr, port = rnd.choice(ADDRS)
-        server = wire.msgpack_pairs({"SERVER_NAME": server_name, "SERVER_PORT": server_port})
+        server = environ.msgpack_pairs({"SERVER_NAME": server_name, "SERVER_PORT": server_port})
         extra = {"REMOTE_ADDR": addr, "REMOTE_PORT": port}
         if rnd.random() < 0.2:
             extra["prack.input"] = "/api/v2/requests/%032x/input" % rnd.getrandbits(128)
-        got = DECODE(bytes(req.environ_msgpack(server, 2, wire.msgpack_pairs(extra), len(extra))))
-        want = wire.environ(req, server_name, server_port, addr, port)
+        got = DECODE(bytes(req.environ_msgpack(server, 2, environ.msgpack_pairs(extra), len(extra))))
+        want = environ.environ(req, server_name, server_port, addr, port)
         want.update(extra)
         assert got == want, (data, got, want)
         n += 1

@@ -5,7 +5,7 @@ Heads and saved scans are placed right before a PROT_NONE page
 (parserlib.GuardedBuffer) and the environment is written so that its buffer
 ends at another one: a read past the head or the scan, or a write past
 `cap`, crashes the run instead of passing.
-The differential half (C environment == wire.environ, the readable
+The differential half (C environment == environ.environ, the readable
 reference) is in test_cbuild_env.py.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 import parserlib
 from prack.protocol import http
-from prack.ipc import wire
+from prack.protocol import environ
 from prack._native import ffi, lib
 
 MAX_BODY = 1 << 20
@@ -25,8 +25,8 @@ OUT = parserlib.GuardedBuffer(1 << 20)
 REQ = ffi.new("prk_request *")
 HEAD = ffi.new("prk_head *")
 HDRS = ffi.new("prk_header[]", 1000)
-SERVER = wire.msgpack_pairs({"SERVER_NAME": "srv", "SERVER_PORT": "8080"})
-REMOTE = wire.msgpack_pairs({"REMOTE_ADDR": "10.0.0.1", "REMOTE_PORT": "5555"})
+SERVER = environ.msgpack_pairs({"SERVER_NAME": "srv", "SERVER_PORT": "8080"})
+REMOTE = environ.msgpack_pairs({"REMOTE_ADDR": "10.0.0.1", "REMOTE_PORT": "5555"})
 H_CODES = {getattr(lib, n): n for n in dir(lib) if n.startswith("PRK_H_")}
 
 
@@ -328,7 +328,7 @@ def test_env_reads_an_unaligned_state():
 
 
 def test_env_extra_pairs_are_appended():
-    extra = REMOTE + wire.msgpack_pairs({"prack.input": "/api/v2/requests/x/input"})
+    extra = REMOTE + environ.msgpack_pairs({"prack.input": "/api/v2/requests/x/input"})
     state = saved(BROWSER)
     rc, data = write_env(BROWSER, state, 8192, 3, extra, 3)
     env = msgspec.msgpack.decode(data)
@@ -352,7 +352,7 @@ def test_request_survives_later_parses():
     req = a.maybe_read_request()
     assert req.headers == [(b"host", b"a"), (b"x-a", b"1"), (b"transfer-encoding", b"chunked")]
     env = msgspec.msgpack.decode(bytes(req.environ_msgpack(SERVER, 2, REMOTE, 2)))
-    assert env == wire.environ(req, "srv", "8080", "10.0.0.1", "5555")
+    assert env == environ.environ(req, "srv", "8080", "10.0.0.1", "5555")
     assert env["CONTENT_LENGTH"] == "3" and env["HTTP_X_A"] == "1"
 
 
@@ -378,4 +378,4 @@ def test_environ_msgpack_grows_its_buffer_for_a_large_head():
     view = req.environ_msgpack(SERVER, 2, REMOTE, 2)
     env = msgspec.msgpack.decode(bytes(view))
     assert env["HTTP_X_BIG"] == "\xe9" * 60000
-    assert env == wire.environ(req, "srv", "8080", "10.0.0.1", "5555")
+    assert env == environ.environ(req, "srv", "8080", "10.0.0.1", "5555")

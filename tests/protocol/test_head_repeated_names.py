@@ -1,6 +1,6 @@
 """Review D: prk_write_env on heads of many fields (up to the largest
 limits.max_headers, 1000): the repeats of a name are found in O(n log n),
-and the environment stays that of wire.environ."""
+and the environment stays that of environ.environ."""
 from __future__ import annotations
 
 import itertools
@@ -11,11 +11,10 @@ import msgspec
 
 from prack.protocol import http
 
-from prack.ipc import wire
-
+from prack.protocol import environ
 LIMITS = http.Limits(1 << 20, 256 << 10, 8 << 10, 1000)
 DECODE = msgspec.msgpack.Decoder(dict[str, str]).decode
-SERVER = wire.msgpack_pairs({"SERVER_NAME": "s", "SERVER_PORT": "1"})
+SERVER = environ.msgpack_pairs({"SERVER_NAME": "s", "SERVER_PORT": "1"})
 # Names the hash does not tell apart: it ignores bit 0x20 of every byte, and
 # "^" (0x5e) and "~" (0x7e) differ only there.
 ALIKE = [b"x" + bytes(p) for p in itertools.product(b"^~", repeat=10)][:999]
@@ -34,8 +33,8 @@ def request(names) -> bytes:
             b"".join(n + b": v%d\r\n" % i for i, n in enumerate(names)) + b"\r\n")
 
 
-def environ(req: http.Request) -> dict:
-    return DECODE(bytes(req.environ_msgpack(SERVER, 2, wire.msgpack_pairs(
+def c_environ(req: http.Request) -> dict:
+    return DECODE(bytes(req.environ_msgpack(SERVER, 2, environ.msgpack_pairs(
         {"REMOTE_ADDR": "a", "REMOTE_PORT": "2"}), 2)))
 
 
@@ -46,8 +45,8 @@ def test_many_fields_join_as_the_reference_does():
     for n in (0, 1, 2, 3, 7, 64, 300, 999):
         for _ in range(5):
             req = read(request(rnd.choice(pool) for _ in range(n)))
-            want = wire.environ(req, "s", "1", "a", "2")
-            assert environ(req) == want
+            want = environ.environ(req, "s", "1", "a", "2")
+            assert c_environ(req) == want
 
 
 def best_of(head: bytes, rounds: int = 7, calls: int = 10) -> float:
@@ -69,5 +68,5 @@ def test_names_alike_cost_no_quadratic_work():
     plain = [n.replace(b"^", b"a").replace(b"~", b"b") for n in ALIKE]
     ratio = best_of(request(ALIKE)) / best_of(request(plain))
     assert ratio < 3, ratio
-    env = environ(read(request(ALIKE)))
+    env = c_environ(read(request(ALIKE)))
     assert sum(k.startswith("HTTP_X") for k in env) == 999

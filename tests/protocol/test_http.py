@@ -4,8 +4,9 @@ import pytest
 
 from prack.protocol import http
 
-from prack.ipc import wire
+from prack.protocol import environ
 
+from prack.ipc import slots
 LIMITS = http.Limits(max_body_size=1024, max_header_size=2048, max_request_line=512,
                      max_headers=20)
 
@@ -208,7 +209,7 @@ def test_environ():
     req = one(b"POST /p%20q?a=1 HTTP/1.1\r\nHost: Example.com:8080\r\nContent-Type: text/x\r\n"
               b"Content-Length: 2\r\nX-A: 1\r\nx-a: 2\r\nCookie: a=1\r\nCookie: b=2\r\n"
               b"X_Smuggled: 1\r\nAccept: \xe9\r\n\r\nhi")
-    env = wire.environ(req, "127.0.0.1", "8080", "10.0.0.1", "5555")
+    env = environ.environ(req, "127.0.0.1", "8080", "10.0.0.1", "5555")
     assert env["REQUEST_METHOD"] == "POST"
     assert env["SCRIPT_NAME"] == ""
     assert env["PATH_INFO"] == "/p%20q"
@@ -230,7 +231,7 @@ def test_proxy_header_is_not_passed():
     """httpoxy (CVE-2016-5385): a client's "Proxy:" header must not reach the
     worker as HTTP_PROXY, the name of the outgoing proxy setting."""
     req = one(b"GET / HTTP/1.1\r\nHost: x\r\nProxy: http://evil:1\r\nX-B: 1\r\n\r\n")
-    env = wire.environ(req, "h", "80", "", "")
+    env = environ.environ(req, "h", "80", "", "")
     assert "HTTP_PROXY" not in env and env["HTTP_X_B"] == "1"
 
 
@@ -242,19 +243,19 @@ def test_valid_hosts():
 
 def test_environ_ipv6_host_and_default_port():
     req = one(b"GET / HTTP/1.1\r\nHost: [::1]:9000\r\n\r\n")
-    env = wire.environ(req, "x", "1", "::1", "2")
+    env = environ.environ(req, "x", "1", "::1", "2")
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("[::1]", "9000")
     req = one(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
-    assert wire.environ(req, "x", "1", "a", "2")["SERVER_PORT"] == "80"
+    assert environ.environ(req, "x", "1", "a", "2")["SERVER_PORT"] == "80"
 
 
 def test_identifiers_round_trip_and_reject_garbage():
-    ident = wire.make_identifier(1, 3, 70000, (1 << 62) - 5)
+    ident = slots.make_identifier(1, 3, 70000, (1 << 62) - 5)
     assert len(ident) == 32
-    assert wire.parse_identifier(ident) == (1, 3, 70000, (1 << 62) - 5)
+    assert slots.parse_identifier(ident) == (1, 3, 70000, (1 << 62) - 5)
     for bad in ["", "0x" + ident[2:], ident.upper(), ident[:-1], ident + "0", " " + ident[1:],
                 "_" * 32, 12, None]:
-        assert wire.parse_identifier(bad) is None
+        assert slots.parse_identifier(bad) is None
 
 
 def test_response_head():
@@ -290,13 +291,13 @@ def test_name_caches_stay_small_under_unique_long_names():
         name = b"X%05d" % i + b"a" * 8000
         reader.feed(b"GET / HTTP/1.1\r\nHost: x\r\n" + name + b": 1\r\n\r\n")
         req = reader.maybe_read_request()
-        wire.environ(req, "h", "80", "", "")
+        environ.environ(req, "h", "80", "", "")
         reader.next()
 
     def size(cache):
         return sum(len(k) + len(v or "") for k, v in cache.items())
     assert size(http._names) < 1 << 20
-    assert size(wire._env_keys) < 1 << 20
+    assert size(environ._env_keys) < 1 << 20
 
 
 def test_http_dates_all_three_formats():

@@ -8,7 +8,7 @@ import threading
 
 import msgspec
 
-from prack.ipc import wire
+from prack.protocol import messages
 from prack.worker import Response, Worker, sdk
 
 
@@ -100,12 +100,12 @@ def _http(body: bytes) -> bytes:
 
 def test_post_returns_the_next_batch_or_falls_back_for_an_older_front():
     enc = msgspec.msgpack.encode
-    item = wire.RequestItem("1" * 32, {"PATH_INFO": "/x"}, b"", 1e10)
-    answer = wire.ResponseItem("0" * 32, 200, [], b"hi")
+    item = messages.RequestItem("1" * 32, {"PATH_INFO": "/x"}, b"", 1e10)
+    answer = messages.ResponseItem("0" * 32, 200, [], b"hi")
     lst, t, seen = _front([
-        _http(enc(wire.ResultsAndRequests([wire.ItemResult("0" * 32, "ok")], [item]))),
-        _http(enc(wire.ResultBatch([wire.ItemResult("0" * 32, "ok")]))),   # an older front
-        _http(enc(wire.ResultBatch([wire.ItemResult("0" * 32, "gone")]))),
+        _http(enc(messages.ResultsAndRequests([messages.ItemResult("0" * 32, "ok")], [item]))),
+        _http(enc(messages.ResultBatch([messages.ItemResult("0" * 32, "ok")]))),   # an older front
+        _http(enc(messages.ResultBatch([messages.ItemResult("0" * 32, "gone")]))),
     ])
     with lst:
         front = sdk._Front("http://127.0.0.1:%d" % lst.getsockname()[1], 10)

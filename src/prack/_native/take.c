@@ -4,12 +4,10 @@
 
 #include <string.h>
 
-/* wire.RECORD: "<HHIQdIII" */
-#define REC_SIZE 36u
-#define RECF_INPUT_PENDING 1u
-/* wire.SLOT_* in the low two bits of a slot word, the key above them */
-#define SLOT_QUEUED 1u
-#define SLOT_TAKEN 2u
+#include "layout.h"
+
+#define REC_SIZE ((uint32_t)PRK_REC_SIZE)
+#define SLOT_WORD(key, state) ((uint64_t)(key) << PRK_SLOT_STATE_BITS | (state))
 
 static uint32_t le32(const unsigned char *p)
 {
@@ -77,12 +75,12 @@ long long prk_take_v2(prk_ring *r, uint32_t max_items, uint64_t max_bytes, doubl
         }
         uint32_t generation = (uint32_t)rec[0] | (uint32_t)rec[1] << 8;
         uint32_t acceptor = (uint32_t)rec[2] | (uint32_t)rec[3] << 8;
-        uint32_t slot = le32(rec + 4);
-        uint64_t key = le64(rec + 8);
-        uint32_t env_len = le32(rec + 24);
-        uint32_t body_len = le32(rec + 28);
-        uint32_t flags = le32(rec + 32);
-        if ((uint64_t)REC_SIZE + env_len + body_len > len || (flags & RECF_INPUT_PENDING)) {
+        uint32_t slot = le32(rec + PRK_REC_SLOT);
+        uint64_t key = le64(rec + PRK_REC_KEY);
+        uint32_t env_len = le32(rec + PRK_REC_ENV_LEN);
+        uint32_t body_len = le32(rec + PRK_REC_BODY_LEN);
+        uint32_t flags = le32(rec + PRK_REC_FLAGS);
+        if ((uint64_t)REC_SIZE + env_len + body_len > len || (flags & PRK_RECF_INPUT_PENDING)) {
             *stop = PRK_TAKE_OTHER;
             break;
         }
@@ -91,7 +89,7 @@ long long prk_take_v2(prk_ring *r, uint32_t max_items, uint64_t max_bytes, doubl
             *stop = n ? PRK_TAKE_FULL : PRK_TAKE_OTHER;
             break;
         }
-        if (!prk_slot_cas(r, slot, key << 2 | SLOT_QUEUED, key << 2 | SLOT_TAKEN)) {
+        if (!prk_slot_cas(r, slot, SLOT_WORD(key, PRK_SLOT_QUEUED), SLOT_WORD(key, PRK_SLOT_TAKEN))) {
             /* Withdrawn: the client left or its deadline passed. */
             prk_ring_release(r);
             continue;

@@ -4,12 +4,11 @@
 /* Taking queued requests out of one ring for a v2 msgpack pull, in one call
  * (the API process's per-request loop, moved out of Python).
  *
- * Each record is the acceptor's: a wire.RECORD header ("<HHIQdIII":
- * generation, acceptor, slot, key, queued time, environment length, body
- * length, flags), the environment already encoded as a msgpack map, and the
+ * Each record is the acceptor's: a header (layout.h: generation, acceptor,
+ * slot, key, queued time, environment length, body length, flags), the environment already encoded as a msgpack map, and the
  * body. prk_take_v2 claims each record's slot (QUEUED -> TAKEN; a record
  * whose slot moved on was withdrawn and is dropped) and writes it as the
- * msgpack map of a wire.RequestItem ({"id", "env", "body", "deadline"}),
+ * msgpack map of a prack.protocol.messages.RequestItem ({"id", "env", "body", "deadline"}),
  * the environment spliced in unchanged. */
 
 #include <stddef.h>

@@ -18,18 +18,15 @@ import selectors
 import socket
 import time
 
-from prack.protocol import http
-
-from prack.acceptor import uploads as spool
-
 from prack.acceptor import static
-
-from prack.ipc import wire
+from prack.acceptor import uploads as spool
 from prack.acceptor.websockets import WEBSOCKET, AcceptorWebSockets
 from prack.child.loop import ChildLoop
 from prack.child.send import drop_sent, send_file, send_pending
+from prack.ipc import frames, slots
 from prack.ipc.ring import RecordTooBig, RingFull
-from prack.ipc.wire import SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
+from prack.ipc.slots import SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
+from prack.protocol import environ, http
 
 log = logging.getLogger("prack.acceptor")
 access_log = logging.getLogger("prack.access")
@@ -180,7 +177,7 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         # The environment goes into the ring as msgpack: a v2 msgpack pull
         # (the SDK's) splices it as it is; JSON answers convert it. These
         # are its SERVER_NAME and SERVER_PORT for a request without a host.
-        self.env_server = wire.msgpack_pairs({"SERVER_NAME": host, "SERVER_PORT": str(port)})
+        self.env_server = environ.msgpack_pairs({"SERVER_NAME": host, "SERVER_PORT": str(port)})
         self.conns: dict[int, Conn] = {}
         self.slots: list[Conn | None] = [None] * self.nslots
         # First freed, first reused: a slot stays GONE as long as possible, so
@@ -264,8 +261,8 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         # loop (a wake-up that finds the link gone), which must finish the
         # frames it already read (they answer our clients) in the old one.
         self.api_in = bytearray()
-        self.api_out = [wire.FRAME_LEN.pack(wire.HELLO.size),
-                        wire.HELLO.pack(wire.F_HELLO, self.index, self.generation, os.getpid())]
+        self.api_out = [frames.FRAME_LEN.pack(frames.HELLO.size),
+                        frames.HELLO.pack(frames.F_HELLO, self.index, self.generation, os.getpid())]
         self.api_events = selectors.EVENT_READ | selectors.EVENT_WRITE
         self.sel.register(sock, self.api_events, self._on_api)
 
@@ -329,29 +326,29 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         buf = self.api_in
         buf += self.api_scratch_view[:n]
         consumed = 0
-        for start, end in wire.complete_frames(buf):
+        for start, end in frames.complete_frames(buf):
             kind = buf[start]
-            if kind == wire.F_RESPONSE:
+            if kind == frames.F_RESPONSE:
                 self._on_response_frame(buf, start, end)
-            elif kind == wire.F_DATA or kind == wire.F_END:
+            elif kind == frames.F_DATA or kind == frames.F_END:
                 self._on_stream_frame(kind, buf, start, end)
-            elif kind == wire.F_START:
+            elif kind == frames.F_START:
                 self._on_start_frame(buf, start, end)
-            elif kind == wire.F_INPUT:
+            elif kind == frames.F_INPUT:
                 self._on_input(buf, start)
-            elif kind == wire.F_CREDIT:
+            elif kind == frames.F_CREDIT:
                 self._ws_credit(buf, start)
             consumed = end
         if consumed:
             del buf[:consumed]
 
     def _on_response_frame(self, buf, start: int, end: int) -> None:
-        _, slot, key, status, flags, block_len, declared = wire.RESPONSE.unpack_from(buf, start)
+        _, slot, key, status, flags, block_len, declared = frames.RESPONSE.unpack_from(buf, start)
         conn = self.slots[slot] if slot < self.nslots else None
         if conn is None or conn.key != key or conn.state not in (QUEUED, TAKEN):
             log.debug("acceptor %d: response for a connection that has gone", self.index)
             return
-        at = start + wire.RESPONSE.size
+        at = start + frames.RESPONSE.size
         block = buf[at:at + block_len]      # one copy each; sendmsg takes bytearrays
         body = buf[at + block_len:end]
         self._respond(conn, status, flags, block, body, declared)
@@ -360,20 +357,20 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
 
     def _on_start_frame(self, buf, start: int, end: int) -> None:
         """A streamed response's head: send it; the body follows as F_DATA."""
-        _, slot, key, status, flags, block_len, declared = wire.RESPONSE.unpack_from(buf, start)
+        _, slot, key, status, flags, block_len, declared = frames.RESPONSE.unpack_from(buf, start)
         conn = self.slots[slot] if slot < self.nslots else None
         if conn is None or conn.key != key or conn.state not in (QUEUED, TAKEN):
-            self._send_api(wire.stream_frame(wire.F_GONE, slot, key))
+            self._send_api(frames.stream_frame(frames.F_GONE, slot, key))
             return
-        at = start + wire.RESPONSE.size
+        at = start + frames.RESPONSE.size
         block = bytes(buf[at:at + block_len])
         if status == 101:
             self._ws_start(conn, flags, block)
             return
-        keep = conn.keep_alive and not flags & wire.RF_CLOSE and not self.stopping
+        keep = conn.keep_alive and not flags & frames.RF_CLOSE and not self.stopping
         discard = status < 200 or status == 204 or status == 304 or conn.method == "HEAD"
         no_length = status < 200 or status == 204   # RFC 9110 8.6: never a length
-        if flags & wire.RF_DECLARED and not no_length:
+        if flags & frames.RF_DECLARED and not no_length:
             length, chunked = declared, False
         elif discard:
             length, chunked = None, False
@@ -388,8 +385,8 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         conn.stream = Stream(chunked, -1 if length is None or discard else length, discard,
                              sse, now)
         head = http.response_head(status, block, length, keep,
-                                  b"" if flags & wire.RF_HAS_SERVER else self.server,
-                                  not flags & wire.RF_HAS_DATE,
+                                  b"" if flags & frames.RF_HAS_SERVER else self.server,
+                                  not flags & frames.RF_HAS_DATE,
                                   keep and conn.version_minor == 0)
         conn.keep_alive = keep
         conn.state = STREAMING
@@ -400,31 +397,31 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         self._write(conn, [head])
 
     def _on_stream_frame(self, kind: int, buf, start: int, end: int) -> None:
-        _, slot, key, number, flags = wire.STREAM.unpack_from(buf, start)
+        _, slot, key, number, flags = frames.STREAM.unpack_from(buf, start)
         conn = self.slots[slot] if slot < self.nslots else None
         if conn is not None and conn.key == key and conn.state == WEBSOCKET:
-            self._ws_frame(conn, kind, number, flags, buf[start + wire.STREAM.size:end])
+            self._ws_frame(conn, kind, number, flags, buf[start + frames.STREAM.size:end])
             return
         if conn is None or conn.key != key or conn.state != STREAMING:
             # The client went (F_GONE is on its way or was sent): say so again
             # for this chunk, so the worker's post is not left waiting.
-            self._send_api(wire.stream_frame(wire.F_GONE, slot, key))
+            self._send_api(frames.stream_frame(frames.F_GONE, slot, key))
             return
         st = conn.stream
-        payload = buf[start + wire.STREAM.size:end]
+        payload = buf[start + frames.STREAM.size:end]
         now = time.monotonic()
         st.last_data = now
-        if kind == wire.F_DATA:
+        if kind == frames.F_DATA:
             self._stream_data(conn, st, payload)
             if conn.sock is None:
                 return
             if st.pending <= self.stream_buffer:
-                self._send_api(wire.stream_frame(wire.F_ACK, slot, key, number))
+                self._send_api(frames.stream_frame(frames.F_ACK, slot, key, number))
             else:
                 st.ack = number     # acknowledged when the client catches up
             return
         # F_END
-        if flags & wire.SF_ABORT or st.remaining > 0:
+        if flags & frames.SF_ABORT or st.remaining > 0:
             # The worker failed mid-stream (or sent less than it declared):
             # the client must see an incomplete response, so no last chunk,
             # and the connection closes after what was sent.
@@ -658,7 +655,7 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         # the head and the scan the reader kept with the request.
         extra = conn.env_remote
         if extra is None:
-            extra = conn.env_remote = wire.msgpack_pairs(
+            extra = conn.env_remote = environ.msgpack_pairs(
                 {"REMOTE_ADDR": conn.remote_addr, "REMOTE_PORT": conn.remote_port})
         count = 2
         if conn.spool is not None:
@@ -674,7 +671,7 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         conn.key = key
         conn.state = QUEUED
         body = req.body
-        record = wire.RECORD.pack(self.generation, self.index, slot, key, time.time(),
+        record = slots.RECORD.pack(self.generation, self.index, slot, key, time.time(),
                                   len(env_packed), len(body), flags)
         try:
             wake = ring.push(record, env_packed, body)
@@ -693,23 +690,23 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
             # requests read in one turn, the API process starts on the first
             # while we read the rest (measured: the turn's end put 0.3-0.7 ms
             # on the median at 32 paced connections).
-            self._send_api([wire.WAKE_FRAME])
+            self._send_api([frames.WAKE_FRAME])
 
     # -- responses ---------------------------------------------------------------
 
     def _respond(self, conn: Conn, status: int, flags: int, block: bytes, body: bytes,
                  declared: int) -> None:
-        if flags & wire.RF_ERROR:
+        if flags & frames.RF_ERROR:
             self._respond_local(conn, status, http.reason_phrase(status).encode() + b"\n", b"")
             return
-        keep = conn.keep_alive and not flags & wire.RF_CLOSE and not self.stopping
+        keep = conn.keep_alive and not flags & frames.RF_CLOSE and not self.stopping
         if status < 200 or status == 204 or status == 304:
             length = None
             body = b""
         elif conn.method == "HEAD":
             if body:
                 length = len(body)
-            elif flags & wire.RF_DECLARED:
+            elif flags & frames.RF_DECLARED:
                 length = declared
             else:
                 length = None
@@ -717,8 +714,8 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         else:
             length = len(body)
         head = http.response_head(status, block, length, keep,
-                                  b"" if flags & wire.RF_HAS_SERVER else self.server,
-                                  not flags & wire.RF_HAS_DATE,
+                                  b"" if flags & frames.RF_HAS_SERVER else self.server,
+                                  not flags & frames.RF_HAS_DATE,
                                   keep and conn.version_minor == 0)
         self._start_response(conn, status, keep, [head, body] if body else [head])
 
@@ -824,7 +821,7 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
             st = conn.stream
             st.pending -= sent
             if st.ack >= 0 and st.pending <= self.stream_buffer:
-                self._send_api(wire.stream_frame(wire.F_ACK, conn.slot, conn.key, st.ack))
+                self._send_api(frames.stream_frame(frames.F_ACK, conn.slot, conn.key, st.ack))
                 st.ack = -1
                 st.last_data = time.monotonic()     # the worker's turn starts now
         elif state == WEBSOCKET:
@@ -922,7 +919,7 @@ class Acceptor(AcceptorWebSockets, spool.AcceptorUploads, ChildLoop):
         key = conn.key
         old = self.ring.slot_exchange(conn.slot, (key << 2) | SLOT_GONE)
         if old == (key << 2) | SLOT_TAKEN:
-            self._send_api(wire.stream_frame(wire.F_GONE, conn.slot, key))
+            self._send_api(frames.stream_frame(frames.F_GONE, conn.slot, key))
         elif old == (key << 2) | SLOT_QUEUED:
             log.debug("acceptor %d: client %s left; its queued request %s %s is withdrawn",
                       self.index, conn.remote_addr or "-", conn.method, conn.target)

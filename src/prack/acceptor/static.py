@@ -21,7 +21,6 @@ from urllib.parse import unquote_to_bytes
 
 from prack.protocol import http
 
-
 _TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml",
                "application/xml")
 _ALLOW = b"Allow: GET, HEAD\r\n"

@@ -30,9 +30,10 @@ import os
 import selectors
 import time
 
-from prack.ipc import wire
-from prack.ipc.wire import SLOT_FREE, SLOT_GONE, SLOT_TAKEN
+from prack.ipc import frames, slots
+from prack.ipc.slots import SLOT_FREE, SLOT_GONE, SLOT_TAKEN
 from prack.ipc.spool import INPUT_KEY, SpoolFile, clear_leftovers, input_path, spool_dir
+from prack.protocol import environ
 
 log = logging.getLogger("prack.acceptor")
 
@@ -67,7 +68,7 @@ class AcceptorUploads:
     def _identifier(self, conn) -> str:
         if not conn.key:
             conn.key = self.rand.getrandbits(62) or 1
-        return wire.make_identifier(self.generation, self.index, conn.slot, conn.key)
+        return slots.make_identifier(self.generation, self.index, conn.slot, conn.key)
 
     # -- spooling ---------------------------------------------------------------
 
@@ -100,7 +101,7 @@ class AcceptorUploads:
         """A request whose body was spooled: the environment says where it
         is, in the msgpack pair this returns."""
         conn.spool.finish()
-        return wire.msgpack_pairs({INPUT_KEY: input_path(self._identifier(conn))})
+        return environ.msgpack_pairs({INPUT_KEY: input_path(self._identifier(conn))})
 
     # -- Expect: 100-continue ---------------------------------------------------------
 
@@ -116,7 +117,7 @@ class AcceptorUploads:
         # body it announced (RFC 9110 10.1.1).
         keep = req.keep_alive
         req.keep_alive = False
-        self._dispatch(conn, req, wire.RECF_INPUT_PENDING)
+        self._dispatch(conn, req, slots.RECF_INPUT_PENDING)
         conn.sent_continue = True     # (it is sent when F_INPUT comes)
         if conn.state == QUEUED:      # the push worked (else it was answered)
             conn.input = PARKED
@@ -125,7 +126,7 @@ class AcceptorUploads:
 
     def _on_input(self, buf, start: int) -> None:
         """F_INPUT: a worker took the request; let its client send the body."""
-        _, slot, key, _, _ = wire.STREAM.unpack_from(buf, start)
+        _, slot, key, _, _ = frames.STREAM.unpack_from(buf, start)
         from prack.acceptor.process import QUEUED, READING, TAKEN
         conn = self.slots[slot] if slot < self.nslots else None
         if (conn is None or conn.key != key or conn.input != PARKED
@@ -151,10 +152,10 @@ class AcceptorUploads:
         sp = conn.spool
         if sp is not None:
             sp.finish()
-            frame = wire.stream_frame(wire.F_INPUT_DONE, conn.slot, conn.key,
-                                      req.content_length or 0, wire.SF_SPOOLED)
+            frame = frames.stream_frame(frames.F_INPUT_DONE, conn.slot, conn.key,
+                                      req.content_length or 0, frames.SF_SPOOLED)
         else:
-            frame = wire.stream_frame(wire.F_INPUT_DONE, conn.slot, conn.key,
+            frame = frames.stream_frame(frames.F_INPUT_DONE, conn.slot, conn.key,
                                       len(req.body), 0, req.body)
         from prack.acceptor.process import TAKEN
         conn.input = DONE
@@ -181,7 +182,7 @@ class AcceptorUploads:
         if word >> 2 == key and word & 3 != SLOT_FREE:
             # Not answered by a worker: whatever holds it drops it.
             self.ring.slot_store(conn.slot, (key << 2) | SLOT_GONE)
-            self._send_api(wire.stream_frame(wire.F_GONE, conn.slot, key))
+            self._send_api(frames.stream_frame(frames.F_GONE, conn.slot, key))
 
     def _uploads_api_lost(self) -> None:
         """The API process died: a request it had parked, or whose body was

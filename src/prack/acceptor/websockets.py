@@ -23,9 +23,8 @@ import logging
 import selectors
 import time
 
+from prack.ipc import frames
 from prack.protocol import websocket
-
-from prack.ipc import wire
 
 log = logging.getLogger("prack.acceptor")
 access_log = logging.getLogger("prack.access")
@@ -123,7 +122,7 @@ class AcceptorWebSockets:
             buffers = []
             slot, key = conn.slot, conn.key
             for opcode, payload in s.to_worker:
-                buffers += wire.stream_frame(wire.F_WS_EVENT, slot, key, 0, opcode, payload)
+                buffers += frames.stream_frame(frames.F_WS_EVENT, slot, key, 0, opcode, payload)
             s.to_worker = []
             self._send_api(buffers)
             if conn.ws is not s:
@@ -149,7 +148,7 @@ class AcceptorWebSockets:
 
     def _ws_credit(self, buf, start: int) -> None:
         """F_CREDIT: the worker received events; read on if that opens the window."""
-        _, slot, key, number, _ = wire.STREAM.unpack_from(buf, start)
+        _, slot, key, number, _ = frames.STREAM.unpack_from(buf, start)
         conn = self.slots[slot] if slot < self.nslots else None
         if conn is None or conn.key != key or conn.state != WEBSOCKET:
             return
@@ -161,7 +160,7 @@ class AcceptorWebSockets:
     def _ws_frame(self, conn, kind: int, number: int, flags: int, payload) -> None:
         """F_DATA (a message; flags = opcode) or F_END (the worker's close)."""
         s = conn.ws
-        if kind == wire.F_DATA:
+        if kind == frames.F_DATA:
             if flags not in _DATA_OPCODES:
                 log.warning("acceptor %d: F_DATA with opcode %d for a WebSocket: dropped",
                             self.index, flags)
@@ -174,13 +173,13 @@ class AcceptorWebSockets:
             # window (_ws_flushed releases it once under): no need to sum it
             # again for each message of a large batch (quadratic).
             if s.ack < 0 and sum(map(len, conn.out)) <= self.ws_window:
-                self._send_api(wire.stream_frame(wire.F_ACK, conn.slot, conn.key, number))
+                self._send_api(frames.stream_frame(frames.F_ACK, conn.slot, conn.key, number))
             else:
                 s.ack = number      # acknowledged when the client catches up
             return
-        if flags & wire.SF_ABORT or not payload:
+        if flags & frames.SF_ABORT or not payload:
             payload = websocket.close_payload(websocket.CLOSE_INTERNAL_ERROR
-                                              if flags & wire.SF_ABORT else websocket.CLOSE_NORMAL)
+                                              if flags & frames.SF_ABORT else websocket.CLOSE_NORMAL)
         s.close(bytes(payload), time.monotonic())
         self._ws_pump(conn)
 
@@ -193,7 +192,7 @@ class AcceptorWebSockets:
         if conn.out and sum(map(len, conn.out)) > self.ws_window:
             return
         if s.ack >= 0:
-            self._send_api(wire.stream_frame(wire.F_ACK, conn.slot, conn.key, s.ack))
+            self._send_api(frames.stream_frame(frames.F_ACK, conn.slot, conn.key, s.ack))
             s.ack = -1
             if conn.ws is not s:
                 return          # the API link was found gone, which ended it

@@ -8,7 +8,7 @@ import urllib.parse
 
 import msgspec
 
-from prack.ipc import wire
+from prack.ipc import frames
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 # Characters a header value may not carry: CTLs except HTAB (RFC 9110 5.5).
@@ -108,7 +108,7 @@ def check_response(code, headers, field: str = "code") -> tuple[int, int, bytes,
         raise BadResponse("%s: expected a final status code from 200 to 999, got %r"
                           % (field, code))
     flags = 0
-    declared = wire.NO_LENGTH
+    declared = frames.NO_LENGTH
     lines = []
     if not headers:
         pairs = ()
@@ -128,17 +128,17 @@ def check_response(code, headers, field: str = "code") -> tuple[int, int, bytes,
             if lower in _HOP_BY_HOP:
                 if lower == "connection":
                     if any(t.strip().lower() == "close" for t in item.split(",")):
-                        flags |= wire.RF_CLOSE
+                        flags |= frames.RF_CLOSE
                 elif lower == "content-length":
                     item = item.strip()
                     if item.isdigit() and item.isascii() and len(item) < 19:
                         declared = int(item)
-                        flags |= wire.RF_DECLARED
+                        flags |= frames.RF_DECLARED
                 continue
             if lower == "date":
-                flags |= wire.RF_HAS_DATE
+                flags |= frames.RF_HAS_DATE
             elif lower == "server":
-                flags |= wire.RF_HAS_SERVER
+                flags |= frames.RF_HAS_SERVER
             try:
                 encoded = item.strip(" \t").encode("latin-1")
             except UnicodeEncodeError:

@@ -23,7 +23,6 @@ import selectors
 import time
 
 from prack import __version__
-
 from prack.api import forward
 
 log = logging.getLogger("prack.api")

@@ -18,19 +18,19 @@ import time
 
 import msgspec
 
-from prack.protocol import http
-
-from prack.ipc import wire
-from prack.api.uploads import ApiInput
-from prack.api.lifecycle import ApiLifecycle
 from prack.api.checks import BadParameter, BadResponse, query_params
 from prack.api.checks import check_response_cached as _check_response_cached
-from prack.api.checks import describe as _describe, printable as _printable
+from prack.api.checks import describe as _describe
+from prack.api.checks import printable as _printable
+from prack.api.lifecycle import ApiLifecycle
 from prack.api.streams import ApiStreams
+from prack.api.uploads import ApiInput
 from prack.api.websockets import ApiWebSockets
 from prack.child.loop import ChildLoop
 from prack.child.send import send_pending
-from prack.ipc.wire import SLOT_FREE, SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
+from prack.ipc import frames, slots
+from prack.ipc.slots import SLOT_FREE, SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
+from prack.protocol import http, messages
 
 log = logging.getLogger("prack.api")
 
@@ -115,7 +115,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         self.rr = 0
         self.response_timeout = cfg.timeouts.response_timeout
         self.encode = msgspec.json.Encoder().encode
-        self.decode_response = msgspec.json.Decoder(wire.PostedResponse).decode
+        self.decode_response = msgspec.json.Decoder(messages.PostedResponse).decode
         self.msgpack_encode = msgspec.msgpack.Encoder().encode
         self.codecs = {False: _Codec(msgspec.json, self.encode),
                        True: _Codec(msgspec.msgpack, self.msgpack_encode)}
@@ -140,8 +140,8 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         self._init_streams()
         # A request's client went: its stream, its state polls and a parked
         # upload all learn it. Handlers return True when pulls should look again.
-        self.link_handlers[wire.F_GONE] = self._on_gone_frame
-        self.link_handlers[wire.F_INPUT_DONE] = self._on_input_frame
+        self.link_handlers[frames.F_GONE] = self._on_gone_frame
+        self.link_handlers[frames.F_INPUT_DONE] = self._on_input_frame
 
     # -- setup -------------------------------------------------------------------
 
@@ -226,15 +226,15 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         buf += data
         consumed = 0
         woken = False
-        for start, end in wire.complete_frames(buf):
+        for start, end in frames.complete_frames(buf):
             consumed = end
             kind = buf[start]
-            if kind == wire.F_WAKE:
+            if kind == frames.F_WAKE:
                 woken = True
             elif kind in self.link_handlers:
                 woken = self.link_handlers[kind](link, buf, start, end) or woken
-            elif kind == wire.F_HELLO:
-                _, index, generation, pid = wire.HELLO.unpack_from(buf, start)
+            elif kind == frames.F_HELLO:
+                _, index, generation, pid = frames.HELLO.unpack_from(buf, start)
                 if index < len(self.links) and generation == self.generation:
                     old = self.links[index]
                     if old is not None and old is not link:
@@ -299,8 +299,8 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
                 return data
         rings = self.rings
         n = len(rings)
-        unpack = wire.RECORD.unpack_from
-        rsize = wire.RECORD.size
+        unpack = slots.RECORD.unpack_from
+        rsize = slots.RECORD.size
         links = self.links
         for i in range(n):
             idx = (self.rr + i) % n
@@ -316,7 +316,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
                 generation, acceptor, slot, key, _queued, env_len, body_len, flags = unpack(view)
                 if ring.slot_cas(slot, (key << 2) | SLOT_QUEUED, (key << 2) | SLOT_TAKEN):
                     env_end = rsize + env_len
-                    if flags & wire.RECF_INPUT_PENDING:
+                    if flags & slots.RECF_INPUT_PENDING:
                         # Its body is read once a worker wants it: park it.
                         try:
                             self._park(generation, acceptor, slot, key, view[rsize:env_end])
@@ -325,7 +325,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
                             ring.release()
                         continue
                     try:
-                        data = build(wire.make_identifier(generation, acceptor, slot, key),
+                        data = build(slots.make_identifier(generation, acceptor, slot, key),
                                      view[rsize:env_end], view[env_end:env_end + body_len])
                     finally:
                         view.release()
@@ -338,16 +338,16 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         return None
 
     def _v1_item(self, ident: str, env, body) -> bytes:
-        return self.encode(wire.PulledRequest(ident, self.decode_env(env), body))
+        return self.encode(messages.PulledRequest(ident, self.decode_env(env), body))
 
     def _v2_json_item(self, ident: str, env, body) -> bytes:
-        return self.encode(wire.RequestItem(ident, self.decode_env(env), body,
+        return self.encode(messages.RequestItem(ident, self.decode_env(env), body,
                                             time.time() + self.response_timeout))
 
     def _v2_msgpack_item(self, ident: str, env, body) -> bytes:
         # The environment is spliced in as the acceptor encoded it; the body
         # goes as raw bytes, straight from shared memory.
-        return self.msgpack_encode(wire.RequestItem(ident, msgspec.Raw(env), body,
+        return self.msgpack_encode(messages.RequestItem(ident, msgspec.Raw(env), body,
                                                     time.time() + self.response_timeout))
 
     def _take_for(self, conn: WorkerConn) -> bytes | None:
@@ -368,7 +368,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         if not parts:
             return None
         if conn.msgpack:
-            return wire.msgpack_request_batch(parts)
+            return messages.msgpack_request_batch(parts)
         return b'{"requests":[' + b",".join(parts) + b"]}"
 
     def _take_msgpack(self, want: int) -> bytes | None:
@@ -407,7 +407,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
             size += len(item)
         if not count:
             return None
-        return wire.msgpack_request_batch(parts, count)
+        return messages.msgpack_request_batch(parts, count)
 
     def _dispatch_waiters(self) -> None:
         waiters = self.waiters
@@ -512,7 +512,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
             conn.keep_alive = False
             conn.busy = True
             conn.head = exc.head
-            self._reply(conn, exc.status, self.encode(wire.Error(exc.message)))
+            self._reply(conn, exc.status, self.encode(messages.Error(exc.message)))
             return False
         if req is None:
             if reader.wants_continue:
@@ -542,7 +542,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         handler = methods.get(req.method)
         if handler is None:
             allow = ", ".join(methods)
-            self._reply(conn, 405, self._codec(conn).encode(wire.Error("use " + allow)),
+            self._reply(conn, 405, self._codec(conn).encode(messages.Error("use " + allow)),
                         b"Allow: %s\r\n" % allow.encode(), self._ctype(conn))
             return
         handler(conn, req)
@@ -556,7 +556,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
 
     def _reply_error(self, conn: WorkerConn, status: int, message: str) -> None:
         """{"error": message} in the call's encoding."""
-        self._reply(conn, status, self._codec(conn).encode(wire.Error(message)),
+        self._reply(conn, status, self._codec(conn).encode(messages.Error(message)),
                     ctype=self._ctype(conn))
 
     # -- pulls -------------------------------------------------------------------------
@@ -634,7 +634,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         try:
             msg = self.decode_response(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            parsed = wire.parse_identifier(_identifier_of(body, _decode_ident))
+            parsed = slots.parse_identifier(_identifier_of(body, _decode_ident))
             target = self._elsewhere(parsed) if parsed is not None else None
             if target is not None:      # there, it gets the same 400 and its client a 502
                 self._forward(target, "/api/v1/response", JSON_TYPE, body,
@@ -643,9 +643,9 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
             if parsed is not None and self._known(parsed):
                 self._answer_502(*parsed[1:], out)
             self._send_frames(out)
-            self._reply(conn, 400, self.encode(wire.Error(_describe(exc))))
+            self._reply(conn, 400, self.encode(messages.Error(_describe(exc))))
             return
-        parsed = wire.parse_identifier(msg.identifier)
+        parsed = slots.parse_identifier(msg.identifier)
         if parsed is not None:
             target = self._elsewhere(parsed)
             if target is not None:      # the other generation's request
@@ -662,11 +662,11 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         if outcome is OK:
             self._reply(conn, 200, THANK_YOU)
         elif outcome is GONE:
-            self._reply(conn, 410, self.encode(wire.Error(reason)))
+            self._reply(conn, 410, self.encode(messages.Error(reason)))
         elif outcome is UNKNOWN:
-            self._reply(conn, 404, self.encode(wire.Error(reason)))
+            self._reply(conn, 404, self.encode(messages.Error(reason)))
         else:
-            self._reply(conn, 400, self.encode(wire.Error(reason)))
+            self._reply(conn, 400, self.encode(messages.Error(reason)))
 
     def _post_v2(self, conn: WorkerConn, req: http.Request, hold: bool = True,
                  deadline: float | None = None) -> None:
@@ -695,7 +695,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 item, error = None, exc
                 ident = _identifier_of(raw, codec.decode_id)
-            entries.append((raw, item, ident, wire.parse_identifier(ident), error))
+            entries.append((raw, item, ident, slots.parse_identifier(ident), error))
         if hold:
             for entry in entries:
                 parsed = entry[3]
@@ -719,12 +719,12 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
             if item is None:
                 if parsed is not None and self._known(parsed):
                     self._answer_502(*parsed[1:], out)
-                results.append(wire.ItemResult(ident if type(ident) is str else "", INVALID,
+                results.append(messages.ItemResult(ident if type(ident) is str else "", INVALID,
                                                _describe(error, codec)))
                 continue
             outcome, reason = self._deliver(parsed, item.status, item.headers, item.body,
                                             "status", out)
-            results.append(wire.ItemResult(item.id, outcome, reason))
+            results.append(messages.ItemResult(item.id, outcome, reason))
         self._send_frames(out)
         if not foreign:
             self._reply_results(conn, results, params)
@@ -741,19 +741,19 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
                     except (msgspec.ValidationError, msgspec.DecodeError):
                         got = []
                 for k, (index, ident, _) in enumerate(items):
-                    results[index] = got[k] if k < len(got) else wire.ItemResult(
+                    results[index] = got[k] if k < len(got) else messages.ItemResult(
                         ident, UNKNOWN, "identifier: its generation did not answer")
                 pending[0] -= 1
                 if not pending[0]:
                     self._reply_results(conn, results, params)
             self._forward(target, "/api/v2/responses", codec.ctype,
-                          codec.encode(wire.ResponseBatch([raw for _, _, raw in items])), done)
+                          codec.encode(messages.ResponseBatch([raw for _, _, raw in items])), done)
 
     def _reply_results(self, conn: WorkerConn, results: list,
                        params: tuple[int, float] | None = None) -> None:
         """The results of a post; with `params` (max, wait), a pull follows
         and they wait for its batch."""
-        encoded = self._codec(conn).encode(wire.ResultBatch(results))
+        encoded = self._codec(conn).encode(messages.ResultBatch(results))
         if params is None:
             self._reply(conn, 200, encoded, ctype=self._ctype(conn))
             return
@@ -773,7 +773,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
                 reason = codec.decode_error(req.body).error
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 bad = _describe(exc, codec)
-        parsed = wire.parse_identifier(ident)
+        parsed = slots.parse_identifier(ident)
         if parsed is None:
             self._reply_error(conn, 400, "id: malformed")
             return
@@ -804,7 +804,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         if bad is not None:
             self._reply_error(conn, 400, bad)
         else:
-            self._reply(conn, 200, self._codec(conn).encode(wire.Message("reported")),
+            self._reply(conn, 200, self._codec(conn).encode(messages.Message("reported")),
                         ctype=self._ctype(conn))
 
     def _codec_in(self, req: http.Request) -> "_Codec":
@@ -854,7 +854,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
             return GONE, "the client has gone"
         link = self.links[acceptor]
         out.setdefault(link, []).extend(
-            wire.response_frame(slot, key, status, flags, block, body or b"", declared))
+            frames.response_frame(slot, key, status, flags, block, body or b"", declared))
         return OK, None
 
     def _send_frames(self, out: dict) -> None:
@@ -887,7 +887,7 @@ class ApiServer(ApiWebSockets, ApiStreams, ApiInput, ApiLifecycle, ChildLoop):
         if link is not None and self.rings[acceptor].slot_cas(
                 slot, (key << 2) | SLOT_TAKEN, (key << 2) | SLOT_FREE):
             out.setdefault(link, []).extend(
-                wire.response_frame(slot, key, 502, wire.RF_ERROR, b"", b""))
+                frames.response_frame(slot, key, 502, frames.RF_ERROR, b"", b""))
             return True
         return False
 
@@ -988,13 +988,13 @@ class _Codec:
     def __init__(self, module, encode):
         self.name = "msgpack" if module is msgspec.msgpack else "JSON"
         self.encode = encode
-        self.decode_batch = module.Decoder(wire.ResponseBatch).decode
-        self.decode_item = module.Decoder(wire.ResponseItem).decode
+        self.decode_batch = module.Decoder(messages.ResponseBatch).decode
+        self.decode_item = module.Decoder(messages.ResponseItem).decode
         self.decode_id = module.Decoder(_IdOnly).decode
-        self.decode_error = module.Decoder(wire.Error).decode
-        self.decode_results = module.Decoder(wire.ResultBatch).decode
+        self.decode_error = module.Decoder(messages.Error).decode
+        self.decode_results = module.Decoder(messages.ResultBatch).decode
         self.ctype = MSGPACK_TYPE if module is msgspec.msgpack else JSON_TYPE
-        self.empty_batch = encode(wire.RequestBatch([]))
+        self.empty_batch = encode(messages.RequestBatch([]))
 
 
 def _identifier_of(body, decode) -> str | None:
@@ -1017,7 +1017,7 @@ def _wants_msgpack(req: http.Request) -> bool:
 
 
 def _results_and_requests(results: bytes, batch: bytes, msgpack: bool) -> bytes:
-    """One {"results", "requests"} map (wire.ResultsAndRequests) out of an
+    """One {"results", "requests"} map (messages.ResultsAndRequests) out of an
     encoded ResultBatch and an encoded RequestBatch, each a one-key map:
     their entries are joined, the requests not encoded again."""
     if msgpack:         # fixmap of 1 -> fixmap of 2

@@ -24,9 +24,9 @@ import time
 
 import msgspec
 
-from prack.ipc import wire
 from prack.api.checks import BadResponse, check_response, describe, printable, query_params
-from prack.ipc.wire import SLOT_FREE, SLOT_TAKEN
+from prack.ipc import frames, slots
+from prack.ipc.slots import SLOT_FREE, SLOT_TAKEN
 
 log = logging.getLogger("prack.api")
 
@@ -89,8 +89,8 @@ class ApiStreams:
             "end": {"POST": self._stream_end},
             "state": {"GET": self._stream_state},
         })
-        self.link_handlers[wire.F_ACK] = self._on_ack
-        self.link_handlers[wire.F_GONE] = self._on_gone
+        self.link_handlers[frames.F_ACK] = self._on_ack
+        self.link_handlers[frames.F_GONE] = self._on_gone
 
     # -- common preamble of the per-request calls ---------------------------------
 
@@ -100,7 +100,7 @@ class ApiStreams:
         an answer; else the call has been answered (or forwarded, or held
         until its acceptor links) and None is returned."""
         ident = req.path[len("/api/v2/requests/"):].partition("/")[0]
-        parsed = wire.parse_identifier(ident)
+        parsed = slots.parse_identifier(ident)
         if parsed is None:
             self._reply_error(conn, 400, "id: malformed")
             return None
@@ -153,8 +153,8 @@ class ApiStreams:
         self.streams[sid] = _Stream()
         if status == 101:
             self._ws_opened(sid)
-        self._send_link(self.links[acceptor], wire.response_frame(
-            slot, key, status, flags, block, b"", declared, kind=wire.F_START))
+        self._send_link(self.links[acceptor], frames.response_frame(
+            slot, key, status, flags, block, b"", declared, kind=frames.F_START))
         self._reply_ok(conn)
 
     def _check_head(self, status, headers):
@@ -189,8 +189,8 @@ class ApiStreams:
             return
         st.held = conn
         st.held_seq = st.seq
-        self._send_link(self.links[acceptor], wire.stream_frame(
-            wire.F_DATA, slot, key, st.seq, 0, req.body))
+        self._send_link(self.links[acceptor], frames.stream_frame(
+            frames.F_DATA, slot, key, st.seq, 0, req.body))
         st.seq += 1
         # Answered by _on_ack (or _on_gone).
 
@@ -232,16 +232,16 @@ class ApiStreams:
                 reason = None
             if reason is not None:
                 # The response cannot be completed as asked: end it incomplete.
-                self._finish_stream(sid, wire.SF_ABORT, b"")
+                self._finish_stream(sid, frames.SF_ABORT, b"")
                 log.warning("worker posted an invalid end of stream: %s", reason)
                 self._reply_error(conn, 400, reason)
                 return
-        if not self._finish_stream(sid, wire.SF_ABORT if error is not None else 0, trailers):
+        if not self._finish_stream(sid, frames.SF_ABORT if error is not None else 0, trailers):
             self._reply_error(conn, 410, "the client has gone")
             return
         if error is not None:
             log.warning("worker aborted its streamed response to %s: %s",
-                        wire.make_identifier(self.generation, *sid), printable(error))
+                        slots.make_identifier(self.generation, *sid), printable(error))
         self._reply_ok(conn)
 
     def _finish_stream(self, sid, flags: int, trailers: bytes) -> bool:
@@ -251,8 +251,8 @@ class ApiStreams:
         if not self.rings[acceptor].slot_cas(slot, (key << 2) | SLOT_TAKEN,
                                              (key << 2) | SLOT_FREE):
             return False
-        self._send_link(self.links[acceptor], wire.stream_frame(
-            wire.F_END, slot, key, 0, flags, trailers))
+        self._send_link(self.links[acceptor], frames.stream_frame(
+            frames.F_END, slot, key, 0, flags, trailers))
         return True
 
     def _abort_stream(self, sid, out: dict) -> bool:
@@ -271,7 +271,7 @@ class ApiStreams:
                 slot, (key << 2) | SLOT_TAKEN, (key << 2) | SLOT_FREE):
             return False
         out.setdefault(link, []).extend(
-            wire.stream_frame(wire.F_END, slot, key, 0, wire.SF_ABORT))
+            frames.stream_frame(frames.F_END, slot, key, 0, frames.SF_ABORT))
         return True
 
     def _stream_state(self, conn, req, hold: bool = True) -> None:
@@ -281,7 +281,7 @@ class ApiStreams:
             self._reply_error(conn, 400, str(exc))
             return
         ident = req.path[len("/api/v2/requests/"):].partition("/")[0]
-        parsed = wire.parse_identifier(ident)
+        parsed = slots.parse_identifier(ident)
         if parsed is None:
             self._reply_error(conn, 400, "id: malformed")
             return
@@ -323,7 +323,7 @@ class ApiStreams:
     # -- frames from the acceptors ------------------------------------------------
 
     def _on_ack(self, link, buf, start: int, end: int) -> None:
-        _, slot, key, number, _flags = wire.STREAM.unpack_from(buf, start)
+        _, slot, key, number, _flags = frames.STREAM.unpack_from(buf, start)
         st = self.streams.get((link.index, slot, key))
         if st is None or st.held is None or st.held_seq != number:
             return
@@ -332,7 +332,7 @@ class ApiStreams:
             self._reply_ok(conn)
 
     def _on_gone(self, link, buf, start: int, end: int) -> None:
-        _, slot, key, _number, _flags = wire.STREAM.unpack_from(buf, start)
+        _, slot, key, _number, _flags = frames.STREAM.unpack_from(buf, start)
         self._client_gone((link.index, slot, key))
 
     def _client_gone(self, sid) -> None:

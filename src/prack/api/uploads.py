@@ -22,12 +22,10 @@ import collections
 import logging
 import os
 
-from prack.protocol import http
-
-from prack.ipc import wire
-from prack.ipc import spool
 from prack.child.send import send_file
-from prack.ipc.wire import SLOT_TAKEN
+from prack.ipc import frames, slots, spool
+from prack.ipc.slots import SLOT_TAKEN
+from prack.protocol import http
 
 log = logging.getLogger("prack.api")
 
@@ -72,7 +70,7 @@ class ApiInput:
             self.parked = {}
             self.ready = collections.deque()
             self.unstarted = collections.deque()
-        ident = wire.make_identifier(generation, acceptor, slot, key)
+        ident = slots.make_identifier(generation, acceptor, slot, key)
         item = Parked(ident, acceptor, slot, key, bytes(env))
         self.parked[(acceptor, slot, key)] = item
         self.unstarted.append(item)
@@ -95,7 +93,7 @@ class ApiInput:
             item.started = True
             self.started += 1
             room -= 1
-            self._send_link(link, wire.stream_frame(wire.F_INPUT, item.slot, item.key))
+            self._send_link(link, frames.stream_frame(frames.F_INPUT, item.slot, item.key))
 
     def _unstart(self, item: Parked) -> None:
         """The item left (handed out, or its client or acceptor went)."""
@@ -107,11 +105,11 @@ class ApiInput:
     def _on_input_frame(self, link, buf, start: int, end: int) -> bool:
         """F_INPUT_DONE or F_GONE from an acceptor; True when an item became
         ready (the waiting pulls should look)."""
-        kind, slot, key, number, flags = wire.STREAM.unpack_from(buf, start)
+        kind, slot, key, number, flags = frames.STREAM.unpack_from(buf, start)
         item = self.parked.get((link.index, slot, key)) if self.parked else None
         if item is None:
             return False
-        if kind == wire.F_GONE or flags & wire.SF_ABORT:
+        if kind == frames.F_GONE or flags & frames.SF_ABORT:
             del self.parked[(link.index, slot, key)]
             self._unstart(item)
             item.body = item.env = b""
@@ -119,10 +117,10 @@ class ApiInput:
             return False
         env = self.decode_env(item.env)
         env["CONTENT_LENGTH"] = str(number)
-        if flags & wire.SF_SPOOLED:
+        if flags & frames.SF_SPOOLED:
             env[spool.INPUT_KEY] = spool.input_path(item.ident)
         else:
-            item.body = bytes(buf[start + wire.STREAM.size:end])
+            item.body = bytes(buf[start + frames.STREAM.size:end])
         item.env = self.msgpack_encode(env)     # as in the ring: what the builders take
         self.ready.append(item)
         return True
@@ -158,7 +156,7 @@ class ApiInput:
 
     def _get_input(self, conn, req: http.Request, hold: bool = True) -> None:
         ident = req.path[len("/api/v2/requests/"):-len(INPUT_SUFFIX)]
-        parsed = wire.parse_identifier(ident)
+        parsed = slots.parse_identifier(ident)
         if parsed is None:
             self._reply_error(conn, 400, "id: malformed")
             return

@@ -31,10 +31,9 @@ from typing import Any
 
 import msgspec
 
-from prack.protocol import websocket
-
-from prack.ipc import wire
 from prack.api.checks import BadResponse, check_response, describe, query_params
+from prack.ipc import frames, slots
+from prack.protocol import websocket
 
 log = logging.getLogger("prack.api")
 
@@ -101,7 +100,7 @@ class ApiWebSockets:
             "events": {"GET": self._ws_events},
             "send": {"POST": self._ws_send},
         })
-        self.link_handlers[wire.F_WS_EVENT] = self._on_ws_event
+        self.link_handlers[frames.F_WS_EVENT] = self._on_ws_event
 
     # -- the accept (a hook of ApiStreams) ------------------------------------------------
 
@@ -110,7 +109,7 @@ class ApiWebSockets:
         response's; the acceptor completes the handshake."""
         if status == 101 or status == "101":
             _, flags, block, _ = check_response(200, headers, "status")
-            return 101, flags, block, wire.NO_LENGTH
+            return 101, flags, block, frames.NO_LENGTH
         return super()._check_head(status, headers)
 
     def _stream_body(self, conn, req, hold: bool = True) -> None:
@@ -123,7 +122,7 @@ class ApiWebSockets:
 
     def _ws_refused(self, conn, req) -> bool:
         """Body chunks and stream ends are not for WebSockets: 409."""
-        parsed = wire.parse_identifier(req.path[len(V2_PREFIX):].partition("/")[0])
+        parsed = slots.parse_identifier(req.path[len(V2_PREFIX):].partition("/")[0])
         if parsed is None or not self._known(parsed) or parsed[1:] not in self.websockets:
             return False
         self._reply_error(conn, 409, "a WebSocket: use .../send (a close message ends it)")
@@ -140,7 +139,7 @@ class ApiWebSockets:
         (an error, a forward to the other generation, or held until the
         acceptor links)."""
         ident = req.path[len(V2_PREFIX):].partition("/")[0]
-        parsed = wire.parse_identifier(ident)
+        parsed = slots.parse_identifier(ident)
         if parsed is None:
             self._reply_error(conn, 400, "id: malformed")
             return None
@@ -166,7 +165,7 @@ class ApiWebSockets:
         except ValueError as exc:
             self._reply_error(conn, 400, str(exc))
             return
-        parsed = wire.parse_identifier(req.path[len(V2_PREFIX):].partition("/")[0])
+        parsed = slots.parse_identifier(req.path[len(V2_PREFIX):].partition("/")[0])
         target = self._elsewhere(parsed) if parsed is not None else None
         if target is not None:
             # The other generation's WebSocket: ask there, as a GET with its
@@ -216,7 +215,7 @@ class ApiWebSockets:
         acceptor, slot, key = sid
         link = self.links[acceptor]
         if credit and link is not None and not ws.closed:
-            self._send_link(link, wire.stream_frame(wire.F_CREDIT, slot, key, credit))
+            self._send_link(link, frames.stream_frame(frames.F_CREDIT, slot, key, credit))
         self._reply(conn, 200, self._codec(conn).encode(WsEvents(events)),
                     ctype=self._ctype(conn))
 
@@ -245,7 +244,7 @@ class ApiWebSockets:
         sid, ws = found
         msgpack = self._codec_in(req) is self.codecs[True]
         try:
-            frames, close = _outgoing(self.ws_codecs[msgpack](req.body), msgpack)
+            messages, close = _outgoing(self.ws_codecs[msgpack](req.body), msgpack)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             self._reply_error(conn, 400, describe(exc))
             return
@@ -267,8 +266,8 @@ class ApiWebSockets:
         acceptor, slot, key = sid
         link = self.links[acceptor]
         buffers = []
-        for opcode, payload in frames:
-            buffers += wire.stream_frame(wire.F_DATA, slot, key, st.seq, opcode, payload)
+        for opcode, payload in messages:
+            buffers += frames.stream_frame(frames.F_DATA, slot, key, st.seq, opcode, payload)
             st.seq += 1
         if buffers:
             self._send_link(link, buffers)
@@ -284,7 +283,7 @@ class ApiWebSockets:
                 return
             self._reply_ok(conn)
             return
-        if not frames:
+        if not messages:
             self._reply_ok(conn)
             return
         st.held = conn
@@ -294,12 +293,12 @@ class ApiWebSockets:
     # -- frames from the acceptors --------------------------------------------------------
 
     def _on_ws_event(self, link, buf, start: int, end: int) -> None:
-        _, slot, key, _number, opcode = wire.STREAM.unpack_from(buf, start)
+        _, slot, key, _number, opcode = frames.STREAM.unpack_from(buf, start)
         sid = (link.index, slot, key)
         ws = self.websockets.get(sid)
         if ws is None or ws.closed:
             return
-        ws.events.append((opcode, bytes(buf[start + wire.STREAM.size:end])))
+        ws.events.append((opcode, bytes(buf[start + frames.STREAM.size:end])))
         if opcode == websocket.OP_CLOSE:
             ws.closed = True
         self._ws_wake(sid, ws)
@@ -365,7 +364,7 @@ class ApiWebSockets:
 def _outgoing(batch: WsSend, msgpack: bool) -> tuple[list, bytes | None]:
     """A send's messages as [(opcode, payload)], and the close payload (or
     None). Raises BadResponse naming the message at fault."""
-    frames = []
+    messages = []
     close = None
     for i, msg in enumerate(batch.messages):
         where = "messages[%d]" % i
@@ -410,5 +409,5 @@ def _outgoing(batch: WsSend, msgpack: bool) -> tuple[list, bytes | None]:
                 raise BadResponse("%s.data: expected base64" % where) from None
         else:
             raise BadResponse("%s.data: expected %s" % (where, "bytes" if msgpack else "base64"))
-        frames.append((opcode, payload))
-    return frames, close
+        messages.append((opcode, payload))
+    return messages, close

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-
 SPOOL_DIR = "spool"
 INPUT_KEY = "prack.input"
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from prack.ipc import wire
+from prack.protocol import messages
 from prack.worker import streams
 from prack.worker.streams import ClientGone, WebSocket, WebSocketClosed  # noqa: F401
 
@@ -50,20 +50,20 @@ log = logging.getLogger("prack.worker")
 
 DEFAULT_FRONT = "http://127.0.0.1:4242"
 MSGPACK = streams.MSGPACK
-_decode_batch = msgspec.msgpack.Decoder(wire.RequestBatch).decode
+_decode_batch = msgspec.msgpack.Decoder(messages.RequestBatch).decode
 
 
 class _PostAnswer(msgspec.Struct):
-    """The answer to a post-and-pull (wire.ResultsAndRequests). `requests` is
+    """The answer to a post-and-pull (messages.ResultsAndRequests). `requests` is
     None from a front older than the combined call, which ignores the query
     and answers the results alone."""
-    results: list[wire.ItemResult]
-    requests: list[wire.RequestItem] | None = None
+    results: list[messages.ItemResult]
+    requests: list[messages.RequestItem] | None = None
 
 
 _decode_post = msgspec.msgpack.Decoder(_PostAnswer).decode
 _encode = msgspec.msgpack.Encoder().encode
-_decode_v1 = msgspec.json.Decoder(wire.PulledRequest).decode
+_decode_v1 = msgspec.json.Decoder(messages.PulledRequest).decode
 _encode_json = msgspec.json.Encoder().encode
 JSON = "application/json"
 BATCH_BUDGET = 0.005  # seconds of handler time a lane takes on at once
@@ -660,7 +660,7 @@ class Worker:
         if conn is not None:
             conn.close()
 
-    def _handle(self, front: _Front, item: wire.RequestItem, answers: list,
+    def _handle(self, front: _Front, item: messages.RequestItem, answers: list,
                 errors: list) -> None:
         req = Request(item.id, item.env, item.body, item.deadline, front.url, front)
         try:
@@ -680,7 +680,7 @@ class Worker:
                 elif body is None:
                     body = b""
                 body = bytes(body)
-            out = wire.ResponseItem(item.id, int(resp.status), _pairs(resp.headers), body)
+            out = messages.ResponseItem(item.id, int(resp.status), _pairs(resp.headers), body)
         except Exception as exc:
             log.exception("handler failed on %s %s", item.env.get("REQUEST_METHOD"),
                           item.env.get("PATH_INFO"))
@@ -724,11 +724,11 @@ class Worker:
         items = None
         for ident, reason in errors:
             _call(conn, "POST", "/api/v2/requests/%s/error" % ident,
-                  _encode(wire.Error(reason)), {"Content-Type": MSGPACK})
+                  _encode(messages.Error(reason)), {"Content-Type": MSGPACK})
         if not answers:
             return None
         status, data = _call(conn, "POST", "/api/v2/responses" + (params or ""),
-                             _encode(wire.ResponseBatch(answers)),
+                             _encode(messages.ResponseBatch(answers)),
                              {"Content-Type": MSGPACK, "Accept": MSGPACK})
         if status != 200:
             raise FrontDown("POST /api/v2/responses answered %d" % status)
@@ -779,7 +779,7 @@ class Worker:
                 continue
             front.succeeded()
             # v1 tells no deadline: the front answers 504 when it passes.
-            self._handle(front, wire.RequestItem(pulled.identifier, pulled.environment,
+            self._handle(front, messages.RequestItem(pulled.identifier, pulled.environment,
                                                  pulled.body, float("inf")), answers, errors)
             try:
                 for item in answers:
@@ -793,7 +793,7 @@ class Worker:
                         else:
                             headers[name] = [old, value]
                     status, data = _call(conn, "POST", "/api/v1/response", _encode_json(
-                        wire.PostedResponse(item.id, item.status, headers, item.body)),
+                        messages.PostedResponse(item.id, item.status, headers, item.body)),
                         {"Content-Type": JSON})
                     if status == 400:
                         log.error("front refused the response to %s: %s", item.id, data[:200])
@@ -801,7 +801,7 @@ class Worker:
                         log.info("response to %s not delivered: %d", item.id, status)
                 for ident, reason in errors:
                     _call(conn, "POST", "/api/v2/requests/%s/error" % ident,
-                          _encode_json(wire.Error(reason)), {"Content-Type": JSON})
+                          _encode_json(messages.Error(reason)), {"Content-Type": JSON})
             except (OSError, http.client.HTTPException) as exc:
                 log.debug("front %s: answer not delivered: %s", front.url, exc)
                 conn.close()
