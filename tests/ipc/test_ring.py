@@ -668,3 +668,25 @@ def test_fork_producer_consumer_million_records():
             os.waitpid(pid, 0)
         os.close(rfd)
         seg.close()
+
+
+def test_slot_states_by_key_and_state():
+    """Ring.mark/move/swap/holds speak of a request's key and state; a move
+    or swap for another request's key leaves the slot alone or says so."""
+    from prack.ipc import slots
+    seg = Segment.create(1, 4, 1 << 16)
+    try:
+        ring = seg.ring(0)
+        key = (1 << 61) + 12345
+        ring.mark(2, key, slots.SLOT_QUEUED)
+        assert ring.slot_load(2) == slots.word(key, slots.SLOT_QUEUED)
+        assert ring.holds(2, key, slots.SLOT_QUEUED)
+        assert not ring.holds(2, key + 1, slots.SLOT_QUEUED)
+        assert not ring.move(2, key + 1, slots.SLOT_QUEUED, slots.SLOT_TAKEN)
+        assert ring.move(2, key, slots.SLOT_QUEUED, slots.SLOT_TAKEN)
+        assert not ring.move(2, key, slots.SLOT_QUEUED, slots.SLOT_TAKEN)
+        assert ring.swap(2, key, slots.SLOT_GONE) == slots.SLOT_TAKEN
+        assert ring.swap(2, key + 1, slots.SLOT_GONE) == -1
+        assert ring.slot_load(2) == slots.word(key + 1, slots.SLOT_GONE)
+    finally:
+        seg.close()

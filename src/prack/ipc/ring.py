@@ -41,6 +41,10 @@ _EMPTY = lib.PRK_RING_EMPTY
 _JOIN_MAX = 16 * 1024   # push(): records up to this size are joined, then copied once
 
 
+_STATE_BITS = lib.PRK_SLOT_STATE_BITS
+_STATE_MASK = (1 << _STATE_BITS) - 1
+
+
 class RingFull(Exception):
     """Not enough free space in the ring right now; retry after the consumer
     has caught up."""
@@ -351,6 +355,29 @@ class Ring:
 
     def slot_exchange(self, slot: int, value: int) -> int:
         return lib.prk_slot_exchange(self._ptr, slot, value)
+
+    # The same operations in the terms of prack.ipc.slots: a request's key
+    # and a state, so no caller writes out a slot word.
+
+    def mark(self, slot: int, key: int, state: int) -> None:
+        """Store request `key` in `state` (the slot's owner only)."""
+        lib.prk_slot_store(self._ptr, slot, key << _STATE_BITS | state)
+
+    def move(self, slot: int, key: int, old: int, new: int) -> bool:
+        """Request `key` from `old` to `new` if the slot still holds it in
+        `old` (compare-and-swap): False when the other side moved first."""
+        return lib.prk_slot_cas(self._ptr, slot, key << _STATE_BITS | old,
+                                key << _STATE_BITS | new) == 1
+
+    def swap(self, slot: int, key: int, state: int) -> int:
+        """Store request `key` in `state`, whatever was there; the state the
+        slot held for this key before, or -1 when it held another request."""
+        old = lib.prk_slot_exchange(self._ptr, slot, key << _STATE_BITS | state)
+        return old & _STATE_MASK if old >> _STATE_BITS == key else -1
+
+    def holds(self, slot: int, key: int, state: int) -> bool:
+        """Whether the slot holds request `key` in `state` now."""
+        return lib.prk_slot_load(self._ptr, slot) == key << _STATE_BITS | state
 
     def __repr__(self) -> str:
         return f"<Ring {self.index} max_record={self.max_record}>"
