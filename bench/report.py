@@ -263,6 +263,10 @@ def render(res: dict) -> str:
                    "(plain copy) | %s |\n" % (r["record_bytes"], fmt(r["records_per_s"]),
                                               fmt(r["copy_per_s"]),
                                               fmt(r["ratio_ring_vs_copy"], 1, 2)))
+    history = os.path.join(HERE, "history.md")
+    if os.path.exists(history):
+        with open(history) as f:
+            out.append(f.read().rstrip())
     return "\n".join(out) + "\n"
 
 
