@@ -93,3 +93,37 @@ def test_readme_shows_the_two_commands():
 def test_architecture_explains_selectors_choice():
     text = (ROOT / "docs" / "architecture.md").read_text()
     assert "selectors2" in text and "DefaultSelector" in text
+
+
+def _tree_in_architecture() -> set[str]:
+    """The paths named by the tree that opens docs/architecture.md: its first
+    fenced block, one entry per line, two spaces of indent per level, folders
+    ending in "/"."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    block = text.split("```", 2)[1]
+    paths, stack = set(), []
+    for line in block.splitlines()[1:]:
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        name = line.split()[0]
+        depth = indent // 2
+        del stack[depth:]
+        path = "".join(stack) + name
+        if name.endswith("/"):
+            stack.append(name)
+        else:
+            paths.add(path)
+    return paths
+
+
+def test_architecture_names_every_module():
+    """Every module of the package (Python and C) is named in the tree that
+    opens docs/architecture.md, and the tree names nothing that is gone."""
+    src = ROOT / "src"
+    modules = {str(p.relative_to(src)) for p in src.rglob("*")
+               if p.suffix in (".py", ".c", ".h") and p.name != "__init__.py"
+               and "__pycache__" not in p.parts and not p.name.startswith("_prack")}
+    named = _tree_in_architecture()
+    assert sorted(modules - named) == [], "modules missing from docs/architecture.md"
+    assert sorted(named - modules) == [], "docs/architecture.md names modules that do not exist"
