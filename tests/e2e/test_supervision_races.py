@@ -33,20 +33,20 @@ def test_a_failed_fork_is_retried_not_fatal(monkeypatch):
         calls.append(1)
         raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
     monkeypatch.setattr(os, "fork", no_fork)
-    m.respawn_at[(master.ACCEPTOR, 0)] = 0.0
+    m.respawns.at[(master.ACCEPTOR, 0)] = 0.0
     records = _Records()
     logger = logging.getLogger("prack.master")
     logger.addHandler(records)
     try:
-        m._respawn_due(1.0)
-        m._respawn_due(m.respawn_at[(master.ACCEPTOR, 0)])
+        m._spawn_due(1.0)
+        m._spawn_due(m.respawns.at[(master.ACCEPTOR, 0)])
     finally:
         logger.removeHandler(records)
-    assert len(calls) == 2 and m.children == {}
+    assert len(calls) == 2 and len(m.own) == 0
     first, second = records.messages
     assert "acceptor 0: cannot start it: fork:" in first and "trying again in 0.1s" in first
     assert "trying again in 0.2s" in second
-    assert (master.ACCEPTOR, 0) in m.respawn_at
+    assert (master.ACCEPTOR, 0) in m.respawns.at
 
 
 def test_api_process_that_dies_during_a_stop_is_replaced_for_the_last_responses(start_server):
