@@ -275,10 +275,15 @@ class Master:
                 log.info("stopped")
 
     def _loop(self) -> None:
+        registered = self.sel.get_map()
         while True:
             timeout = self._next_timeout()
             for key, mask in self.sel.select(timeout):
-                key.data(mask)
+                # An earlier event of this batch may have closed this one's
+                # file (a stop forgets the successor and its pipe): skip its
+                # stale key, as the children's loop does.
+                if registered.get(key.fd) is key:
+                    key.data(mask)
             self._reap()
             now = time.monotonic()
             if self.old is not None and self.old.draining and self.old.advance(now):

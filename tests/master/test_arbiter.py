@@ -1,0 +1,71 @@
+"""The master's supervision loop, driven in process: no children forked."""
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from prack import config
+from prack.master import arbiter, upgrade
+
+
+@pytest.fixture
+def master(monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    m = arbiter.Master(config.load(None), None, upgrade.Inherited())
+    m.sel = selectors.DefaultSelector()
+    m.wake_r, m.wake_w = socket.socketpair()
+    m.sel.register(m.wake_r, selectors.EVENT_READ, m._on_signal)
+    m.status_r, m.status_w = os.pipe()
+    m.listener = socket.socket()
+    m.api_listener = socket.socket()
+    m.link_listener = socket.socket()
+    m.forward_listener = socket.socket()
+    # A stand-in successor process: SIGTERMed by the stop, reaped by Popen.
+    sleeper = subprocess.Popen(["sleep", "60"])
+    monkeypatch.setattr(m, "_reap", lambda: None)
+    yield m, sleeper
+    sleeper.kill()
+    sleeper.wait()
+    for sock in (m.wake_r, m.wake_w, m.listener, m.api_listener, m.link_listener,
+                 m.forward_listener):
+        if sock is not None:
+            sock.close()
+    for fd in (m.status_r, m.status_w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    m.sel.close()
+
+
+def _successor(m, pid: int) -> int:
+    """Start watching a successor's pipe, as an upgrade does; the write end."""
+    pipe_r, pipe_w = os.pipe()
+    os.set_blocking(pipe_r, False)
+    m.successor = upgrade.Successor(pid, pipe_r, 2, time.monotonic() + 60, "SIGUSR2")
+    m.sel.register(pipe_r, selectors.EVENT_READ, m._on_successor)
+    return pipe_w
+
+
+def test_a_stop_in_the_same_turn_as_the_successors_report_stops_gracefully(master):
+    """A SIGTERM and a line from a starting successor woke the loop together:
+    the stop forgets the successor and closes its pipe, and the pipe's
+    stale event then ran `_on_successor` with no successor: the master died
+    on an AttributeError and SIGKILLed its children instead of draining."""
+    m, sleeper = master
+    pipe_w = _successor(m, sleeper.pid)
+    try:
+        m.wake_w.send(bytes([signal.SIGTERM]))
+        os.write(pipe_w, b"failed not yet\n")
+        m._loop()       # returns once the (childless) generation has stopped
+    finally:
+        os.close(pipe_w)
+    assert m.stopping and m.successor is None
+    assert sleeper.wait(timeout=10) == -signal.SIGTERM
+
