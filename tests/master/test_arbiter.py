@@ -69,3 +69,24 @@ def test_a_stop_in_the_same_turn_as_the_successors_report_stops_gracefully(maste
     assert m.stopping and m.successor is None
     assert sleeper.wait(timeout=10) == -signal.SIGTERM
 
+
+def test_a_child_forked_after_the_successors_pipe_closed_starts(master, monkeypatch):
+    """A successor that reported `failed` closes its pipe before it exits;
+    until it is reaped the master still holds it as its successor, with the
+    pipe closed (-1). A child forked in that window closed fd -1, crashed
+    on EBADF and was respawned as a failure."""
+    m, sleeper = master
+    pipe_w = _successor(m, sleeper.pid)
+    os.close(pipe_w)
+    m._on_successor(selectors.EVENT_READ)    # end of file: the pipe is closed
+    assert m.successor is not None and m.successor.pipe == -1
+
+    class Built:
+        def __init__(self, *args):
+            self.args = args
+
+    monkeypatch.setattr(arbiter, "ApiServer", Built)
+    m.listener.close()
+    m.listener = None
+    child = m._child_process(arbiter.API, 0)
+    assert isinstance(child, Built) and child.beat is not None

@@ -338,7 +338,7 @@ class Master:
         self.wake_w.close()
         os.close(self.status_r)
         if self.successor is not None:
-            os.close(self.successor.pipe)
+            self.successor.close()      # unless it closed at its end of file
         if role == ACCEPTOR:
             self.api_listener.close()
             self.link_listener.close()
