@@ -84,6 +84,27 @@ def _mkdtemp(base: str | None) -> str:
     raise FileExistsError(errno.EEXIST, "no unused name for a runtime directory", base)
 
 
+def _make_runtime_dir(configured: str) -> str:
+    """This generation's private directory (its Unix sockets): in
+    server.runtime_dir if set, else in $XDG_RUNTIME_DIR if writable, else in
+    TMPDIR or /tmp."""
+    if configured:
+        try:
+            os.makedirs(configured, mode=0o700, exist_ok=True)
+            return _mkdtemp(configured)
+        except OSError as exc:
+            raise StartupError("server.runtime_dir %s: %s"
+                               % (configured, exc.strerror or exc))
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if not base or not os.access(base, os.W_OK):
+        base = None
+    try:
+        return _mkdtemp(base)
+    except OSError as exc:
+        raise StartupError("cannot create a runtime directory (set server.runtime_dir): "
+                           "%s" % (exc.strerror or exc))
+
+
 def _rmtree(path: str) -> None:
     import shutil   # at cleanup only
 
@@ -135,6 +156,10 @@ class Respawns:
 
 
 class Master:
+    """One generation's master: its children (`own`), the previous
+    generation's after an exec in place (`old`), the successor an upgrade
+    starts, and the loop that supervises them."""
+
     def __init__(self, cfg, config_path: str | None, inherited: upgrade.Inherited):
         self.cfg = cfg
         self.config_path = config_path
@@ -154,11 +179,13 @@ class Master:
         self.successor: upgrade.Successor | None = None
         self.successor_pid = 0        # the generation we retired for
         # A re-exec in place (PID 1) inherits the old generation's children:
-        # they retire once ours are ready, and are reaped here.
-        now = time.monotonic()
-        self.old = Generation(Child(role, index, pid, now)
-                              for pid, role, index in inherited.retiring) \
-            if inherited.retiring else None
+        # they retire once ours are ready, and are reaped here. None when
+        # there are none, or once they have retired.
+        self.old: Generation | None = None
+        if inherited.retiring:
+            now = time.monotonic()
+            self.old = Generation(Child(role, index, pid, now)
+                                  for pid, role, index in inherited.retiring)
         self.old_dir = inherited.retiring_dir
         self.listener = self.api_listener = self.link_listener = self.forward_listener = None
         self.segment = None
@@ -193,22 +220,7 @@ class Master:
         self.api_listener = (inh.listener("api", cfg.api.bind)
                              or listeners.bind_tcp(cfg.api.bind, cfg.server.backlog, "api.bind"))
         inh.close_unused()
-        if cfg.server.runtime_dir:
-            base = cfg.server.runtime_dir
-            try:
-                os.makedirs(base, mode=0o700, exist_ok=True)
-                self.runtime_dir = _mkdtemp(base)
-            except OSError as exc:
-                raise StartupError("server.runtime_dir %s: %s" % (base, exc.strerror or exc))
-        else:
-            base = os.environ.get("XDG_RUNTIME_DIR")
-            if not base or not os.access(base, os.W_OK):
-                base = None
-            try:
-                self.runtime_dir = _mkdtemp(base)
-            except OSError as exc:
-                raise StartupError("cannot create a runtime directory (set server.runtime_dir): "
-                                   "%s" % (exc.strerror or exc))
+        self.runtime_dir = _make_runtime_dir(cfg.server.runtime_dir)
         self.own_runtime_dir = True
         self.link_path = os.path.join(self.runtime_dir, "api.sock")
         self.link_listener = listeners.bind_unix(self.link_path, 128)
@@ -236,7 +248,7 @@ class Master:
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_signal)
         self.sel.register(self.status_r, selectors.EVENT_READ, self._on_status)
         self.status_buf = b""
-        if self.old:
+        if self.old is not None:
             log.info("generation %d (re-executed in place) takes over %d children of the "
                      "previous generation; they retire once this one is ready",
                      self.generation, len(self.old))
