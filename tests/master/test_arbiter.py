@@ -1,6 +1,8 @@
 """The master's supervision loop, driven in process: no children forked."""
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import selectors
 import signal
@@ -90,3 +92,40 @@ def test_a_child_forked_after_the_successors_pipe_closed_starts(master, monkeypa
     m.listener = None
     child = m._child_process(arbiter.API, 0)
     assert isinstance(child, Built) and child.beat is not None
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_a_failed_fork_is_retried_not_fatal(monkeypatch):
+    """fork() failing (EAGAIN: a container's pids limit, RLIMIT_NPROC; or
+    ENOMEM) while the master respawns a child raised out of the master's loop:
+    its cleanup SIGKILLed every other child, so one failed respawn took the
+    whole server down. Now the child is tried again later, with backoff."""
+    m = arbiter.Master(config.load(None), None, upgrade.Inherited())
+    calls = []
+
+    def no_fork():
+        calls.append(1)
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    monkeypatch.setattr(os, "fork", no_fork)
+    m.respawns.at[(arbiter.ACCEPTOR, 0)] = 0.0
+    records = _Records()
+    logger = logging.getLogger("prack.master")
+    logger.addHandler(records)
+    try:
+        m._spawn_due(1.0)
+        m._spawn_due(m.respawns.at[(arbiter.ACCEPTOR, 0)])
+    finally:
+        logger.removeHandler(records)
+    assert len(calls) == 2 and len(m.own) == 0
+    first, second = records.messages
+    assert "acceptor 0: cannot start it: fork:" in first and "trying again in 0.1s" in first
+    assert "trying again in 0.2s" in second
+    assert (arbiter.ACCEPTOR, 0) in m.respawns.at
