@@ -46,6 +46,7 @@ log = logging.getLogger("prack.master")
 
 _STOP = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGQUIT: "SIGQUIT"}
 QUICK_DEATH = 2.0     # a child that dies sooner than this counts as crash-looping
+KEEPS_DYING = 3       # quick deaths in a row: logged as an error; no stand-in during a stop
 MAX_BACKOFF = 10.0
 
 
@@ -448,7 +449,7 @@ class Master:
         if self.stopping:
             failures = self.respawns.count(ident, quick)
             if (child.role == API and self.own.phase == PHASE_ACCEPTORS and not self.retire
-                    and failures < 3):
+                    and failures < KEEPS_DYING):
                 # The draining acceptors need an API process for the answers
                 # to the requests they still hold: replace it (told at once
                 # that the server is stopping), unless it keeps dying.
@@ -463,7 +464,7 @@ class Master:
             log.info("acceptor %d (pid %d) %s (removed by SIGTTOU)", child.index, child.pid, how)
             return
         failures, delay = self.respawns.schedule(ident, quick)
-        if failures >= 3:
+        if failures >= KEEPS_DYING:
             log.error("%s %d (pid %d) %s; it keeps dying, restarting in %.1fs",
                       child.role, child.index, child.pid, how, delay)
         else:
