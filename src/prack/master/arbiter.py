@@ -558,8 +558,9 @@ class Master:
         log.info("SIGTTOU: stopping acceptor %d gracefully (%d acceptors left)", n, n)
 
     def handle_chld(self) -> None:
-        """Nothing more: the loop reaps after every wake-up, whatever woke
-        it (signals coalesce, and some end while we exec in place)."""
+        """Nothing to do here: the loop reaps after every wake-up, whatever
+        woke it (SIGCHLDs coalesce; those that ended while this image was
+        being exec'd in place are reaped by _setup)."""
 
     _HANDLERS = {
         signal.SIGTERM: handle_term,
@@ -575,6 +576,9 @@ class Master:
     # -- stopping ------------------------------------------------------------------
 
     def _stop_signal(self, signum: int) -> None:
+        """SIGTERM, SIGINT and SIGQUIT alike: a graceful stop; a second one
+        stops at once (retiring, the first one is only noted: a new
+        generation serves, and it stops once its requests are done)."""
         name = _STOP[signum]
         if self.stopping and (not self.retire or self.stop_asked):
             log.warning("%s again: stopping now", name)
