@@ -28,15 +28,15 @@ SITECUSTOMIZE = textwrap.dedent("""\
         # A respawned child is slow to reach its first instruction (a busy
         # machine): the window between fork() and its own signal handling.
         import time
-        import prack.master.arbiter
-        start = prack.master.arbiter.Master._child_main
-        def slow(self, *args, **kw):
+        import prack.master.generation
+        start = prack.master.generation._child_main
+        def slow(*args, **kw):
             if os.path.exists(os.environ["REVIEW_A_FLAG"]):
                 with open(os.environ["REVIEW_A_FLAG"] + ".pid", "w") as f:
                     f.write(str(os.getpid()))
                 time.sleep(float(os.environ["REVIEW_A_SECONDS"]))
-            return start(self, *args, **kw)
-        prack.master.arbiter.Master._child_main = slow
+            return start(*args, **kw)
+        prack.master.generation._child_main = slow
     elif mode == "slow-new-image" and os.environ.get("PRACK_RETIRING_CHILDREN"):
         # The re-executed image takes its time to start (imports, a busy
         # machine): the window before it has its signal handlers.

@@ -15,7 +15,7 @@ environment variables (read once, then removed from the environment):
                       a USR2 upgrade; SIGHUP goes back to the configuration).
 ``PRACK_PREDECESSOR_DIR`` the old generation's runtime directory: its API
                       process takes, on ``worker.sock``, the responses posted
-                      here for its identifiers (prack.forward).
+                      here for its identifiers (prack.api.forward).
 ``PRACK_RETIRING_CHILDREN`` and ``PRACK_RETIRING_RUNTIME_DIR``: only for a
                       re-exec in place (PID 1): the old generation's children
                       (``pid:role:index,...``), which the new image retires
@@ -24,6 +24,12 @@ environment variables (read once, then removed from the environment):
 systemd socket activation (``LISTEN_FDS``/``LISTEN_PID``, optionally
 ``LISTEN_FDNAMES`` naming them ``public`` and ``api``; unnamed, the first is
 the public socket and the second the API socket) is read the same way.
+
+The old master's side of the hand-over is here too: `Successor` starts the
+new master and reads what it reports on the pipe; `check_new_image` and
+`exec_in_place` are the two steps of a re-exec in place. What the old
+master does with the outcome (retire, or keep serving) is its supervision
+loop's business (prack.master.arbiter).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 from prack.config import parse_address
 
@@ -46,6 +53,7 @@ ENV_PREDECESSOR_DIR = "PRACK_PREDECESSOR_DIR"
 OUR_VARS = (ENV_LISTEN_FDS, ENV_UPGRADE_FD, ENV_GENERATION, ENV_ACCEPTORS,
             ENV_RETIRING_CHILDREN, ENV_RETIRING_DIR, ENV_PREDECESSOR_DIR)
 SD_FIRST_FD = 3
+UPGRADE_TIMEOUT = 60.0   # a new generation not ready by then has failed
 
 
 class Inherited:
@@ -181,3 +189,104 @@ def spawn(argv: list[str], env: dict[str, str], keep: list[int]) -> int:
     finally:
         for fd in keep:
             os.set_inheritable(fd, False)
+
+
+def in_place(mode: str) -> bool:
+    """Whether an upgrade execs over this process (server.reexec): PID 1,
+    a container's init, cannot hand over to another PID (its exit would
+    stop the container)."""
+    return mode == "in-place" or (mode == "auto" and os.getpid() == 1)
+
+
+class Successor:
+    """A new generation being started by an upgrade: its PID and the read
+    end of the pipe on which it reports ``ready <pid>`` or ``failed
+    <reason>``."""
+    __slots__ = ("pid", "pipe", "generation", "deadline", "buf", "reason", "why")
+
+    READY, CLOSED = "ready", "closed"
+
+    def __init__(self, pid, pipe, generation, deadline, why):
+        self.pid, self.pipe, self.generation, self.deadline = pid, pipe, generation, deadline
+        self.buf = b""
+        self.reason = ""
+        self.why = why
+
+    @classmethod
+    def start(cls, why: str, argv: list[str], env: dict[str, str],
+              listeners: list[int], generation: int) -> "Successor":
+        """Start `argv` as the new master, handing it `listeners` and the
+        pipe's write end; OSError when it cannot be started."""
+        pipe_r, pipe_w = os.pipe()
+        env[ENV_UPGRADE_FD] = str(pipe_w)
+        try:
+            pid = spawn(argv, env, listeners + [pipe_w])
+        except OSError:
+            os.close(pipe_r)
+            raise
+        finally:
+            os.close(pipe_w)
+        os.set_blocking(pipe_r, False)
+        return cls(pid, pipe_r, generation, time.monotonic() + UPGRADE_TIMEOUT, why)
+
+    def read(self) -> str | None:
+        """Read its reports: READY once it serves; CLOSED when it closed the
+        pipe (it is exiting: the reap says how it ended; the caller stops
+        watching the pipe and calls `close`); else None. A ``failed``
+        reason is kept in `reason`."""
+        try:
+            data = os.read(self.pipe, 4096)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            return self.CLOSED
+        self.buf += data
+        *lines, self.buf = self.buf.split(b"\n")
+        for line in lines:
+            text = line.decode("utf-8", "replace")
+            if text.startswith("ready "):
+                return self.READY
+            if text.startswith("failed "):
+                self.reason = text[len("failed "):]
+        return None
+
+    def close(self) -> None:
+        if self.pipe >= 0:
+            os.close(self.pipe)
+            self.pipe = -1
+
+
+def check_new_image(argv: list[str], env: dict[str, str]) -> str | None:
+    """Before a re-exec in place: run the new code and configuration with
+    ``--check`` in a subprocess; None if they load, else why not."""
+    import subprocess   # only here: its modules would weigh on every child's heap
+
+    check_env = {k: v for k, v in env.items() if k not in OUR_VARS}
+    try:
+        out = subprocess.run(argv + ["--check"], executable=sys.executable, env=check_env,
+                             stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, timeout=UPGRADE_TIMEOUT)
+        if out.returncode == 0:
+            return None
+        return ([line for line in out.stderr.splitlines() if line.strip()] or
+                ["exit status %d" % out.returncode])[-1]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+
+
+def exec_in_place(argv: list[str], env: dict[str, str], listeners: list[int]) -> None:
+    """Exec the new image over this process, `listeners` inherited. Returns
+    only by raising OSError (the descriptors are private again)."""
+    for handler in logging.getLogger("prack").handlers:
+        handler.flush()
+    for fd in listeners:
+        os.set_inheritable(fd, True)
+    try:
+        os.execve(sys.executable, argv, env)
+    except OSError:
+        for fd in listeners:
+            os.set_inheritable(fd, False)
+        raise
