@@ -3,7 +3,12 @@
 `server` starts `prack-server` on loopback port 0, waits for its explicit
 "ready:" log line (no sleeps), reads the bound ports from it, and stops it
 with SIGTERM at the end of the test, checking that it exited cleanly and left
-nothing behind in /dev/shm or its runtime directory.
+nothing behind in /dev/shm or its runtime directory. `srv` is one such server
+shared by the tests of a module (its settings: the `srv_settings` fixture).
+
+Markers: every test under tests/e2e/ is marked `e2e` here, by its path, so
+`-m "not e2e"` is the fast run of the unit tests; `slow` marks the end-to-end
+tests that take more than a few seconds each.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import base64
 import http.client
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -24,6 +30,16 @@ import pytest
 
 READY = re.compile(r"ready: public=http://([^ ]+):(\d+) api=http://([^ ]+):(\d+)")
 START_TIMEOUT = 20.0
+E2E_DIR = pathlib.Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark `e2e` every test collected from tests/e2e/ (a new file there is
+    covered without a line of its own)."""
+    e2e = pytest.mark.e2e
+    for item in items:
+        if E2E_DIR in item.path.parents:
+            item.add_marker(e2e)
 
 
 def prack_command() -> list[str]:
@@ -236,6 +252,55 @@ def start_module_server(tmp_path_factory):
 @pytest.fixture
 def server(start_server):
     return start_server()
+
+
+@pytest.fixture(scope="module")
+def srv_settings() -> dict:
+    """The settings of `srv`. These defaults: one acceptor (so arrival order
+    is processing order) and 5 s long polls; a module that needs others
+    overrides this fixture (scope="module") with its own dict."""
+    return {"acceptors": 1, "api_poll_timeout": 5}
+
+
+@pytest.fixture(scope="module")
+def srv(start_module_server, srv_settings):
+    """A server shared by the tests of a module, without workers (each test
+    pulls and answers by hand, or only needs a request refused)."""
+    return start_module_server(**srv_settings)
+
+
+# -- one-shot calls and bounded waits ----------------------------------------------
+
+def _get(host: str, port: int, path: str, timeout: float) -> tuple[int, bytes]:
+    c = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def get(server, path: str, timeout: float = 20.0) -> tuple[int, bytes]:
+    """GET `path` from the public port on a connection of its own: (status, body)."""
+    return _get(server.host, server.port, path, timeout)
+
+
+def api_get(server, path: str, timeout: float = 20.0) -> tuple[int, bytes]:
+    """GET `path` from the worker API on a connection of its own: (status, body)."""
+    return _get(server.api_host, server.api_port, path, timeout)
+
+
+def wait_for(cond, timeout: float = 10.0, what: str = "condition"):
+    """Poll `cond` until it returns something true, and return that; a
+    bounded wait (no fixed sleeps): past `timeout` the test fails."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError("timed out waiting for " + what)
 
 
 # -- workers -------------------------------------------------------------------

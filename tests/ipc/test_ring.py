@@ -1,4 +1,4 @@
-"""Tests for the shared-memory rings (src/prack/_native/ring.c, prack.ring)."""
+"""Tests for the shared-memory rings (src/prack/_native/ring.c, prack.ipc.ring)."""
 from __future__ import annotations
 
 import array
