@@ -6,9 +6,10 @@ with SIGTERM at the end of the test, checking that it exited cleanly and left
 nothing behind in /dev/shm or its runtime directory. `srv` is one such server
 shared by the tests of a module (its settings: the `srv_settings` fixture).
 
-Markers: every test under tests/e2e/ is marked `e2e` here, by its path, so
-`-m "not e2e"` is the fast run of the unit tests; `slow` marks the end-to-end
-tests that take more than a few seconds each.
+Markers: every test under tests/e2e/ is marked `e2e` here, by its path, and
+so is any other test that starts a real server, so `-m "not e2e"` is the fast
+run of the unit tests; `slow` marks the tests that take more than about 5 s
+each (`-m "not slow"` leaves them out).
 """
 from __future__ import annotations
 
@@ -33,12 +34,19 @@ START_TIMEOUT = 20.0
 E2E_DIR = pathlib.Path(__file__).parent / "e2e"
 
 
+# The fixtures that start a real prack-server (`server` and `srv` use them).
+SERVER_FIXTURES = frozenset({"start_server", "start_module_server"})
+
+
 def pytest_collection_modifyitems(items) -> None:
     """Mark `e2e` every test collected from tests/e2e/ (a new file there is
-    covered without a line of its own)."""
+    covered without a line of its own), and every other test that starts a
+    real prack-server through these fixtures (the SDK's tests against a real
+    front, for one): `-m "not e2e"` then runs no server at all."""
     e2e = pytest.mark.e2e
     for item in items:
-        if E2E_DIR in item.path.parents:
+        if (E2E_DIR in item.path.parents
+                or not SERVER_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))):
             item.add_marker(e2e)
 
 

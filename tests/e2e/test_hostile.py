@@ -107,6 +107,7 @@ def test_drip_connections_do_not_starve_normal_clients(start_server, worker_fact
             sock.close()
 
 
+@pytest.mark.slow
 def test_body_below_min_rate_gets_408_and_fast_enough_is_served(start_server, worker_factory):
     """min_body_rate: after a 5 s grace, a body arriving at 100 bytes/s is cut
     off with 408 (body_timeout alone would let it run for days), while one at

@@ -247,6 +247,7 @@ def test_trailer_fields_that_are_not_allowed(srv):
     api.close()
 
 
+@pytest.mark.slow
 def test_slow_client_holds_back_the_worker(srv):
     """Backpressure: with a client that does not read, the worker's posts
     stop being acknowledged once the acceptor holds stream_buffer (16k here)
@@ -389,6 +390,7 @@ def test_server_sent_events_with_keepalive_comments(srv):
     api.close()
 
 
+@pytest.mark.slow
 def test_thousand_events_to_a_slow_reader_stay_bounded(start_server):
     """1,000 SSE events to a client that reads slowly: all arrive in order
     and the front's memory stays bounded (the worker is held back)."""

@@ -786,6 +786,7 @@ def ws_masked_close(code: int = ws.CLOSE_NORMAL) -> bytes:
     return masked_frame(ws.OP_CLOSE, ws.close_payload(code))
 
 
+@pytest.mark.slow
 def test_a_client_flooding_pings_without_reading_pongs_is_not_read_on(start_server):
     """Pongs wait for a client that does not read them, as echoes do: past
     limits.stream_buffer of them the acceptor stops reading the client
@@ -893,6 +894,7 @@ def test_endless_empty_fragments_do_not_grow_the_acceptor(start_server):
         w.stop()
 
 
+@pytest.mark.slow
 def test_a_large_batch_to_a_slow_client_costs_linear_time(start_server):
     """A send of many small messages to a client that is not reading: each
     message past the window waits for the client with no more than
