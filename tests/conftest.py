@@ -299,6 +299,15 @@ def api_get(server, path: str, timeout: float = 20.0) -> tuple[int, bytes]:
     return _get(server.api_host, server.api_port, path, timeout)
 
 
+def rss_kib(pid: int) -> int:
+    """The resident memory of a process, in KiB (Linux /proc)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
 def wait_for(cond, timeout: float = 10.0, what: str = "condition"):
     """Poll `cond` until it returns something true, and return that; a
     bounded wait (no fixed sleeps): past `timeout` the test fails."""

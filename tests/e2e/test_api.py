@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from conftest import rss_kib
+
 REQ = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
@@ -512,12 +514,7 @@ def test_api_request_too_large(start_server):
 
 def _api_rss_kib(s) -> int:
     [line] = [l for l in s.log if "API process ready (pid" in l][-1:]
-    pid = int(line.rsplit("(pid ", 1)[1].rstrip(")"))
-    with open("/proc/%d/status" % pid) as f:
-        for row in f:
-            if row.startswith("VmRSS:"):
-                return int(row.split()[1])
-    raise AssertionError("no VmRSS")
+    return rss_kib(int(line.rsplit("(pid ", 1)[1].rstrip(")")))
 
 
 def test_bytes_pipelined_behind_a_long_poll_are_bounded(start_server):

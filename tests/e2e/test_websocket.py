@@ -15,6 +15,7 @@ import time
 import msgspec
 import pytest
 
+from conftest import rss_kib
 from prack.protocol import websocket as ws
 from wsclient import HandshakeRefused, WsClient, masked_frame
 
@@ -851,14 +852,6 @@ def test_messages_after_the_workers_close_do_not_stall_the_closing_handshake(sta
         w.stop()
 
 
-def _rss_kb(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for %d" % pid)
-
-
 def test_endless_empty_fragments_do_not_grow_the_acceptor(start_server):
     """A fragmented message is held as its bytes, whatever the number of
     fragments: two million empty continuation frames (12 MB on the wire,
@@ -877,11 +870,11 @@ def test_endless_empty_fragments_do_not_grow_the_acceptor(start_server):
             event = client.recv_event()
             assert isinstance(event, ws.Pong) and event.data == b"sync", event
         sync()
-        before = _rss_kb(pid)
+        before = rss_kib(pid)
         for _ in range(20):
             client.send_raw(empty)
         sync()
-        grown = _rss_kb(pid) - before
+        grown = rss_kib(pid) - before
         print("acceptor RSS grew by %d kB" % grown)
         client.send_raw(masked_frame(ws.OP_CONTINUATION, b"b"))
         assert client.recv() == "ab"
