@@ -32,8 +32,6 @@ import pytest
 READY = re.compile(r"ready: public=http://([^ ]+):(\d+) api=http://([^ ]+):(\d+)")
 START_TIMEOUT = 20.0
 E2E_DIR = pathlib.Path(__file__).parent / "e2e"
-
-
 # The fixtures that start a real prack-server (`server` and `srv` use them).
 SERVER_FIXTURES = frozenset({"start_server", "start_module_server"})
 

@@ -422,6 +422,24 @@ def test_unknown_path_and_wrong_method(srv):
         assert headers["Allow"] == "POST"
 
 
+def test_health_methods(start_server):
+    """/livez and /readyz: GET and HEAD; any other method is the routes
+    table's 405 with Allow (the handler's own method check was dead code)."""
+    import http.client
+    s = start_server()
+    for path in ("/livez", "/readyz"):
+        c = http.client.HTTPConnection(s.api_host, s.api_port, timeout=10)
+        c.request("POST", path, b"{}")
+        r = c.getresponse()
+        assert (r.status, r.getheader("Allow")) == (405, "GET, HEAD"), path
+        assert b"error" in r.read()
+        c.request("HEAD", path)
+        r = c.getresponse()
+        assert r.status in (200, 503) and r.read() == b""
+        assert int(r.getheader("Content-Length")) > 0
+        c.close()
+
+
 def test_api_protocol_error(srv):
     with srv.raw_api() as w:
         w.send(b"GET /api/v1/request HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n")
@@ -494,58 +512,6 @@ def test_api_out_of_file_descriptors(start_server):
     assert warnings <= 3 + 5 * elapsed, "%d warnings in %.1fs" % (warnings, elapsed)
 
 
-def test_api_request_too_large(start_server):
-    s = start_server(acceptors=1, api_max_request_size="1k")
-    client = queued(s)
-    job = pull(s)
-    big = json.dumps(answer(job["identifier"], body=b"x" * 2000)).encode()
-    with s.raw_api() as w:
-        w.send(b"POST /api/v1/response HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
-               % len(big))
-        r = w.read_response()
-        assert r.status == 413 and "error" in r.json()
-        w.assert_closed()
-    # The identifier was never read: the request is still the worker's.
-    assert api(s, "POST", "/api/v1/response", answer(job["identifier"], body=b"small"))[0] == 200
-    assert client.read_response().body == b"small"
-
-
-# -- the API process under faults: greedy, stalled and out-of-descriptor workers -------
-
-def _api_rss_kib(s) -> int:
-    [line] = [l for l in s.log if "API process ready (pid" in l][-1:]
-    return rss_kib(int(line.rsplit("(pid ", 1)[1].rstrip(")")))
-
-
-def test_bytes_pipelined_behind_a_long_poll_are_bounded(start_server):
-    """While a call is in progress (a long poll here; also a held or a
-    forwarded post), the API process went on reading whatever the worker sent
-    and buffered all of it: memory grew without bound. It now keeps at most
-    one more request's worth and stops reading (TCP pushes back)."""
-    s = start_server("--log-level", "debug", api_poll_timeout=60, api_max_request_size="64K")
-    s.wait_log(r"API process ready \(pid")
-    before = _api_rss_kib(s)
-    sock = socket.create_connection((s.api_host, s.api_port), timeout=10)
-    try:
-        sock.sendall(b"GET /api/v1/request HTTP/1.1\r\nHost: x\r\n\r\n")
-        sock.settimeout(3)
-        chunk = b"x" * (1 << 20)
-        sent = 0
-        try:
-            while sent < (96 << 20):
-                sock.sendall(chunk)
-                sent += len(chunk)
-        except socket.timeout:
-            pass
-        # Kernel buffers take some (at most tcp_rmem's 32 MiB + tcp_wmem's
-        # 4 MiB by default); the API process itself no more than
-        # max_request_size + max_header_size (+ one read).
-        assert sent < (48 << 20), "the API process read %d MiB behind a long poll" % (sent >> 20)
-        assert _api_rss_kib(s) - before < 16 << 10
-    finally:
-        sock.close()
-
-
 def test_worker_sock_accept_failure_pauses_instead_of_spinning(tmp_path):
     """accept() on worker.sock failing with EMFILE: the listener stays
     readable, so returning without pausing (as the worker port does) made the
@@ -596,22 +562,57 @@ def test_worker_sock_accept_failure_pauses_instead_of_spinning(tmp_path):
         real.close()
 
 
-def test_health_methods(start_server):
-    """/livez and /readyz: GET and HEAD; any other method is the routes
-    table's 405 with Allow (the handler's own method check was dead code)."""
-    import http.client
-    s = start_server()
-    for path in ("/livez", "/readyz"):
-        c = http.client.HTTPConnection(s.api_host, s.api_port, timeout=10)
-        c.request("POST", path, b"{}")
-        r = c.getresponse()
-        assert (r.status, r.getheader("Allow")) == (405, "GET, HEAD"), path
-        assert b"error" in r.read()
-        c.request("HEAD", path)
-        r = c.getresponse()
-        assert r.status in (200, 503) and r.read() == b""
-        assert int(r.getheader("Content-Length")) > 0
-        c.close()
+def test_api_request_too_large(start_server):
+    s = start_server(acceptors=1, api_max_request_size="1k")
+    client = queued(s)
+    job = pull(s)
+    big = json.dumps(answer(job["identifier"], body=b"x" * 2000)).encode()
+    with s.raw_api() as w:
+        w.send(b"POST /api/v1/response HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+               % len(big))
+        r = w.read_response()
+        assert r.status == 413 and "error" in r.json()
+        w.assert_closed()
+    # The identifier was never read: the request is still the worker's.
+    assert api(s, "POST", "/api/v1/response", answer(job["identifier"], body=b"small"))[0] == 200
+    assert client.read_response().body == b"small"
+
+
+# -- workers that pipeline: the API process reads no further than it answers -------
+
+def _api_rss_kib(s) -> int:
+    [line] = [l for l in s.log if "API process ready (pid" in l][-1:]
+    return rss_kib(int(line.rsplit("(pid ", 1)[1].rstrip(")")))
+
+
+def test_bytes_pipelined_behind_a_long_poll_are_bounded(start_server):
+    """While a call is in progress (a long poll here; also a held or a
+    forwarded post), the API process went on reading whatever the worker sent
+    and buffered all of it: memory grew without bound. It now keeps at most
+    one more request's worth and stops reading (TCP pushes back)."""
+    s = start_server("--log-level", "debug", api_poll_timeout=60, api_max_request_size="64K")
+    s.wait_log(r"API process ready \(pid")
+    before = _api_rss_kib(s)
+    sock = socket.create_connection((s.api_host, s.api_port), timeout=10)
+    try:
+        sock.sendall(b"GET /api/v1/request HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(3)
+        chunk = b"x" * (1 << 20)
+        sent = 0
+        try:
+            while sent < (96 << 20):
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except socket.timeout:
+            pass
+        # Kernel buffers take some (at most tcp_rmem's 32 MiB + tcp_wmem's
+        # 4 MiB by default); the API process itself no more than
+        # max_request_size + max_header_size (+ one read).
+        assert sent < (48 << 20), "the API process read %d MiB behind a long poll" % (sent >> 20)
+        assert _api_rss_kib(s) - before < 16 << 10
+    finally:
+        sock.close()
+
 
 
 def test_a_worker_that_does_not_read_cannot_pull_everything(start_server):
