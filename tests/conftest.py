@@ -40,7 +40,9 @@ def pytest_collection_modifyitems(items) -> None:
     """Mark `e2e` every test collected from tests/e2e/ (a new file there is
     covered without a line of its own), and every other test that starts a
     real prack-server through these fixtures (the SDK's tests against a real
-    front, for one): `-m "not e2e"` then runs no server at all."""
+    front, for one), so that `-m "not e2e"` is a quick run. (A test that
+    starts a server some other way, e.g. through tests/upgrade_helpers.py,
+    is not seen here: it belongs in tests/e2e/.)"""
     e2e = pytest.mark.e2e
     for item in items:
         if (E2E_DIR in item.path.parents
