@@ -3,7 +3,13 @@
 `server` starts `prack-server` on loopback port 0, waits for its explicit
 "ready:" log line (no sleeps), reads the bound ports from it, and stops it
 with SIGTERM at the end of the test, checking that it exited cleanly and left
-nothing behind in /dev/shm or its runtime directory.
+nothing behind in /dev/shm or its runtime directory. `srv` is one such server
+shared by the tests of a module (its settings: the `srv_settings` fixture).
+
+Markers: every test under tests/e2e/ is marked `e2e` here, by its path, and
+so is any other test that starts a real server, so `-m "not e2e"` is the fast
+run of the unit tests; `slow` marks the tests that take more than about 5 s
+each (`-m "not slow"` leaves them out).
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import base64
 import http.client
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -24,6 +31,23 @@ import pytest
 
 READY = re.compile(r"ready: public=http://([^ ]+):(\d+) api=http://([^ ]+):(\d+)")
 START_TIMEOUT = 20.0
+E2E_DIR = pathlib.Path(__file__).parent / "e2e"
+# The fixtures that start a real prack-server (`server` and `srv` use them).
+SERVER_FIXTURES = frozenset({"start_server", "start_module_server"})
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark `e2e` every test collected from tests/e2e/ (a new file there is
+    covered without a line of its own), and every other test that starts a
+    real prack-server through these fixtures (the SDK's tests against a real
+    front, for one), so that `-m "not e2e"` is a quick run. (A test that
+    starts a server some other way, e.g. through tests/upgrade_helpers.py,
+    is not seen here: it belongs in tests/e2e/.)"""
+    e2e = pytest.mark.e2e
+    for item in items:
+        if (E2E_DIR in item.path.parents
+                or not SERVER_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))):
+            item.add_marker(e2e)
 
 
 def prack_command() -> list[str]:
@@ -236,6 +260,64 @@ def start_module_server(tmp_path_factory):
 @pytest.fixture
 def server(start_server):
     return start_server()
+
+
+@pytest.fixture(scope="module")
+def srv_settings() -> dict:
+    """The settings of `srv`. These defaults: one acceptor (so arrival order
+    is processing order) and 5 s long polls; a module that needs others
+    overrides this fixture (scope="module") with its own dict."""
+    return {"acceptors": 1, "api_poll_timeout": 5}
+
+
+@pytest.fixture(scope="module")
+def srv(start_module_server, srv_settings):
+    """A server shared by the tests of a module, without workers (each test
+    pulls and answers by hand, or only needs a request refused)."""
+    return start_module_server(**srv_settings)
+
+
+# -- one-shot calls and bounded waits ----------------------------------------------
+
+def _get(host: str, port: int, path: str, timeout: float) -> tuple[int, bytes]:
+    c = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def get(server, path: str, timeout: float = 20.0) -> tuple[int, bytes]:
+    """GET `path` from the public port on a connection of its own: (status, body)."""
+    return _get(server.host, server.port, path, timeout)
+
+
+def api_get(server, path: str, timeout: float = 20.0) -> tuple[int, bytes]:
+    """GET `path` from the worker API on a connection of its own: (status, body)."""
+    return _get(server.api_host, server.api_port, path, timeout)
+
+
+def rss_kib(pid: int) -> int:
+    """The resident memory of a process, in KiB (Linux /proc)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
+def wait_for(cond, timeout: float = 10.0, what: str = "condition"):
+    """Poll `cond` until it returns something true, and return that; a
+    bounded wait (no fixed sleeps): past `timeout` the test fails."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError("timed out waiting for " + what)
 
 
 # -- workers -------------------------------------------------------------------

@@ -13,12 +13,6 @@ import pytest
 REQ = b"GET /v2/%d HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-@pytest.fixture(scope="module")
-def srv(start_module_server):
-    """One acceptor (so arrival order is processing order), no workers."""
-    return start_module_server(acceptors=1, api_poll_timeout=5)
-
-
 def call(server, method, path, body=None, headers=None, msgpack=False):
     """One API call: (status, headers, decoded body)."""
     c = server.api_client()

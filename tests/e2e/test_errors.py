@@ -13,10 +13,10 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def srv(start_module_server):
-    """A server without workers, shared by the tests that only need a
+def srv_settings():
+    """`srv`, without workers, is shared by the tests that only need a
     request refused (nothing here may reach a worker)."""
-    return start_module_server(acceptors=1)
+    return {"acceptors": 1}
 
 
 def bad_request(server, data: bytes, status: int, *, head: bool = False):

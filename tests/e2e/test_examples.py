@@ -90,6 +90,7 @@ def _worker_env() -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_sse_example(start_server):
     """examples/sse/clock.py: the page, and a clock whose events arrive one
     by one, in order, as a chunked text/event-stream."""

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import Recorder
+from conftest import Recorder, rss_kib
 
 
 def _want_descriptors(n: int) -> None:
@@ -107,6 +107,7 @@ def test_drip_connections_do_not_starve_normal_clients(start_server, worker_fact
             sock.close()
 
 
+@pytest.mark.slow
 def test_body_below_min_rate_gets_408_and_fast_enough_is_served(start_server, worker_factory):
     """min_body_rate: after a 5 s grace, a body arriving at 100 bytes/s is cut
     off with 408 (body_timeout alone would let it run for days), while one at
@@ -160,7 +161,7 @@ def test_pipelining_flood_is_pushed_back(start_server, worker_factory):
     s = start_server("--log-level", "debug", acceptors=1, limits_max_pipelined=4,
                      timeouts_queue_timeout=30, timeouts_graceful_timeout=3)
     acceptor = s.pids("acceptor")[0]
-    before = _rss_kb(acceptor)
+    before = rss_kib(acceptor)
     one = b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n"
     flood = one * (48 * 1024 * 1024 // len(one))
     with s.raw(timeout=20) as c:
@@ -176,7 +177,7 @@ def test_pipelining_flood_is_pushed_back(start_server, worker_factory):
                 continue
         # What was sent sits in the two kernels' socket buffers, not in Prack.
         assert sent < len(flood), "the server read all %d bytes" % sent
-        grown = _rss_kb(acceptor) - before
+        grown = rss_kib(acceptor) - before
         print("flood: %d bytes accepted by the kernels, acceptor RSS grew %d kB" % (sent, grown))
         assert grown < 8 * 1024
     # The flooder has gone; the server serves the next client.
@@ -184,14 +185,6 @@ def test_pipelining_flood_is_pushed_back(start_server, worker_factory):
     with s.raw() as c:
         c.send(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
         assert c.read_response().status == 200
-
-
-def _rss_kb(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for %d" % pid)
 
 
 def test_huge_chunk_size_refused_before_its_data(start_server):

@@ -9,11 +9,14 @@ import os
 import threading
 import time
 
+import pytest
+
 REQUESTS = 10_000
 CLIENTS = 50
 WORKERS = 4
 
 
+@pytest.mark.slow
 def test_10k_requests_50_clients(start_server, worker_factory):
     s = start_server(acceptors=2, api_poll_timeout=1)
     workers = [worker_factory(s.api) for _ in range(WORKERS)]

@@ -36,10 +36,10 @@ def site(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def srv(start_module_server, site):
-    return start_module_server(acceptors=1, static_root=str(site), static_prefix="/static/",
-                               static_cache_control="public, max-age=60",
-                               timeouts_queue_timeout=1)
+def srv_settings(site):
+    """`srv` serves `site` under /static/."""
+    return {"acceptors": 1, "static_root": str(site), "static_prefix": "/static/",
+            "static_cache_control": "public, max-age=60", "timeouts_queue_timeout": 1}
 
 
 def get(srv, path, method="GET", headers=()):

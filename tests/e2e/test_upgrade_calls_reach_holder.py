@@ -1,22 +1,18 @@
-"""Review of issue 7 across an upgrade (SIGUSR2): the calls on a pulled
-request reach the generation that holds it, whichever API process a worker
-asks."""
+"""End to end, across an upgrade (SIGUSR2): a worker's calls on a request it
+pulled from the old generation reach the generation that holds it, whichever
+API process the worker asks (here GET .../state, plain and long-polled,
+until the client leaves and the old generation retires)."""
 from __future__ import annotations
 
-import http.client
 import json
 
+from conftest import api_get
 from test_upgrade import _upgrade_holding_one_request, adopt, finish  # noqa: F401
 
 
 def _state(s, ident: str, query: str = "") -> tuple[int, dict]:
-    c = http.client.HTTPConnection(s.api_host, s.api_port, timeout=10)
-    try:
-        c.request("GET", "/api/v2/requests/%s/state%s" % (ident, query))
-        r = c.getresponse()
-        return r.status, json.loads(r.read())
-    finally:
-        c.close()
+    status, body = api_get(s, "/api/v2/requests/%s/state%s" % (ident, query), timeout=10)
+    return status, json.loads(body)
 
 
 def test_state_of_the_other_generations_request_is_asked_there(tmp_path, adopt):  # noqa: F811

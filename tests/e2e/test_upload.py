@@ -1,7 +1,8 @@
 """End to end: large request bodies (spooled to the runtime directory and
 read by workers with GET /api/v2/requests/{id}/input) and Expect:
-100-continue answered only once a worker takes the request. A real
-prack-server, real clients (http.client, curl, raw sockets)."""
+100-continue answered only once a worker takes the request (one pull lets
+only the uploads it can take start). A real prack-server, real clients
+(http.client, curl, raw sockets)."""
 from __future__ import annotations
 
 import base64
@@ -18,6 +19,8 @@ import threading
 import time
 
 import pytest
+
+from conftest import api_get, wait_for
 
 MiB = 1 << 20
 BIG = 100 * MiB
@@ -162,17 +165,6 @@ def input_worker():
 
 def spool_files(server) -> list[str]:
     return glob.glob(os.path.join(server.runtime_dir, "*", "spool", "*"))
-
-
-def wait_for(cond, timeout: float = 10.0, what: str = "condition"):
-    """Poll a condition with a bounded wait (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def upload_server(start_server, *flags, **kw):
@@ -334,6 +326,48 @@ def test_expect_unanswered_in_the_queue_gets_504_and_close(start_server):
         c.assert_closed()
 
 
+EXPECT = (b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n"
+          b"Expect: 100-continue\r\n\r\n")
+
+
+def test_one_pull_lets_only_the_uploads_it_wants_start(start_server):
+    """A worker pulling one request took every Expect: 100-continue request
+    in the queue and sent each client its 100 Continue: all of them uploaded
+    at once (bodies up to inline_body_size each held by the API process
+    until some worker pulls them), into a queue one worker serves one by
+    one. Uploads now start as workers can take them (one per worker
+    connection at a time); the others keep waiting for their 100."""
+    s = start_server("--log-level", "debug", acceptors=1, timeouts_queue_timeout=60,
+                     timeouts_response_timeout=60)
+    clients = []
+    for _ in range(6):
+        c = s.raw(timeout=10)
+        c.send(EXPECT)
+        clients.append(c)
+    api = s.raw_api(timeout=10)
+    api.send(b"GET /api/v2/requests?max=1&wait=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+    # The pull's 100 goes out; that client sends its body; the pull gets it.
+    continued = []
+    by_sock = {c.sock: c for c in clients}
+    ready = select.select(list(by_sock), [], [], 5)[0]
+    assert ready, "no client got its 100 Continue"
+    for c in map(by_sock.get, ready):
+        assert c.read_response().status == 100
+        continued.append(c)
+        c.send(b"hello world")
+    r = api.read_response()
+    [item] = json.loads(r.body)["requests"]
+    assert item["body"] == "aGVsbG8gd29ybGQ="
+    # At most one more upload starts ahead of the next pull; the rest wait.
+    waiting = [c.sock for c in clients if c not in continued]
+    more = select.select(waiting, [], [], 1.0)[0]
+    assert len(continued) + len(more) <= 2, \
+        "%d of 6 clients were told to upload for one pull" % (len(continued) + len(more))
+    api.close()
+    for c in clients:
+        c.close()
+
+
 # -- limits -----------------------------------------------------------------------------
 
 def test_413_early_from_content_length(start_server, input_worker):
@@ -365,15 +399,6 @@ def test_413_as_soon_as_a_chunked_body_passes_the_limit(start_server, input_work
 
 
 # -- the input call ----------------------------------------------------------------------
-
-def api_get(server, path):
-    c = server.api_client()
-    c.request("GET", path)
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    return r.status, data
-
 
 def test_input_call_errors(start_server):
     s = upload_server(start_server, limits_inline_body_size="64k")

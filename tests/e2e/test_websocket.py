@@ -15,6 +15,7 @@ import time
 import msgspec
 import pytest
 
+from conftest import rss_kib
 from prack.protocol import websocket as ws
 from wsclient import HandshakeRefused, WsClient, masked_frame
 
@@ -625,6 +626,48 @@ def test_graceful_stop_closes_websockets_with_1001(start_server):
         w.stop()
 
 
+def test_a_websocket_end_is_fetched_after_the_api_process_began_stopping(start_server):
+    """The master stops the acceptors, then the API process. Each WebSocket
+    ended with a close event (1001) for its worker; the API process closed
+    every idle worker connection as it began to stop, so a worker between
+    two events calls lost its connection instead (the graceful-stop test
+    above failed 4 times in 20 under load). Now the stop waits (up to its
+    deadline) for those events to be fetched."""
+    server = start_server("--log-level", "debug", acceptors=1)
+    api = Api(server)
+    got = {}
+    opener = threading.Thread(target=lambda: got.setdefault("client", connect(server, "/late")))
+    opener.start()
+    ident = api.pull()
+    status, answer = api.call("POST", "/api/v2/requests/%s/head" % ident,
+                              {"status": 101, "headers": {}})
+    assert status == 200, answer
+    opener.join(10)
+    client = got["client"]
+    events = Api(server)            # the session's connection, idle between calls
+    status, answer = events.call("GET", "/api/v2/requests/%s/events?wait=0" % ident)
+    assert (status, answer["events"]) == (200, [])
+
+    mark = server.log_mark()
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+    try:
+        event = client.recv_event()
+        assert isinstance(event, ws.Close) and event.code == ws.CLOSE_GOING_AWAY
+        client.close(ws.CLOSE_GOING_AWAY)
+        client.wait_eof()
+        client.shutdown()
+        # The API process has begun its stop (after the acceptor's).
+        server.wait_log(r"API process stopping \(1 WebSocket ends not yet fetched\)", since=mark)
+        status, answer = events.call("GET", "/api/v2/requests/%s/events?wait=5" % ident)
+        assert status == 200, answer
+        close = answer["events"][-1]
+        assert (close["type"], close["code"]) == ("close", ws.CLOSE_GOING_AWAY)
+    finally:
+        stopper.join(30)
+    assert server.proc.returncode == 0
+
+
 def test_api_process_death_closes_websockets_with_1011(start_server):
     import signal
     server = start_server("--log-level", "debug")
@@ -744,6 +787,7 @@ def ws_masked_close(code: int = ws.CLOSE_NORMAL) -> bytes:
     return masked_frame(ws.OP_CLOSE, ws.close_payload(code))
 
 
+@pytest.mark.slow
 def test_a_client_flooding_pings_without_reading_pongs_is_not_read_on(start_server):
     """Pongs wait for a client that does not read them, as echoes do: past
     limits.stream_buffer of them the acceptor stops reading the client
@@ -808,14 +852,6 @@ def test_messages_after_the_workers_close_do_not_stall_the_closing_handshake(sta
         w.stop()
 
 
-def _rss_kb(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for %d" % pid)
-
-
 def test_endless_empty_fragments_do_not_grow_the_acceptor(start_server):
     """A fragmented message is held as its bytes, whatever the number of
     fragments: two million empty continuation frames (12 MB on the wire,
@@ -834,11 +870,11 @@ def test_endless_empty_fragments_do_not_grow_the_acceptor(start_server):
             event = client.recv_event()
             assert isinstance(event, ws.Pong) and event.data == b"sync", event
         sync()
-        before = _rss_kb(pid)
+        before = rss_kib(pid)
         for _ in range(20):
             client.send_raw(empty)
         sync()
-        grown = _rss_kb(pid) - before
+        grown = rss_kib(pid) - before
         print("acceptor RSS grew by %d kB" % grown)
         client.send_raw(masked_frame(ws.OP_CONTINUATION, b"b"))
         assert client.recv() == "ab"
@@ -851,6 +887,7 @@ def test_endless_empty_fragments_do_not_grow_the_acceptor(start_server):
         w.stop()
 
 
+@pytest.mark.slow
 def test_a_large_batch_to_a_slow_client_costs_linear_time(start_server):
     """A send of many small messages to a client that is not reading: each
     message past the window waits for the client with no more than

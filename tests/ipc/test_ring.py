@@ -1,4 +1,4 @@
-"""Tests for the shared-memory rings (src/prack/_native/ring.c, prack.ring)."""
+"""Tests for the shared-memory rings (src/prack/_native/ring.c, prack.ipc.ring)."""
 from __future__ import annotations
 
 import array
@@ -583,6 +583,7 @@ def _fork_size(seq: int, max_payload: int) -> int:
     return (seq * 7919) % 641
 
 
+@pytest.mark.slow
 def test_fork_producer_consumer_million_records():
     n_records = 1_000_000
     seg = Segment.create(1, 4, 64 * 1024)

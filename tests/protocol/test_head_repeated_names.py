@@ -1,4 +1,4 @@
-"""Review D: prk_write_env on heads of many fields (up to the largest
+"""prk_write_env on heads of many fields (up to the largest
 limits.max_headers, 1000): the repeats of a name are found in O(n log n),
 and the environment stays that of environ.environ."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Unit tests of the sans-IO WebSocket core (prack.websocket)."""
+"""Unit tests of the sans-IO WebSocket core (prack.protocol.websocket)."""
 from __future__ import annotations
 
 import base64
