@@ -57,11 +57,12 @@ class Lifecycle:
             p.reply(conn, 200, b'{"status":"ready"}')
 
     def retire(self) -> None:
+        """SIGUSR2: the process stops accepting worker connections (its
+        listener is the new generation's now) and says so."""
         p = self.process
         log.info("API process (generation %d): retiring; serving the %d connected "
                  "worker(s) until this generation's acceptors are done",
                  p.generation, len(p.workers))
-        p._close_listener(p.listener)
 
     # -- the other generation -------------------------------------------------------
 

@@ -96,7 +96,8 @@ class Posts:
         self.links = process.links      # the process's list, updated in place
         self.open_streams = streams.table.open
         self.decode_v1 = msgspec.json.Decoder(messages.PostedResponse).decode
-        process.routes["/api/v1/request"]["POST"] = self.post_v1
+        # POST on the pull's path: v1 workers post there too.
+        process.routes.setdefault("/api/v1/request", {})["POST"] = self.post_v1
         process.routes.update({
             "/api/v1/response": {"POST": self.post_v1},
             "/api/v2/responses": {"POST": self.post_v2},

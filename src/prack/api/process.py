@@ -189,6 +189,7 @@ class ApiServer(ChildLoop):
 
     def _begin_retire(self) -> None:
         self.lifecycle.retire()
+        self._close_listener(self.listener)
 
     def _scan(self, now: float) -> None:
         self.streams.scan(now)

@@ -110,7 +110,7 @@ class Pulls:
                 p.reply_error(conn, 503, "the server is shutting down")
             return
         if wait <= 0:
-            data = self._codec(conn).take(conn.batch)
+            data = self._pull_codec(conn).take(conn.batch)
             if data is None:
                 self._reply_empty(conn)
             else:
@@ -121,7 +121,7 @@ class Pulls:
         self.waiters.append(conn)
         self.dispatch()
 
-    def _codec(self, conn) -> "V1Codec | V2JsonCodec | V2MsgpackCodec":
+    def _pull_codec(self, conn) -> "V1Codec | V2JsonCodec | V2MsgpackCodec":
         return self.v2[conn.msgpack] if conn.batch else self.v1
 
     def _reply_batch(self, conn, data: bytes, status: int = 200) -> None:
@@ -134,7 +134,7 @@ class Pulls:
 
     def _reply_empty(self, conn) -> None:
         """Nothing arrived in time: v1 says 404, v2 an empty batch."""
-        codec = self._codec(conn)
+        codec = self._pull_codec(conn)
         self._reply_batch(conn, codec.empty, codec.empty_status)
 
     # -- waiters --------------------------------------------------------------------------
@@ -148,7 +148,7 @@ class Pulls:
             if not conn.waiting or conn.sock is None:
                 waiters.popleft()
                 continue
-            data = self._codec(conn).take(conn.batch)
+            data = self._pull_codec(conn).take(conn.batch)
             if data is None:
                 # Declare ourselves asleep on every ring, then look once more:
                 # a producer that published meanwhile saw no flag, so no wake-up
@@ -195,6 +195,24 @@ class Pulls:
                     self.process.reply_error(conn, 503, "the server is shutting down")
 
     # -- taking records ---------------------------------------------------------------------
+
+    def take_run(self, want: int, room: int, deadline: float) -> tuple[bytes, int]:
+        """A run of up to `want` queued requests (`room` bytes at most) as
+        msgpack RequestItems, claimed and written by C (Ring.take_v2) from
+        the first ring, from self.rr on, that has one: (bytes, count), with
+        count 0 when none has (or its next record is for `take`)."""
+        rings = self.rings
+        links = self.links
+        n = len(rings)
+        for i in range(n):
+            idx = (self.rr + i) % n
+            if links[idx] is None:
+                continue        # see take: its answers could not be routed
+            data, got = rings[idx].take_v2(want, room, deadline)
+            if got:
+                self.rr = idx + 1
+                return data, got
+        return b"", 0
 
     def take(self, build):
         """build(identifier, environment view (msgpack), body view) for the next
@@ -317,31 +335,20 @@ class V2MsgpackCodec:
     def take(self, want: int) -> bytes | None:
         """Up to `want` requests. Runs of queued requests are claimed and
         written by C (Ring.take_v2: no Python per request), one ring after
-        another from pulls.rr; parked requests and the records C leaves to
-        us (a deferred body, a very large one) go through Pulls.take."""
+        another (Pulls.take_run); parked requests and the records C leaves
+        to us (a deferred body, a very large one) go through Pulls.take."""
         pulls = self.pulls
         uploads = pulls.uploads
         parts = []
         count = size = 0
-        rings = pulls.rings
-        links = pulls.links
-        n = len(rings)
         while count < want and size < BATCH_BYTES:
             if not uploads.unstarted and not uploads.ready:
-                deadline = time.time() + self.response_timeout
-                got = 0
-                for i in range(n):
-                    idx = (pulls.rr + i) % n
-                    if links[idx] is None:
-                        continue        # see Pulls.take: its answers could not be routed
-                    data, got = rings[idx].take_v2(want - count, BATCH_BYTES - size, deadline)
-                    if got:
-                        pulls.rr = idx + 1
-                        parts.append(data)
-                        count += got
-                        size += len(data)
-                        break
+                data, got = pulls.take_run(want - count, BATCH_BYTES - size,
+                                           time.time() + self.response_timeout)
                 if got:
+                    parts.append(data)
+                    count += got
+                    size += len(data)
                     continue
             item = pulls.take(self.item)
             if item is None:
