@@ -19,6 +19,12 @@ _BAD_VALUE = frozenset(chr(c) for c in range(32) if c != 9) | {"\x7f"}
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length",
                          "proxy-connection", "te", "trailer", "upgrade"})
 
+# The per-request calls: /api/v2/requests/{id}/<verb>.
+V2_PREFIX = "/api/v2/requests/"
+# Whether the request an identifier names waits for an answer (lookup), and
+# what became of one posted response (v2 names it per item).
+OK, GONE, UNKNOWN, INVALID = "ok", "gone", "unknown", "invalid"
+
 JSON_TYPE = b"Content-Type: application/json\r\n"
 MSGPACK_TYPE = b"Content-Type: application/msgpack\r\n"
 

@@ -17,20 +17,16 @@ import time
 
 import msgspec
 
-from prack.api.checks import JSON_TYPE, check_response_cached, describe, identifier_of, printable
-from prack.api.checks import BadResponse
+from prack.api.checks import GONE, INVALID, JSON_TYPE, OK, UNKNOWN, BadResponse
+from prack.api.checks import check_response_cached, describe, identifier_of, printable
 from prack.ipc import frames, slots
 from prack.ipc.slots import SLOT_FREE, SLOT_TAKEN
 from prack.protocol import http, messages
 
 log = logging.getLogger("prack.api")
 
-V2_PREFIX = "/api/v2/requests/"
 THANK_YOU = b'{"message":"thank you"}'
 HOLD_SECONDS = 3.0     # how long a post waits for its acceptor to (re)link
-
-# Outcomes of delivering one posted response (v2 names them per item).
-OK, GONE, UNKNOWN, INVALID = "ok", "gone", "unknown", "invalid"
 _V1_STATUS = {GONE: 410, UNKNOWN: 404, INVALID: 400}
 
 

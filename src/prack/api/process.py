@@ -30,9 +30,10 @@ import time
 
 import msgspec
 
-from prack.api.checks import JSON_TYPE, MSGPACK_TYPE, Codec, sends_msgpack, wants_msgpack
+from prack.api.checks import GONE, JSON_TYPE, MSGPACK_TYPE, OK, UNKNOWN, V2_PREFIX, Codec
+from prack.api.checks import sends_msgpack, wants_msgpack
 from prack.api.lifecycle import Lifecycle
-from prack.api.posts import OK, GONE, UNKNOWN, HeldCalls, Posts
+from prack.api.posts import HeldCalls, Posts
 from prack.api.pulls import Pulls
 from prack.api.streams import Streams, StreamTable
 from prack.api.uploads import Uploads
@@ -45,7 +46,6 @@ from prack.protocol import http, messages
 
 log = logging.getLogger("prack.api")
 
-V2_PREFIX = "/api/v2/requests/"
 # A spooled body goes out with sendfile, at most this much per call and a
 # few calls per wake-up, so one fast worker reading a large body does not
 # hold the loop.

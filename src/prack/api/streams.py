@@ -24,16 +24,14 @@ import time
 
 import msgspec
 
-from prack.api.checks import BadResponse, check_response, describe, printable, query_params
+from prack.api.checks import GONE, OK, V2_PREFIX, BadResponse, check_response, describe
+from prack.api.checks import printable, query_params
 from prack.ipc import frames, slots
 from prack.ipc.slots import SLOT_FREE, SLOT_TAKEN
 from prack.protocol import http
 
 log = logging.getLogger("prack.api")
 
-V2_PREFIX = "/api/v2/requests/"
-
-OK_RESULT = b'{"result":"ok"}'
 STATE_OPEN = "open"
 STATE_GONE = "gone"
 
@@ -293,9 +291,9 @@ class Streams:
             p.held.hold(conn, parsed[1], lambda _: self.state(conn, req, False))
             return
         outcome, why = p.lookup(parsed)
-        if outcome == "gone":
+        if outcome is GONE:
             self._reply_state(conn, STATE_GONE)
-        elif outcome != "ok":
+        elif outcome is not OK:
             p.reply_error(conn, 404, why)
         elif wait <= 0:
             self._reply_state(conn, STATE_OPEN)
@@ -352,12 +350,12 @@ class Streams:
         p = self.process
         for sid, waiters in list(self.gone_waiters.items()):
             outcome, why = p.lookup((p.generation,) + sid)
-            if outcome != "ok":
+            if outcome is not OK:
                 del self.gone_waiters[sid]
                 for conn, _deadline in waiters:
                     if conn.sock is None:
                         continue
-                    if outcome == "gone":
+                    if outcome is GONE:
                         self._reply_state(conn, STATE_GONE)
                     else:
                         p.reply_error(conn, 404, why)

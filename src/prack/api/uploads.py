@@ -22,13 +22,13 @@ import collections
 import logging
 import os
 
+from prack.api.checks import GONE, OK, V2_PREFIX
 from prack.ipc import frames, slots, spool
 from prack.ipc.slots import SLOT_TAKEN
 from prack.protocol import http
 
 log = logging.getLogger("prack.api")
 
-V2_PREFIX = "/api/v2/requests/"
 INPUT_SUFFIX = "/input"
 OCTETS = b"Content-Type: application/octet-stream\r\n"
 
@@ -179,8 +179,8 @@ class Uploads:
                 p.held.hold(conn, parsed[1], lambda _: self.get_input(conn, req, False))
                 return
             outcome, why = p.lookup(parsed)
-            if outcome != "ok":
-                p.reply_error(conn, 410 if outcome == "gone" else 404, why)
+            if outcome is not OK:
+                p.reply_error(conn, 410 if outcome is GONE else 404, why)
                 return
             directory = spool.spool_dir(p.runtime_dir)
             missing = "id: this request's body was not spooled (it is in the request's body)"

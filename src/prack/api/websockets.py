@@ -31,13 +31,12 @@ from typing import Any
 
 import msgspec
 
-from prack.api.checks import BadResponse, check_response, describe, query_params
+from prack.api.checks import V2_PREFIX, BadResponse, check_response, describe, query_params
 from prack.ipc import frames, slots
 from prack.protocol import websocket
 
 log = logging.getLogger("prack.api")
 
-V2_PREFIX = "/api/v2/requests/"
 MAX_EVENTS = 256            # events per call, whatever `max` asks
 EVENTS_BYTES = 4 << 20      # ...and no more once this many bytes are in the answer
 GONE_KEEP = 300.0           # how long the close event of a gone client waits for a worker
