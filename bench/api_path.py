@@ -97,7 +97,7 @@ class Rig:
         ring = self.ring
         for _ in range(self.batch):     # the acceptor queues a batch
             slot = self.key % self.seg.nslots
-            ring.slot_store(slot, (self.key << 2) | slots.SLOT_QUEUED)
+            ring.mark(slot, self.key, slots.SLOT_QUEUED)
             ring.push(slots.RECORD.pack(1, 0, slot, self.key, time.time(), len(ENV), 0, 0), ENV)
             self.key += 1
         self.acceptor.send(frames.WAKE_FRAME)

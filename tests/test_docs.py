@@ -52,12 +52,12 @@ def test_openapi_lists_every_endpoint():
 
 
 def test_openapi_v2_parameters_match_the_server():
-    from prack.api import process as api
+    from prack.api import checks, pulls
     params = {p["name"]: p for p in SPEC["paths"]["/api/v2/requests"]["get"]["parameters"]}
     assert set(params) == {"max", "wait"}
-    assert "%d" % api.MAX_BATCH in params["max"]["description"]
+    assert "%d" % pulls.MAX_BATCH in params["max"]["description"]
     results = SPEC["components"]["schemas"]["ItemResult"]["properties"]["status"]["enum"]
-    assert set(results) == {api.OK, api.GONE, api.UNKNOWN, api.INVALID}
+    assert set(results) == {checks.OK, checks.GONE, checks.UNKNOWN, checks.INVALID}
 
 
 def test_openapi_websocket_shapes_match_the_server():

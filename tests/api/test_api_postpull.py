@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 from conftest import shm_entries
-from prack.api import process as api
+from prack.api import pulls as api
 from prack.protocol import messages
 REQ = b"GET /pp/%d HTTP/1.1\r\nHost: x\r\n\r\n"
 

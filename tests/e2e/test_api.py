@@ -547,9 +547,8 @@ def test_worker_sock_accept_failure_pauses_instead_of_spinning(tmp_path):
     peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     peer.connect(str(tmp_path / "worker.sock"))     # readable from now on
     cfg = config.load(None)
-    api = ApiServer(cfg, 1, real, real, Segment(), -1)
+    api = ApiServer(cfg, 1, real, real, Segment(), -1, forward_listener=FullListener(real))
     try:
-        api.forward_listener = FullListener(real)
         api.sel.register(api.forward_listener, selectors.EVENT_READ, api._on_accept_forwarded)
         for key, mask in api.sel.select(1):
             key.data(mask)

@@ -1,6 +1,6 @@
 """prk_take_v2 (take.c) through Ring.take_v2: a v2 msgpack pull's records
 claimed and written in C must be exactly what the Python path
-(ApiServer._v2_msgpack_item) writes, record for record."""
+(prack.api.pulls.V2MsgpackCodec.item) writes, record for record."""
 from __future__ import annotations
 
 import msgspec

@@ -1,6 +1,7 @@
-"""Checks and messages shared by the API process's calls: a worker's
-status and headers turned into a validated header block, and errors made
-readable for the worker and the log."""
+"""Checks and encodings shared by the API process's calls: a worker's
+status and headers turned into a validated header block, the two encodings
+of API v2 calls (JSON and msgpack), and errors made readable for the worker
+and the log."""
 from __future__ import annotations
 
 import math
@@ -9,6 +10,7 @@ import urllib.parse
 import msgspec
 
 from prack.ipc import frames
+from prack.protocol import messages
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 # Characters a header value may not carry: CTLs except HTAB (RFC 9110 5.5).
@@ -16,6 +18,64 @@ _BAD_VALUE = frozenset(chr(c) for c in range(32) if c != 9) | {"\x7f"}
 # Framing and hop-by-hop fields are Prack's business (RFC 9110 7.6.1).
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length",
                          "proxy-connection", "te", "trailer", "upgrade"})
+
+# The per-request calls: /api/v2/requests/{id}/<verb>.
+V2_PREFIX = "/api/v2/requests/"
+# Whether the request an identifier names waits for an answer (lookup), and
+# what became of one posted response (v2 names it per item).
+OK, GONE, UNKNOWN, INVALID = "ok", "gone", "unknown", "invalid"
+
+JSON_TYPE = b"Content-Type: application/json\r\n"
+MSGPACK_TYPE = b"Content-Type: application/msgpack\r\n"
+
+
+class _IdOnly(msgspec.Struct):
+    id: str
+
+
+class Codec:
+    """Encoding of v2 calls: JSON (bodies base64) or msgpack (raw bytes)."""
+
+    def __init__(self, module):
+        self.name = "msgpack" if module is msgspec.msgpack else "JSON"
+        self.msgpack = module is msgspec.msgpack
+        self.encode = encode = module.Encoder().encode
+        self.decode_batch = module.Decoder(messages.ResponseBatch).decode
+        self.decode_item = module.Decoder(messages.ResponseItem).decode
+        self.decode_id = module.Decoder(_IdOnly).decode
+        self.decode_error = module.Decoder(messages.Error).decode
+        self.decode_results = module.Decoder(messages.ResultBatch).decode
+        self.ctype = MSGPACK_TYPE if self.msgpack else JSON_TYPE
+        self.empty_batch = encode(messages.RequestBatch([]))
+
+
+def wants_msgpack(headers) -> bool:
+    """msgpack when the worker accepts it or, without Accept, sends it."""
+    ctype = None
+    for name, value in headers:
+        if name == b"accept":
+            return b"application/msgpack" in value.lower()
+        if name == b"content-type":
+            ctype = value
+    return ctype is not None and ctype.split(b";")[0].strip().lower() == b"application/msgpack"
+
+
+def sends_msgpack(headers) -> bool:
+    """Whether a v2 call's body is msgpack (its Content-Type says so)."""
+    for name, value in headers:
+        if name == b"content-type":
+            return value.split(b";")[0].strip().lower() == b"application/msgpack"
+    return False
+
+
+def identifier_of(body, decode) -> str | None:
+    """The identifier of a posted response that did not decode whole."""
+    try:
+        msg = decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return getattr(msg, "identifier", None) or getattr(msg, "id", None)
+
 
 class BadParameter(ValueError):
     """A query parameter of an API call is invalid; the message names it."""

@@ -1,5 +1,5 @@
-"""The API process's side of WebSockets (mixed into ApiServer, like
-apistream.py, on whose streams it builds).
+"""The API process's side of WebSockets, built on the streams of
+streams.py (their StreamTable).
 
     POST /api/v2/requests/{id}/head    status 101: the worker accepts the upgrade
     GET  /api/v2/requests/{id}/events?wait=S&max=N   the client's messages (long-poll)
@@ -31,13 +31,12 @@ from typing import Any
 
 import msgspec
 
-from prack.api.checks import BadResponse, check_response, describe, query_params
+from prack.api.checks import V2_PREFIX, BadResponse, check_response, describe, query_params
 from prack.ipc import frames, slots
 from prack.protocol import websocket
 
 log = logging.getLogger("prack.api")
 
-V2_PREFIX = "/api/v2/requests/"
 MAX_EVENTS = 256            # events per call, whatever `max` asks
 EVENTS_BYTES = 4 << 20      # ...and no more once this many bytes are in the answer
 GONE_KEEP = 300.0           # how long the close event of a gone client waits for a worker
@@ -86,114 +85,140 @@ class _WebSocket:
 _TYPES = {"text": websocket.OP_TEXT, "binary": websocket.OP_BINARY}
 
 
-class ApiWebSockets:
-    """Mixed into ApiServer before ApiStreams, whose `_init_streams`,
-    `_scan_streams`, `_check_head` and `_client_gone` it extends."""
+class WebSockets:
+    """The WebSocket calls of `process` (the ApiServer); the stream of each
+    WebSocket is in `table` (streams.StreamTable)."""
 
-    def _init_websockets(self) -> None:
+    def __init__(self, process, table) -> None:
+        self.process = process
+        self.table = table
         self.websockets: dict[tuple[int, int, int], _WebSocket] = {}
-        self.ws_codecs = {}
+        self.decoders = {}
         for msgpack in (False, True):
             module = msgspec.msgpack if msgpack else msgspec.json
-            self.ws_codecs[msgpack] = module.Decoder(WsSend).decode
-        self.id_routes.update({
-            "events": {"GET": self._ws_events},
-            "send": {"POST": self._ws_send},
+            self.decoders[msgpack] = module.Decoder(WsSend).decode
+        process.id_routes.update({
+            "events": {"GET": self.events},
+            "send": {"POST": self.send},
         })
-        self.link_handlers[frames.F_WS_EVENT] = self._on_ws_event
+        process.link_handlers[frames.F_WS_EVENT] = self._on_ws_event
 
-    # -- the accept (a hook of ApiStreams) ------------------------------------------------
+    # -- what Streams asks ------------------------------------------------------------------
 
-    def _check_head(self, status, headers):
-        """A 101 is a WebSocket accept: its headers are checked as any
+    @staticmethod
+    def check_accept(headers):
+        """A 101 head is a WebSocket accept: its headers are checked as any
         response's; the acceptor completes the handshake."""
-        if status == 101 or status == "101":
-            _, flags, block, _ = check_response(200, headers, "status")
-            return 101, flags, block, frames.NO_LENGTH
-        return super()._check_head(status, headers)
+        _, flags, block, _ = check_response(200, headers, "status")
+        return 101, flags, block, frames.NO_LENGTH
 
-    def _stream_body(self, conn, req, hold: bool = True) -> None:
-        if not self._ws_refused(conn, req):
-            super()._stream_body(conn, req, hold)
+    def opened(self, sid) -> None:
+        """A 101 head went out for `sid`."""
+        self.websockets[sid] = _WebSocket()
 
-    def _stream_end(self, conn, req, hold: bool = True) -> None:
-        if not self._ws_refused(conn, req):
-            super()._stream_end(conn, req, hold)
-
-    def _ws_refused(self, conn, req) -> bool:
+    def refuses(self, conn, req) -> bool:
         """Body chunks and stream ends are not for WebSockets: 409."""
         parsed = slots.parse_identifier(req.path[len(V2_PREFIX):].partition("/")[0])
-        if parsed is None or not self._known(parsed) or parsed[1:] not in self.websockets:
+        if (parsed is None or not self.process.known(parsed)
+                or parsed[1:] not in self.websockets):
             return False
-        self._reply_error(conn, 409, "a WebSocket: use .../send (a close message ends it)")
+        self.process.reply_error(conn, 409, "a WebSocket: use .../send (a close message "
+                                 "ends it)")
         return True
 
-    def _ws_opened(self, sid) -> None:
-        """ApiStreams sent a 101 head for `sid`."""
-        self.websockets[sid] = _WebSocket()
+    def aborted(self, sid) -> None:
+        """An /error report (or a whole response) for a WebSocket: it closes
+        with 1011 and, as after the worker's own close, it is over for the
+        worker (an events long-poll gets 410 now)."""
+        ws = self.websockets.pop(sid, None)
+        if ws is not None and ws.waiter is not None:
+            waiter, ws.waiter = ws.waiter, None
+            if waiter.sock is not None:
+                self.process.reply_error(waiter, 410,
+                                         "the WebSocket was ended by an error report")
+
+    def client_gone(self, sid) -> None:
+        """The acceptor dropped the connection. A WebSocket that ended
+        without a close event gets one (1006, "abnormal closure"); its state
+        stays until the worker has received it."""
+        ws = self.websockets.get(sid)
+        if ws is None:
+            return
+        ws.gone = True
+        ws.gone_at = time.monotonic()
+        if ws.done:
+            self._forget(sid)
+            return
+        if not ws.closed:
+            ws.closed = True
+            ws.events.append((websocket.OP_CLOSE, websocket.close_event(
+                websocket.CLOSE_ABNORMAL, "the client has gone")))
+        self._wake(sid, ws)
+
+    def unfetched(self) -> int:
+        """WebSockets whose end (the close event) no worker has received."""
+        return sum(not ws.done for ws in self.websockets.values())
 
     # -- resolving a call -------------------------------------------------------------------
 
-    def _ws_call(self, conn, req, replay):
+    def _call(self, conn, req, replay):
         """(sid, state) of a WebSocket call, or None when it has been answered
         (an error, a forward to the other generation, or held until the
         acceptor links)."""
-        ident = req.path[len(V2_PREFIX):].partition("/")[0]
-        parsed = slots.parse_identifier(ident)
+        p = self.process
+        parsed = slots.parse_identifier(req.path[len(V2_PREFIX):].partition("/")[0])
         if parsed is None:
-            self._reply_error(conn, 400, "id: malformed")
+            p.reply_error(conn, 400, "id: malformed")
             return None
         sid = parsed[1:]
-        ws = self.websockets.get(sid) if self._known(parsed) else None
+        ws = self.websockets.get(sid) if p.known(parsed) else None
         if ws is not None:
             if ws.done:
-                self._reply_error(conn, 410, "the WebSocket is closed")
+                p.reply_error(conn, 410, "the WebSocket is closed")
                 return None
             return sid, ws
         # Not one of ours: the same resolution as every per-request call
         # (forwarded, held, 404 or 410), then "not a WebSocket".
-        if self._id_call(conn, req, replay) is not None:
-            self._reply_error(conn, 409, "not a WebSocket (accept the upgrade first: POST "
-                              ".../head with status 101)")
+        if p.resolve(conn, req, replay) is not None:
+            p.reply_error(conn, 409, "not a WebSocket (accept the upgrade first: POST "
+                          ".../head with status 101)")
         return None
 
     # -- GET .../events -------------------------------------------------------------------
 
-    def _ws_events(self, conn, req, hold: bool = True) -> None:
+    def events(self, conn, req, hold: bool = True) -> None:
+        p = self.process
         try:
-            wait, most = query_params(req.query, 0.0, self.poll_timeout, MAX_EVENTS, MAX_EVENTS)
+            wait, most = query_params(req.query, 0.0, p.poll_timeout, MAX_EVENTS, MAX_EVENTS)
         except ValueError as exc:
-            self._reply_error(conn, 400, str(exc))
+            p.reply_error(conn, 400, str(exc))
             return
         parsed = slots.parse_identifier(req.path[len(V2_PREFIX):].partition("/")[0])
-        target = self._elsewhere(parsed) if parsed is not None else None
+        target = p.lifecycle.elsewhere(parsed) if parsed is not None else None
         if target is not None:
             # The other generation's WebSocket: ask there, as a GET with its
-            # query (the common forward of _id_call is a POST of the path).
-            accept = b"Accept: application/%s\r\n" % (b"msgpack" if conn.msgpack else b"json")
-            self._forward(target, req.path + ("?" + req.query if req.query else ""), accept,
-                          b"", lambda status, answer: self._reply(conn, status, answer,
-                                                                  ctype=self._ctype(conn)),
-                          b"GET")
+            # query (the common forward of resolve is a POST of the path).
+            p.lifecycle.relay(conn, target, req.path + ("?" + req.query if req.query else ""),
+                              b"", b"", b"GET")
             return
-        found = self._ws_call(conn, req, (lambda: self._ws_events(conn, req, False))
-                              if hold else None)
+        found = self._call(conn, req, (lambda: self.events(conn, req, False)) if hold else None)
         if found is None:
             return
         sid, ws = found
         if ws.waiter is not None and ws.waiter.sock is not None:
-            self._reply_error(conn, 409, "another events call is waiting for this WebSocket")
+            p.reply_error(conn, 409, "another events call is waiting for this WebSocket")
             return
         if ws.events or wait <= 0:
-            self._ws_deliver(sid, ws, conn, most)
+            self._deliver(sid, ws, conn, most)
             return
         ws.waiter = conn
         ws.deadline = time.monotonic() + wait
         ws.max = most
 
-    def _ws_deliver(self, sid, ws: _WebSocket, conn, most: int) -> None:
+    def _deliver(self, sid, ws: _WebSocket, conn, most: int) -> None:
         """Answer an events call with what is queued (maybe nothing) and
         credit the acceptor for it."""
+        p = self.process
         events = []
         size = credit = 0
         queue = ws.events
@@ -211,144 +236,102 @@ class ApiWebSockets:
             else:
                 events.append(WsEvent("binary", bytes(payload)))
         if ws.done and ws.gone:
-            self._ws_forget(sid)
+            self._forget(sid)
         acceptor, slot, key = sid
-        link = self.links[acceptor]
+        link = p.links[acceptor]
         if credit and link is not None and not ws.closed:
-            self._send_link(link, frames.stream_frame(frames.F_CREDIT, slot, key, credit))
-        self._reply(conn, 200, self._codec(conn).encode(WsEvents(events)),
-                    ctype=self._ctype(conn))
+            p.send_link(link, frames.stream_frame(frames.F_CREDIT, slot, key, credit))
+        p.reply(conn, 200, p.codec(conn).encode(WsEvents(events)), ctype=p.ctype(conn))
 
-    def _abort_stream(self, sid, out: dict) -> bool:
-        """An /error report (or a whole response) for a WebSocket: it closes
-        with 1011 and, as after the worker's own close, it is over for the
-        worker (an events long-poll gets 410 now)."""
-        ws = self.websockets.pop(sid, None)
-        if ws is not None and ws.waiter is not None:
-            waiter, ws.waiter = ws.waiter, None
-            if waiter.sock is not None:
-                self._reply_error(waiter, 410, "the WebSocket was ended by an error report")
-        return super()._abort_stream(sid, out)
-
-    def _ws_forget(self, sid) -> None:
+    def _forget(self, sid) -> None:
         self.websockets.pop(sid, None)
-        self.streams.pop(sid, None)
+        self.table.open.pop(sid, None)
 
     # -- POST .../send --------------------------------------------------------------------
 
-    def _ws_send(self, conn, req, hold: bool = True) -> None:
-        found = self._ws_call(conn, req, (lambda: self._ws_send(conn, req, False))
-                              if hold else None)
+    def send(self, conn, req, hold: bool = True) -> None:
+        p = self.process
+        found = self._call(conn, req, (lambda: self.send(conn, req, False)) if hold else None)
         if found is None:
             return
         sid, ws = found
-        msgpack = self._codec_in(req) is self.codecs[True]
+        msgpack = p.codec_in(req).msgpack
         try:
-            messages, close = _outgoing(self.ws_codecs[msgpack](req.body), msgpack)
+            messages, close = _outgoing(self.decoders[msgpack](req.body), msgpack)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            self._reply_error(conn, 400, describe(exc))
+            p.reply_error(conn, 400, describe(exc))
             return
         except BadResponse as exc:
-            self._reply_error(conn, 400, str(exc))
+            p.reply_error(conn, 400, str(exc))
             return
         if ws.closed:
             # The client closed (or went): its close event waits for the worker.
-            self._reply_error(conn, 410, "the client has closed the WebSocket")
+            p.reply_error(conn, 410, "the client has closed the WebSocket")
             return
-        st = self.streams.get(sid)
+        st = self.table.open.get(sid)
         if st is None:
-            self._reply_error(conn, 410, "the client has gone")
+            p.reply_error(conn, 410, "the client has gone")
             return
         if st.held is not None:
-            self._reply_error(conn, 409, "the previous send has not been answered yet "
-                              "(send one batch at a time)")
+            p.reply_error(conn, 409, "the previous send has not been answered yet "
+                          "(send one batch at a time)")
             return
         acceptor, slot, key = sid
-        link = self.links[acceptor]
+        link = p.links[acceptor]
         buffers = []
         for opcode, payload in messages:
             buffers += frames.stream_frame(frames.F_DATA, slot, key, st.seq, opcode, payload)
             st.seq += 1
         if buffers:
-            self._send_link(link, buffers)
+            p.send_link(link, buffers)
         if close is not None:
             # The worker closes: the acceptor runs the closing handshake
             # with the client; for the worker the WebSocket is over.
             del self.websockets[sid]
             waiter = ws.waiter
             if waiter is not None and waiter.sock is not None:
-                self._reply_error(waiter, 410, "the worker closed the WebSocket")
-            if not self._finish_stream(sid, 0, close):
-                self._reply_error(conn, 410, "the client has gone")
+                p.reply_error(waiter, 410, "the worker closed the WebSocket")
+            if not self.table.finish(sid, 0, close):
+                p.reply_error(conn, 410, "the client has gone")
                 return
-            self._reply_ok(conn)
+            p.reply_ok(conn)
             return
         if not messages:
-            self._reply_ok(conn)
+            p.reply_ok(conn)
             return
         st.held = conn
         st.held_seq = st.seq - 1
-        # Answered by _on_ack once the acceptor has buffered the last one.
+        # Answered by Streams' F_ACK handler once the acceptor has buffered
+        # the last one.
 
     # -- frames from the acceptors --------------------------------------------------------
 
-    def _on_ws_event(self, link, buf, start: int, end: int) -> None:
+    def _on_ws_event(self, link, buf, start: int, end: int) -> bool:
         _, slot, key, _number, opcode = frames.STREAM.unpack_from(buf, start)
         sid = (link.index, slot, key)
         ws = self.websockets.get(sid)
         if ws is None or ws.closed:
-            return
+            return False
         ws.events.append((opcode, bytes(buf[start + frames.STREAM.size:end])))
         if opcode == websocket.OP_CLOSE:
             ws.closed = True
-        self._ws_wake(sid, ws)
+        self._wake(sid, ws)
+        return False
 
-    def _ws_unfetched(self) -> int:
-        """WebSockets whose end (the close event) no worker has received."""
-        return sum(not ws.done for ws in self.websockets.values())
-
-    def _ws_wake(self, sid, ws: _WebSocket) -> None:
+    def _wake(self, sid, ws: _WebSocket) -> None:
         conn = ws.waiter
         if conn is not None:
             ws.waiter = None
             if conn.sock is not None:
-                self._ws_deliver(sid, ws, conn, ws.max)
+                self._deliver(sid, ws, conn, ws.max)
 
-    def _client_gone(self, sid) -> None:
-        """The acceptor dropped the connection. A WebSocket that ended
-        without a close event gets one (1006, "abnormal closure"); its state
-        stays until the worker has received it."""
-        ws = self.websockets.get(sid)
-        if ws is None:
-            super()._client_gone(sid)
-            return
-        super()._client_gone(sid)
-        ws.gone = True
-        ws.gone_at = time.monotonic()
-        if ws.done:
-            self._ws_forget(sid)
-            return
-        if not ws.closed:
-            ws.closed = True
-            ws.events.append((websocket.OP_CLOSE, websocket.close_event(
-                websocket.CLOSE_ABNORMAL, "the client has gone")))
-        self._ws_wake(sid, ws)
-
-    def _init_streams(self) -> None:
-        super()._init_streams()
-        self._init_websockets()
-
-    def _scan_streams(self, now: float) -> None:
-        super()._scan_streams(now)
-        self._scan_websockets(now)
-
-    def _scan_websockets(self, now: float) -> None:
+    def scan(self, now: float) -> None:
         """Events long-polls whose wait is over answer with no events; the
         close event of a connection long gone is dropped if no worker came
         for it (later calls get 404 then, not 410)."""
         for sid, ws in list(self.websockets.items()):
             if ws.gone and now - ws.gone_at > GONE_KEEP and ws.waiter is None:
-                self._ws_forget(sid)
+                self._forget(sid)
                 continue
             conn = ws.waiter
             if conn is None:
@@ -357,8 +340,7 @@ class ApiWebSockets:
                 ws.waiter = None
             elif now >= ws.deadline:
                 ws.waiter = None
-                self._ws_deliver(sid, ws, conn, ws.max)
-
+                self._deliver(sid, ws, conn, ws.max)
 
 
 def _outgoing(batch: WsSend, msgpack: bool) -> tuple[list, bytes | None]:

@@ -526,6 +526,9 @@ class RequestReader:
 
 # -- responses -------------------------------------------------------------
 
+# The interim answer to `Expect: 100-continue` (RFC 9110 10.1.1).
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
