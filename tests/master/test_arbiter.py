@@ -84,7 +84,7 @@ def test_a_child_forked_after_the_successors_pipe_closed_starts(master, monkeypa
     assert m.successor is not None and m.successor.pipe == -1
 
     class Built:
-        def __init__(self, *args):
+        def __init__(self, *args, **kwargs):
             self.args = args
 
     monkeypatch.setattr(arbiter, "ApiServer", Built)

@@ -362,10 +362,10 @@ class Master:
             if self.listener is not None:   # closed when a stop began
                 self.listener.close()
             child = ApiServer(self.cfg, self.generation, self.api_listener,
-                              self.link_listener, self.segment, self.status_w)
-            child.forward_listener = self.forward_listener
-            child.runtime_dir = self.runtime_dir
-            child.predecessor_dir = self.inherited.predecessor_dir
+                              self.link_listener, self.segment, self.status_w,
+                              forward_listener=self.forward_listener,
+                              runtime_dir=self.runtime_dir,
+                              predecessor_dir=self.inherited.predecessor_dir)
         child.beat = self.heartbeats.beater(beat_word(role, index))
         return child
 
