@@ -74,12 +74,15 @@ class _Pace:
             self.average += (seconds / n - self.average) * 0.2
 
 
-def run(codec, handle, stopping, pace: _Pace, max_backoff: float) -> None:
+def run(codec, handle, stopping, max_backoff: float) -> None:
     """One lane, until `stopping` is set: pull (or post and pull), run
     `handle(front, item, answers, errors)` on each request pulled, which
     appends a wire.ResponseItem to `answers` or (id, reason) to `errors`
-    (nothing for a stream, which goes its own way)."""
+    (nothing for a stream, which goes its own way). The handler time is
+    measured for the codec's pace, if it has one."""
     front = codec.front
+    pace = codec.pace
+    monotonic = time.monotonic
     conn = codec.connection()
     pull = codec.pull
     post = codec.post
@@ -112,10 +115,14 @@ def run(codec, handle, stopping, pace: _Pace, max_backoff: float) -> None:
             stopping.wait(backoff(front.failed(exc), cap=max_backoff))
             continue
         front.succeeded()
-        started = time.monotonic()
+        if pace is None:
+            for item in items:
+                handle(front, item, answers, errors)
+            continue
+        started = monotonic()
         for item in items:
             handle(front, item, answers, errors)
-        pace.took(time.monotonic() - started, len(items))
+        pace.took(monotonic() - started, len(items))
     conn.close()
 
 
@@ -205,6 +212,8 @@ _NO_HEADERS: dict = {}
 class V1:
     """API v1 (JSON, one request per call). Stopping waits for the long poll
     under way (the front's api.poll_timeout at most)."""
+
+    pace = None                 # one request per call: no batch to size
 
     def __init__(self, front: Front, wait: float, pace: _Pace):
         self.front = front

@@ -259,7 +259,7 @@ class Worker:
         codecs = [lanes.CODECS[api](front, wait, self.pace) for front in self.fronts]
         self.lanes = [threading.Thread(target=lanes.run, daemon=True, name="prack-lane",
                                        args=(codecs[i % len(codecs)], self._handle,
-                                             self.stopping, self.pace, max_backoff))
+                                             self.stopping, max_backoff))
                       for i in range(concurrency)]
 
     def start(self) -> "Worker":
