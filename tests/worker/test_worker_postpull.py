@@ -109,7 +109,7 @@ def test_post_returns_the_next_batch_or_falls_back_for_an_older_front():
     ])
     with lst:
         front = client.Front("http://127.0.0.1:%d" % lst.getsockname()[1], 10)
-        pace = lanes._Pace(4)
+        pace = lanes.Pace(4)
         while pace.size() < 4:
             pace.took(1e-6, 1)
         codec = lanes.V2(front, 2, pace)

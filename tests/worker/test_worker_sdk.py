@@ -178,8 +178,8 @@ def test_batches_follow_the_handler_speed():
     """A lane takes one request at a time until its handler is known to be
     fast, then batches of about 5 ms of work; a handler that turns slow is
     back to one request at a time within a few batches."""
-    from prack.worker.lanes import _Pace
-    pace = _Pace(64)
+    from prack.worker.lanes import Pace
+    pace = Pace(64)
     assert pace.size() == 1
     for _ in range(40):
         n = pace.size()

@@ -13,7 +13,7 @@ what it learns of the front):
 - `V1`: API v1, JSON, one request per call: for fronts that speak only v1,
   and to compare the protocols.
 
-A lane asks for about BATCH_BUDGET of handler time at once (`_Pace`). A front
+A lane asks for about BATCH_BUDGET of handler time at once (`Pace`). A front
 that cannot be reached is retried with a capped, jittered backoff.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def backoff(failures: int, base: float = 0.05, cap: float = 2.0) -> float:
     return delay * random.uniform(0.5, 1.0)
 
 
-class _Pace:
+class Pace:
     """How many requests a lane asks for at once: about BATCH_BUDGET seconds
     of handler time (a moving average), between 1 and `most`. A fast handler
     gets big batches (fewer calls per request); a slow one takes one request
@@ -115,7 +115,7 @@ def run(codec, handle, stopping, max_backoff: float) -> None:
             stopping.wait(backoff(front.failed(exc), cap=max_backoff))
             continue
         front.succeeded()
-        if pace is None:
+        if pace is None:            # one request per call: nothing to size
             for item in items:
                 handle(front, item, answers, errors)
             continue
@@ -145,7 +145,7 @@ _ERROR_HEADERS = {"Content-Type": MSGPACK}
 class V2:
     """API v2 (msgpack batches, each post of answers pulling the next)."""
 
-    def __init__(self, front: Front, wait: float, pace: _Pace):
+    def __init__(self, front: Front, wait: float, pace: Pace):
         self.front = front
         self.params = "?wait=%g&max=" % wait
         self.pace = pace
@@ -215,7 +215,7 @@ class V1:
 
     pace = None                 # one request per call: no batch to size
 
-    def __init__(self, front: Front, wait: float, pace: _Pace):
+    def __init__(self, front: Front, wait: float, pace: Pace):
         self.front = front
 
     def connection(self) -> Connection:

@@ -234,7 +234,7 @@ class Worker:
                  max_streams: int = 1000, api: str = "v2"):
         if concurrency < 1 or batch < 1 or max_streams < 1:
             raise ValueError("concurrency, batch and max_streams must be at least 1")
-        if api not in ("v1", "v2"):
+        if api not in lanes.CODECS:
             raise ValueError("api must be 'v1' or 'v2', not %r" % (api,))
         if isinstance(fronts, str):
             fronts = [fronts]
@@ -248,7 +248,7 @@ class Worker:
         self.concurrency = concurrency
         self.wait = wait
         self.max_backoff = max_backoff
-        self.pace = lanes._Pace(batch)
+        self.pace = lanes.Pace(batch)
         self.max_streams = max_streams
         self.stream_slots = threading.BoundedSemaphore(max_streams)
         self.streams: dict[threading.Thread, tuple] = {}   # -> (front, request, is a WebSocket)

@@ -44,8 +44,8 @@ class CallFailed(Exception):
 
     def __init__(self, what: str, status: int, data: bytes):
         self.status = status
-        reason = _error_text(data)
-        super().__init__("%s answered %d%s" % (what, status, ": " + reason if reason else ""))
+        why = _error_text(data)
+        super().__init__("%s answered %d%s" % (what, status, ": " + why if why else ""))
 
 
 def _error_text(data: bytes) -> str:
