@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import select
 import socket
 import threading
 
@@ -197,5 +198,30 @@ def test_the_pool_takes_back_only_usable_connections():
         assert lease.conn is None               # closed by the front's answer
         lease.close()
         assert front.idle == []
+        t.join(5)
+    assert [n for n, _ in seen] == [0, 1]
+
+
+def test_a_large_body_is_read_over_a_pooled_connection_the_front_closed():
+    """Request.input borrows a pooled connection; after the API process was
+    restarted (an upgrade, a crash) that connection is closed: the read goes
+    on a new one, as every other call about a request does, instead of
+    failing the handler."""
+    from prack.worker.streams import remote_input
+
+    body = b"spooled body " * 1000
+    lst, t, seen = scripted([[ok(b"one")], [ok(body)]])
+    with lst:
+        front = Front("http://127.0.0.1:%d" % lst.getsockname()[1], 3)
+        lease = Lease(front)
+        assert lease.call("GET", "/1") == (200, b"one")
+        lease.close()
+        assert len(front.idle) == 1
+        # Until the front has closed it (readable: at its end).
+        assert select.select([front.idle[0].sock], [], [], 5)[0]
+        with remote_input(front, "/api/v2/requests/x/input", len(body)) as f:
+            assert f.read() == body
+        assert len(front.idle) == 1             # read to its end: back in the pool
+        front.close_idle()
         t.join(5)
     assert [n for n, _ in seen] == [0, 1]

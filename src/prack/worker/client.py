@@ -103,10 +103,10 @@ class Connection:
         return status, data
 
     def open(self, method: str, path: str, body: bytes | None = None,
-             headers: dict = _NO_HEADERS) -> int:
+             headers: dict = _NO_HEADERS, retry: bool = False) -> int:
         """Send a call and read the head of its answer: its status. The body
         is then read with readinto() (or read_rest()) before the next call."""
-        status, fields, self.keep = self._start(method, path, body, headers, False)
+        status, fields, self.keep = self._start(method, path, body, headers, retry)
         try:
             if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
                 data = self._read_chunked()     # not a front's way with a body: whole

@@ -181,7 +181,9 @@ class RemoteInput(io.RawIOBase):
 
     def _open(self) -> None:
         conn = self.front.borrow()
-        status = conn.open("GET", self.path, None, _GET_HEADERS)
+        # A pooled connection the front closed meanwhile (an API process
+        # restarted): the read goes again on a new one, as a Lease's calls do.
+        status = conn.open("GET", self.path, None, _GET_HEADERS, True)
         if status != 200:
             data = conn.read_rest()
             conn.close()
