@@ -185,8 +185,8 @@ def test_a_lease_aborted_before_its_call_does_not_retry_it():
 
 
 def test_the_pool_takes_back_only_usable_connections():
-    lst, t, seen = scripted([[ok(b"a")],
-                             [b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nb"]])
+    lst, t, seen = scripted([[ok(b"a")], [b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
+                                          b"Content-Length: 1\r\n\r\nb"]])
     with lst:
         front = Front("http://127.0.0.1:%d" % lst.getsockname()[1], 3)
         conn = front.borrow()
