@@ -78,51 +78,64 @@ class Connection:
                 pass
 
     def call(self, method: str, path: str, body: bytes | None = None,
-             headers: dict = _NO_HEADERS, retry: bool = False) -> tuple[int, bytes]:
-        """Send a call, read its whole answer: (status, body). `retry`: the
-        call may be sent again on a new connection when a kept-alive one
-        turns out closed by the front."""
-        status, fields, keep = self._start(method, path, body, headers, retry)
-        try:
-            if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
-                data = self._read_chunked()
-            elif b"content-length" in fields:
-                # _length() written out: this is every lane call's path.
-                value = fields[b"content-length"].strip()
-                if not value.isdigit() or len(value) > 18:
-                    raise http.client.HTTPException("bad Content-Length %r" % value[:40])
-                data = self._read_exactly(int(value))
-            else:
-                data = self._read_to_end()
-                keep = False
-        except BaseException:
-            self.close()
-            raise
-        if not keep:
-            self.close()
-        return status, data
+             headers: dict = _NO_HEADERS, retry: bool = False,
+             whole: bool = True) -> tuple[int, bytes]:
+        """Send a call, read its answer: (status, body). `retry`: the call may
+        be sent again on a new connection when a kept-alive one turns out
+        closed by the front. `whole` False (open()): the body is left to
+        readinto(), b"" is returned for it."""
+        head = ("%s %s HTTP/1.1\r\n" % (method, path) + "".join(
+            "%s: %s\r\n" % kv for kv in headers.items())).encode("latin-1") + self.host
+        while True:
+            reused = self.sock is not None
+            try:
+                if not reused:
+                    self.sock = socket.create_connection(self.address, timeout=self.timeout)
+                    self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if body is None:
+                    self.sock.sendall(head + b"\r\n")
+                else:
+                    self.sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                status, fields, keep = self._read_head()
+                while status < 200:                 # interim answers have no body
+                    status, fields, keep = self._read_head()
+                if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+                    data = self._read_chunked()
+                    if not whole:       # not a front's way with a body: read whole
+                        self.buf[:0] = data
+                        n = len(data)
+                elif b"content-length" in fields:
+                    value = fields[b"content-length"].strip()
+                    if not value.isdigit() or len(value) > 18:
+                        raise http.client.HTTPException("bad Content-Length %r" % value[:40])
+                    n = int(value)
+                    data = self._read_exactly(n) if whole else b""
+                else:
+                    n = -1
+                    data = self._read_to_end() if whole else b""
+                    keep = False
+            except STALE:
+                self.close()
+                if not (reused and retry) or self.aborted:
+                    raise
+                continue
+            except BaseException:
+                self.close()
+                raise
+            if not whole:
+                self.left = n
+                self.keep = keep
+                if n:
+                    return status, b""
+            if not keep:
+                self.close()
+            return status, data
 
     def open(self, method: str, path: str, body: bytes | None = None,
              headers: dict = _NO_HEADERS, retry: bool = False) -> int:
         """Send a call and read the head of its answer: its status. The body
         is then read with readinto() (or read_rest()) before the next call."""
-        status, fields, self.keep = self._start(method, path, body, headers, retry)
-        try:
-            if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
-                data = self._read_chunked()     # not a front's way with a body: whole
-                self.buf[:0] = data
-                self.left = len(data)
-            elif b"content-length" in fields:
-                self.left = _length(fields)
-            else:
-                self.left = -1
-                self.keep = False
-        except BaseException:
-            self.close()
-            raise
-        if not self.left and not self.keep:
-            self.close()
-        return status
+        return self.call(method, path, body, headers, retry, False)[0]
 
     def readinto(self, view) -> int:
         """Read some of the body open() left (0 at its end)."""
@@ -162,33 +175,6 @@ class Connection:
             if not n:
                 return bytes(out)
             out += chunk[:n]
-
-    def _start(self, method: str, path: str, body: bytes | None, headers: dict,
-               retry: bool) -> tuple[int, dict, bool]:
-        """Send the call, read the answer's head: (status, fields, keep-alive)."""
-        head = ("%s %s HTTP/1.1\r\n" % (method, path) + "".join(
-            "%s: %s\r\n" % kv for kv in headers.items())).encode("latin-1") + self.host
-        while True:
-            reused = self.sock is not None
-            try:
-                if not reused:
-                    self.sock = socket.create_connection(self.address, timeout=self.timeout)
-                    self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if body is None:
-                    self.sock.sendall(head + b"\r\n")
-                else:
-                    self.sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-                status, fields, keep = self._read_head()
-                while status < 200:                 # interim answers have no body
-                    status, fields, keep = self._read_head()
-                return status, fields, keep
-            except STALE:
-                self.close()
-                if not (reused and retry) or self.aborted:
-                    raise
-            except BaseException:
-                self.close()
-                raise
 
     def _fill(self) -> bool:
         """Receive more; False at the end of the stream."""
@@ -273,13 +259,6 @@ class Connection:
         data = bytes(self.buf)
         self.buf.clear()
         return data
-
-
-def _length(fields: dict) -> int:
-    value = fields[b"content-length"].strip()
-    if not value.isdigit() or len(value) > 18:
-        raise http.client.HTTPException("bad Content-Length %r" % value[:40])
-    return int(value)
 
 
 class Front:

@@ -114,7 +114,8 @@ def run(codec, handle, stopping, max_backoff: float) -> None:
             codec.reset()
             stopping.wait(backoff(front.failed(exc), cap=max_backoff))
             continue
-        front.succeeded()
+        if front.failures:          # read here: a call per batch saved
+            front.succeeded()
         if pace is None:            # one request per call: nothing to size
             for item in items:
                 handle(front, item, answers, errors)
