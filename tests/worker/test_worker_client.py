@@ -18,8 +18,8 @@ def scripted(connections: list[list[bytes]]):
     """A listening socket that takes one connection per entry of
     `connections` and answers each request it reads there with the next of
     that entry's answers (None: no answer, until the client goes); then it
-    closes that connection. The requests read
-    are collected as (connection number, request)."""
+    closes that connection. The requests read are collected as (connection
+    number, request)."""
     lst = socket.create_server(("127.0.0.1", 0))
     seen: list[tuple[int, bytes]] = []
 
