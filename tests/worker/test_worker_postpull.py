@@ -9,7 +9,7 @@ import threading
 import msgspec
 
 from prack.protocol import messages
-from prack.worker import Response, Worker, sdk
+from prack.worker import Response, Worker, client, lanes
 
 
 def get(server, path: str) -> tuple[int, bytes]:
@@ -23,14 +23,14 @@ def test_a_busy_lane_makes_one_call_per_request(start_server, monkeypatch):
     server = start_server(acceptors=1)
     calls: list[tuple[str, str]] = []
     lock = threading.Lock()
-    real_call = sdk._call
 
-    def counting_call(conn, method, path, body, headers):
-        with lock:
-            calls.append((method, path))
-        return real_call(conn, method, path, body, headers)
+    class Counting(client.Connection):
+        def call(self, method, path, *args):
+            with lock:
+                calls.append((method, path))
+            return super().call(method, path, *args)
 
-    monkeypatch.setattr(sdk, "_call", counting_call)
+    monkeypatch.setattr(client, "Connection", Counting)
     worker = None
 
     def handler(req):
@@ -108,13 +108,17 @@ def test_post_returns_the_next_batch_or_falls_back_for_an_older_front():
         _http(enc(messages.ResultBatch([messages.ItemResult("0" * 32, "gone")]))),
     ])
     with lst:
-        front = sdk._Front("http://127.0.0.1:%d" % lst.getsockname()[1], 10)
+        front = client.Front("http://127.0.0.1:%d" % lst.getsockname()[1], 10)
+        pace = lanes.Pace(4)
+        while pace.size() < 4:
+            pace.took(1e-6, 1)
+        codec = lanes.V2(front, 2, pace)
         conn = front.connect()
-        assert Worker._post(conn, [answer], [], "?wait=2&max=4", front) == [item]
-        assert front.combined
-        assert Worker._post(conn, [answer], [], "?wait=2&max=4", front) is None
-        assert not front.combined
-        assert Worker._post(conn, [answer], [], None, front) is None
+        assert codec.post(conn, [answer], [], False) == [item]
+        assert codec.combined
+        assert codec.post(conn, [answer], [], False) is None
+        assert not codec.combined
+        assert codec.post(conn, [answer], [], True) is None
         conn.close()
         t.join(5)
     assert seen[0].startswith(b"POST /api/v2/responses?wait=2&max=4 HTTP/1.1\r\n")

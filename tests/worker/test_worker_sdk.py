@@ -178,8 +178,8 @@ def test_batches_follow_the_handler_speed():
     """A lane takes one request at a time until its handler is known to be
     fast, then batches of about 5 ms of work; a handler that turns slow is
     back to one request at a time within a few batches."""
-    from prack.worker.sdk import _Pace
-    pace = _Pace(64)
+    from prack.worker.lanes import Pace
+    pace = Pace(64)
     assert pace.size() == 1
     for _ in range(40):
         n = pace.size()
@@ -232,7 +232,7 @@ def test_lane_connection_reads_every_framing():
     """The SDK's own HTTP/1.1 client: Content-Length, chunked (with
     extensions and trailers), interim 1xx answers, and an answer ended by the
     close; a front closing an idle kept-alive connection is RemoteDisconnected."""
-    from prack.worker.sdk import _Connection
+    from prack.worker.client import Connection
 
     lst, t, seen = _scripted_front([
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
@@ -242,7 +242,7 @@ def test_lane_connection_reads_every_framing():
         b"",
     ])
     with lst:
-        conn = _Connection("127.0.0.1", lst.getsockname()[1], 10)
+        conn = Connection("127.0.0.1", lst.getsockname()[1], 10)
         assert conn.call("GET", "/a?x=1", None, {"Accept": "application/msgpack"}) == (200, b"hello")
         assert conn.call("POST", "/b", b"payload", {"Content-Type": "x/y"}) == (201, b"abcde")
         assert conn.call("GET", "/c", None, {}) == (204, b"")
@@ -255,7 +255,7 @@ def test_lane_connection_reads_every_framing():
 
     lst, t, seen = _scripted_front([b"HTTP/1.0 200 OK\r\n\r\nto the end"])
     with lst:
-        conn = _Connection("127.0.0.1", lst.getsockname()[1], 10)
+        conn = Connection("127.0.0.1", lst.getsockname()[1], 10)
         # The server closes after its answer (no length): read to the end.
         assert conn.call("GET", "/", None, {}) == (200, b"to the end")
         assert conn.sock is None
@@ -265,7 +265,7 @@ def test_lane_connection_reads_every_framing():
                 b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"):
         lst, t, _ = _scripted_front([bad])
         with lst:
-            conn = _Connection("127.0.0.1", lst.getsockname()[1], 10)
+            conn = Connection("127.0.0.1", lst.getsockname()[1], 10)
             with pytest.raises(http.client.HTTPException):
                 conn.call("GET", "/", None, {})
             conn.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import http.client
 
 from prack.config import BY_NAME
-from prack.worker import sdk
+from prack.worker import lanes
 from prack.worker.sdk import Response, Worker
 
 
@@ -16,12 +16,12 @@ def test_a_v1_lane_outwaits_the_longest_poll_a_front_may_make(start_server, monk
     and could drop a request the front handed over as it hung up."""
     made = []
 
-    class Recording(sdk._Connection):
+    class Recording(lanes.Connection):
         def __init__(self, host, port, timeout):
             made.append(timeout)
             super().__init__(host, port, timeout)
 
-    monkeypatch.setattr(sdk, "_Connection", Recording)
+    monkeypatch.setattr(lanes, "Connection", Recording)
     server = start_server(api_poll_timeout=60)
     worker = Worker(lambda req: Response(200, [], b"v1 " + req.env["PATH_INFO"].encode()),
                     [server.api], concurrency=1, wait=1.0, api="v1").start()

@@ -8,17 +8,17 @@ v2, msgpack), run a handler on each, post the responses back.
 
     serve(hello, fronts=["http://127.0.0.1:4242"], concurrency=8)
 
-`concurrency` lanes (threads), spread over the fronts, each keep one
-HTTP/1.1 connection open and loop: long-poll for a batch, run the handler on
-each request in turn, post all the answers in one call, which brings back
+`concurrency` lanes (threads, lanes.py), spread over the fronts, each keep
+one HTTP/1.1 connection open and loop: long-poll for a batch, run the handler
+on each request in turn, post all the answers in one call, which brings back
 the next batch (POST /api/v2/responses?max=N&wait=S): a busy lane makes one
-call per batch. No request changes
-threads on its way, which is what makes a worker cheap per request. A lane
-asks for about 5 ms of handler time at once (a moving average decides how
-many requests that is), so a slow handler takes one request at a time and
-never sits on requests another worker could serve. A front that cannot be
-reached is retried with a capped, jittered backoff; it is logged once when it
-goes away and once when it is back.
+call per batch. No request changes threads on its way, which is what makes a
+worker cheap per request. A lane asks for about 5 ms of handler time at once
+(a moving average decides how many requests that is), so a slow handler takes
+one request at a time and never sits on requests another worker could serve.
+A front that cannot be reached is retried with a capped, jittered backoff; it
+is logged once when it goes away and once when it is back. Every call goes
+over the worker's one HTTP client (client.py).
 
 A handler may also stream: a Response whose body is a generator (or any
 iterable other than bytes, a list or a tuple) is sent chunk by chunk, and a
@@ -32,46 +32,23 @@ from __future__ import annotations
 import http.client
 import io
 import logging
-import random
 import signal
-import socket
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 
 import msgspec
 
 from prack.protocol import messages
-from prack.worker import streams
+from prack.worker import lanes, streams
+from prack.worker.client import MSGPACK, Front, reason
+from prack.worker.lanes import FrontDown, backoff  # noqa: F401
 from prack.worker.streams import ClientGone, WebSocket, WebSocketClosed  # noqa: F401
 
 log = logging.getLogger("prack.worker")
 
 DEFAULT_FRONT = "http://127.0.0.1:4242"
-MSGPACK = streams.MSGPACK
-_decode_batch = msgspec.msgpack.Decoder(messages.RequestBatch).decode
-
-
-class _PostAnswer(msgspec.Struct):
-    """The answer to a post-and-pull (messages.ResultsAndRequests). `requests` is
-    None from a front older than the combined call, which ignores the query
-    and answers the results alone."""
-    results: list[messages.ItemResult]
-    requests: list[messages.RequestItem] | None = None
-
-
-_decode_post = msgspec.msgpack.Decoder(_PostAnswer).decode
 _encode = msgspec.msgpack.Encoder().encode
-_decode_v1 = msgspec.json.Decoder(messages.PulledRequest).decode
-_encode_json = msgspec.json.Encoder().encode
-JSON = "application/json"
-BATCH_BUDGET = 0.005  # seconds of handler time a lane takes on at once
-IDLE_CONNECTIONS = 16  # kept per front for streams, inputs and watches
-# A v1 pull has no `wait`: it long-polls for the front's api.poll_timeout,
-# which may be up to this (config.py's bound), so a v1 lane's connection
-# waits that long plus a margin before calling the front down.
-V1_POLL_MAX = 300.0
 
 
 class Request:
@@ -241,262 +218,6 @@ def _tokens(value: str) -> list[str]:
     return [t.strip().lower() for t in value.split(",")]
 
 
-class FrontDown(Exception):
-    """The front answered with something other than what the API promises."""
-
-
-class _Front:
-    """One Prack front: its address and its outage state."""
-
-    def __init__(self, url: str, timeout: float):
-        parts = urllib.parse.urlsplit(url if "//" in url else "http://" + url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError("front %r: expected http://host:port" % url)
-        self.url = "http://%s:%d" % (parts.hostname, parts.port or 80)
-        self.host = parts.hostname
-        self.port = parts.port or 80
-        self.timeout = timeout
-        self.lock = threading.Lock()
-        self.down_since: float | None = None
-        self.failures = 0
-        self.idle: list = []          # kept-alive connections for calls about requests
-        self.combined = True          # it pulls with the answers (False: an older front)
-
-    def connect(self) -> "_Connection":
-        return _Connection(self.host, self.port, self.timeout)
-
-    def borrow(self) -> tuple[http.client.HTTPConnection, bool]:
-        """A connection for calls about one request (streams, inputs,
-        WebSockets): (conn, is it new). These stay http.client connections:
-        an input is read from the response as the caller reads, which the
-        lanes' lean client (whole answers only) does not do."""
-        with self.lock:
-            if self.idle:
-                return self.idle.pop(), False
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout), True
-
-    def give_back(self, conn: http.client.HTTPConnection) -> None:
-        with self.lock:
-            if len(self.idle) < IDLE_CONNECTIONS:
-                self.idle.append(conn)
-                return
-        conn.close()
-
-    def close_idle(self) -> None:
-        with self.lock:
-            idle, self.idle = self.idle, []
-        for conn in idle:
-            conn.close()
-
-    def failed(self, exc: BaseException) -> int:
-        """Note a failure; the number of failures in a row (logs the first)."""
-        with self.lock:
-            self.failures += 1
-            if self.down_since is None:
-                self.down_since = time.monotonic()
-                log.warning("front %s unreachable (%s); retrying", self.url, _reason(exc))
-            return self.failures
-
-    def succeeded(self) -> None:
-        if self.failures:
-            with self.lock:
-                if self.down_since is not None:
-                    log.warning("front %s back after %.1fs", self.url,
-                                time.monotonic() - self.down_since)
-                    self.down_since = None
-                self.failures = 0
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or exc.__class__.__name__
-    return text if len(text) < 200 else text[:200] + "..."
-
-
-def backoff(failures: int, base: float = 0.05, cap: float = 2.0) -> float:
-    """Capped exponential backoff with full jitter in its upper half."""
-    delay = min(cap, base * (2 ** min(failures, 30)))
-    return delay * random.uniform(0.5, 1.0)
-
-
-MAX_HEAD = 64 * 1024    # a longer response head is not a front's
-
-
-class _Connection:
-    """One keep-alive HTTP/1.1 client connection, made for a lane's calls: a
-    call is one send and as few receives as the answer needs. http.client
-    costs about five times the CPU per call (bench/analysis.md), which at
-    one or two requests per call was most of a worker's time. It connects
-    on the first call and again after close(); errors are OSError (the
-    front closing an idle connection: http.client.RemoteDisconnected) or
-    http.client.HTTPException (an answer that is not HTTP/1.1)."""
-
-    def __init__(self, host: str, port: int, timeout: float):
-        self.address = (host, port)
-        self.timeout = timeout
-        name = "[%s]" % host if ":" in host else host     # an IPv6 literal
-        self.host = b"Host: %s:%d\r\n" % (name.encode("idna"), port)
-        self.sock: socket.socket | None = None
-        self.buf = bytearray()
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        self.buf.clear()
-
-    def call(self, method: str, path: str, body: bytes | None,
-             headers: dict) -> tuple[int, bytes]:
-        if self.sock is None:
-            self.sock = socket.create_connection(self.address, timeout=self.timeout)
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        head = "%s %s HTTP/1.1\r\n" % (method, path) + "".join(
-            "%s: %s\r\n" % kv for kv in headers.items())
-        if body is None:
-            self.sock.sendall(head.encode("latin-1") + self.host + b"\r\n")
-        else:
-            self.sock.sendall(head.encode("latin-1") + self.host +
-                              b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        status, fields, keep = self._read_head()
-        while status < 200:                 # interim answers have no body
-            status, fields, keep = self._read_head()
-        if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
-            data = self._read_chunked()
-        elif b"content-length" in fields:
-            value = fields[b"content-length"].strip()
-            if not value.isdigit() or len(value) > 18:
-                raise http.client.HTTPException("bad Content-Length %r" % value[:40])
-            data = self._read_exactly(int(value))
-        else:
-            data = self._read_to_end()
-            keep = False
-        if not keep:
-            self.close()
-        return status, data
-
-    def _fill(self) -> bool:
-        """Receive more; False at the end of the stream."""
-        data = self.sock.recv(65536)
-        self.buf += data
-        return bool(data)
-
-    def _read_head(self) -> tuple[int, dict, bool]:
-        buf = self.buf
-        end = buf.find(b"\r\n\r\n")
-        while end < 0:
-            if len(buf) > MAX_HEAD:
-                raise http.client.HTTPException("response head over %d bytes" % MAX_HEAD)
-            had = len(buf)
-            if not self._fill():
-                if had:
-                    raise http.client.IncompleteRead(bytes(buf[:200]))
-                raise http.client.RemoteDisconnected("the front closed the connection")
-            end = buf.find(b"\r\n\r\n", max(0, had - 3))
-        lines = bytes(buf[:end]).split(b"\r\n")
-        del buf[:end + 4]
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or \
-                not (parts[1].isdigit() and len(parts[1]) == 3):
-            raise http.client.BadStatusLine(lines[0][:200].decode("latin-1"))
-        fields: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon:
-                raise http.client.HTTPException("bad header line %r" % line[:200])
-            name = name.strip().lower()
-            value = value.strip()
-            fields[name] = fields[name] + b"," + value if name in fields else value
-        connection = fields.get(b"connection", b"").lower()
-        if parts[0] == b"HTTP/1.1":
-            keep = b"close" not in connection
-        else:
-            keep = b"keep-alive" in connection
-        return int(parts[1]), fields, keep
-
-    def _read_exactly(self, n: int) -> bytes:
-        buf = self.buf
-        while len(buf) < n:
-            if not self._fill():
-                raise http.client.IncompleteRead(bytes(buf), n - len(buf))
-        data = bytes(buf[:n])
-        del buf[:n]
-        return data
-
-    def _read_line(self) -> bytes:
-        buf = self.buf
-        end = buf.find(b"\r\n")
-        while end < 0:
-            if len(buf) > MAX_HEAD:
-                raise http.client.HTTPException("chunk line over %d bytes" % MAX_HEAD)
-            if not self._fill():
-                raise http.client.IncompleteRead(bytes(buf))
-            end = buf.find(b"\r\n")
-        line = bytes(buf[:end])
-        del buf[:end + 2]
-        return line
-
-    def _read_chunked(self) -> bytes:
-        out = bytearray()
-        while True:
-            size = self._read_line().split(b";", 1)[0].strip()
-            try:
-                n = int(size, 16)
-            except ValueError:
-                raise http.client.HTTPException("bad chunk size %r" % size[:40]) from None
-            if not n:
-                while self._read_line():    # trailer fields, then the blank line
-                    pass
-                return bytes(out)
-            out += self._read_exactly(n)
-            if self._read_exactly(2) != b"\r\n":
-                raise http.client.HTTPException("chunk without its CRLF")
-
-    def _read_to_end(self) -> bytes:
-        while self._fill():
-            pass
-        data = bytes(self.buf)
-        self.buf.clear()
-        return data
-
-
-def _call(conn: _Connection, method: str, path: str, body: bytes | None,
-          headers: dict) -> tuple[int, bytes]:
-    return conn.call(method, path, body, headers)
-
-
-def _pull(conn: _Connection, reused: bool, path: str, headers: dict) -> tuple[int, bytes]:
-    """A lane's GET. On a connection that has carried calls already, the
-    front may have closed it (a restart, an idle limit): one new connection
-    before calling the front down."""
-    try:
-        return _call(conn, "GET", path, None, headers)
-    except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-        if not reused:
-            raise
-        conn.close()
-        return _call(conn, "GET", path, None, headers)
-
-
-class _Pace:
-    """How many requests a lane asks for at once: about BATCH_BUDGET seconds
-    of handler time (a moving average), between 1 and `most`. A fast handler
-    gets big batches (fewer calls per request); a slow one takes one request
-    at a time, so it never sits on requests another worker could serve."""
-
-    def __init__(self, most: int):
-        self.most = most
-        # Seconds per request. It starts at the whole budget (one request at
-        # a time) and comes down as fast answers are measured, so a handler
-        # that blocks is never handed a batch to sit on before it is known.
-        self.average = BATCH_BUDGET
-
-    def size(self) -> int:
-        return max(1, min(self.most, int(BATCH_BUDGET / self.average)))
-
-    def took(self, seconds: float, n: int) -> None:
-        if n:
-            self.average += (seconds / n - self.average) * 0.2
-
-
 class Worker:
     """Serves `handler(Request) -> Response` for every front until stop().
 
@@ -513,12 +234,12 @@ class Worker:
                  max_streams: int = 1000, api: str = "v2"):
         if concurrency < 1 or batch < 1 or max_streams < 1:
             raise ValueError("concurrency, batch and max_streams must be at least 1")
-        if api not in ("v1", "v2"):
+        if api not in lanes.CODECS:
             raise ValueError("api must be 'v1' or 'v2', not %r" % (api,))
         if isinstance(fronts, str):
             fronts = [fronts]
         self.handler = handler
-        self.fronts = [_Front(url, wait + 30.0) for url in dict.fromkeys(fronts)]
+        self.fronts = [Front(url, wait + 30.0) for url in dict.fromkeys(fronts)]
         if not self.fronts:
             raise ValueError("at least one front is needed")
         if concurrency < len(self.fronts):
@@ -527,16 +248,18 @@ class Worker:
         self.concurrency = concurrency
         self.wait = wait
         self.max_backoff = max_backoff
-        self.pace = _Pace(batch)
+        self.pace = lanes.Pace(batch)
         self.max_streams = max_streams
         self.stream_slots = threading.BoundedSemaphore(max_streams)
         self.streams: dict[threading.Thread, tuple] = {}   # -> (front, request, is a WebSocket)
         self.streams_lock = threading.Lock()
         self.stopping = threading.Event()
         self.api = api
-        lane = self._lane if api == "v2" else self._lane_v1
-        self.lanes = [threading.Thread(target=lane, daemon=True, name="prack-lane",
-                                       args=(self.fronts[i % len(self.fronts)],))
+        # One codec per front: its lanes share what it learns of the front.
+        codecs = [lanes.CODECS[api](front, wait, self.pace) for front in self.fronts]
+        self.lanes = [threading.Thread(target=lanes.run, daemon=True, name="prack-lane",
+                                       args=(codecs[i % len(codecs)], self._handle,
+                                             self.stopping, max_backoff))
                       for i in range(concurrency)]
 
     def start(self) -> "Worker":
@@ -588,79 +311,15 @@ class Worker:
             try:
                 conn = front.connect()
                 try:
-                    _call(conn, "POST", path, _encode(payload),
-                          {"Content-Type": MSGPACK, "Accept": MSGPACK})
+                    conn.call("POST", path, _encode(payload),
+                              {"Content-Type": MSGPACK, "Accept": MSGPACK})
                 finally:
                     conn.close()
             except (OSError, http.client.HTTPException) as exc:
                 log.debug("aborting %s: %s", req.id, exc)
         return len(left)
 
-    # -- one lane ---------------------------------------------------------------------
-
-    def _lane(self, front: _Front) -> None:
-        conn = None
-        reused = False              # conn has carried a call already
-        params = "?wait=%g&max=" % self.wait
-        pull_headers = {"Accept": MSGPACK}
-        answers: list = []          # ResponseItems to post
-        errors: list = []           # (id, reason) to report
-        while True:
-            try:
-                items = None
-                if answers or errors:
-                    if conn is None:
-                        conn = front.connect()
-                    stopping = self.stopping.is_set()
-                    items = self._post(conn, answers, errors, None if stopping or not
-                                       front.combined else params + str(self.pace.size()),
-                                       front)
-                    answers, errors = [], []
-                    reused = True
-                    if stopping:
-                        break
-                    if not items and conn.sock is None:
-                        # Closed after an empty batch: a stopping front says
-                        # so (its pulls get 503). Pull apart to find out.
-                        items = None
-                elif self.stopping.is_set():
-                    break
-                if items is None:
-                    if conn is None:
-                        conn = front.connect()
-                    path = "/api/v2/requests" + params + str(self.pace.size())
-                    status, data = _pull(conn, reused, path, pull_headers)
-                    reused = True
-                    if status != 200:
-                        raise FrontDown("GET /api/v2/requests answered %d" % status)
-                    items = _decode_batch(data).requests
-            except (OSError, http.client.HTTPException, FrontDown,
-                    msgspec.DecodeError, msgspec.ValidationError) as exc:
-                if conn is not None:
-                    conn.close()
-                    conn = None
-                reused = False
-                if answers or errors:
-                    # These clients were answered by the front (or lost with
-                    # it): a restarted front would not know the identifiers.
-                    log.debug("front %s: %d answers not delivered: %s", front.url,
-                              len(answers) + len(errors), exc)
-                    answers, errors = [], []
-                if self.stopping.is_set():
-                    break
-                front.combined = True       # a restarted front may be a newer one
-                failures = front.failed(exc)
-                self.stopping.wait(backoff(failures, cap=self.max_backoff))
-                continue
-            front.succeeded()
-            started = time.monotonic()
-            for item in items:
-                self._handle(front, item, answers, errors)
-            self.pace.took(time.monotonic() - started, len(items))
-        if conn is not None:
-            conn.close()
-
-    def _handle(self, front: _Front, item: messages.RequestItem, answers: list,
+    def _handle(self, front: Front, item: messages.RequestItem, answers: list,
                 errors: list) -> None:
         req = Request(item.id, item.env, item.body, item.deadline, front.url, front)
         try:
@@ -684,14 +343,14 @@ class Worker:
         except Exception as exc:
             log.exception("handler failed on %s %s", item.env.get("REQUEST_METHOD"),
                           item.env.get("PATH_INFO"))
-            errors.append((item.id, "%s: %s" % (exc.__class__.__name__, _reason(exc))))
+            errors.append((item.id, "%s: %s" % (exc.__class__.__name__, reason(exc))))
             out = None
         if req._watch is not None or req._input is not None:
             req._finish()
         if out is not None and time.time() < item.deadline:
             answers.append(out)
 
-    def _start_stream(self, run, front: _Front, req: Request, resp) -> None:
+    def _start_stream(self, run, front: Front, req: Request, resp) -> None:
         """A streamed response or a WebSocket goes on a thread of its own
         (the lane goes back to pulling); at most `max_streams` at once, after
         which the lane waits for one to end."""
@@ -714,103 +373,6 @@ class Worker:
         with self.streams_lock:
             self.streams[thread] = (front, req, run is streams.run_websocket)
         thread.start()
-
-    @staticmethod
-    def _post(conn, answers: list, errors: list, params: str | None,
-              front: _Front) -> list | None:
-        """Post the answers (with `params`, "?wait=S&max=N": and pull the next
-        batch in the same call) and report the errors. The batch pulled, or
-        None when none was (no answers, no `params`, or an older front)."""
-        items = None
-        for ident, reason in errors:
-            _call(conn, "POST", "/api/v2/requests/%s/error" % ident,
-                  _encode(messages.Error(reason)), {"Content-Type": MSGPACK})
-        if not answers:
-            return None
-        status, data = _call(conn, "POST", "/api/v2/responses" + (params or ""),
-                             _encode(messages.ResponseBatch(answers)),
-                             {"Content-Type": MSGPACK, "Accept": MSGPACK})
-        if status != 200:
-            raise FrontDown("POST /api/v2/responses answered %d" % status)
-        answer = _decode_post(data)
-        if params is not None:
-            items = answer.requests
-            if items is None:
-                log.info("front %s pulls no requests with the answers (an older "
-                         "Prack): pulling apart", front.url)
-                front.combined = False
-        for result in answer.results:
-            if result.status == "invalid":
-                log.error("front refused the response to %s: %s", result.id, result.error)
-            elif result.status != "ok":
-                log.info("response to %s not delivered: %s", result.id, result.status)
-        return items
-
-    def _lane_v1(self, front: _Front) -> None:
-        """A lane on API v1 (JSON, one request per call): for fronts that
-        speak only v1, and to compare the protocols. Stopping waits for the
-        long poll under way (the front's api.poll_timeout at most)."""
-        conn = None
-        reused = False
-        answers: list = []
-        errors: list = []
-        while not self.stopping.is_set():
-            try:
-                if conn is None:
-                    # Not front.connect(): its timeout (the lanes' wait + 30 s)
-                    # is shorter than a front's api.poll_timeout may be.
-                    conn = _Connection(front.host, front.port,
-                                       max(front.timeout, V1_POLL_MAX + 30.0))
-                status, data = _pull(conn, reused, "/api/v1/request", {})
-                reused = True
-                if status == 404:       # the poll timed out: nothing for us
-                    front.succeeded()
-                    continue
-                if status != 200:
-                    raise FrontDown("GET /api/v1/request answered %d" % status)
-                pulled = _decode_v1(data)
-            except (OSError, http.client.HTTPException, FrontDown,
-                    msgspec.DecodeError, msgspec.ValidationError) as exc:
-                if conn is not None:
-                    conn.close()
-                    conn = None
-                reused = False
-                self.stopping.wait(backoff(front.failed(exc), cap=self.max_backoff))
-                continue
-            front.succeeded()
-            # v1 tells no deadline: the front answers 504 when it passes.
-            self._handle(front, messages.RequestItem(pulled.identifier, pulled.environment,
-                                                 pulled.body, float("inf")), answers, errors)
-            try:
-                for item in answers:
-                    headers: dict = {}
-                    for name, value in item.headers:
-                        old = headers.get(name)
-                        if old is None:
-                            headers[name] = value
-                        elif type(old) is list:
-                            old.append(value)
-                        else:
-                            headers[name] = [old, value]
-                    status, data = _call(conn, "POST", "/api/v1/response", _encode_json(
-                        messages.PostedResponse(item.id, item.status, headers, item.body)),
-                        {"Content-Type": JSON})
-                    if status == 400:
-                        log.error("front refused the response to %s: %s", item.id, data[:200])
-                    elif status != 200:
-                        log.info("response to %s not delivered: %d", item.id, status)
-                for ident, reason in errors:
-                    _call(conn, "POST", "/api/v2/requests/%s/error" % ident,
-                          _encode_json(messages.Error(reason)), {"Content-Type": JSON})
-            except (OSError, http.client.HTTPException) as exc:
-                log.debug("front %s: answer not delivered: %s", front.url, exc)
-                conn.close()
-                conn = None
-                reused = False
-            answers.clear()
-            errors.clear()
-        if conn is not None:
-            conn.close()
 
 
 def _pairs(headers) -> list:

@@ -3,8 +3,9 @@ response (head, body chunks, end), the cancellation long-poll, a large
 request body read from Prack, and a WebSocket conversation.
 
 Every call about a request goes to the front that handed it out, each on a
-connection of its own taken from that front's small pool (`_Api`), so none
-of them waits behind another: a lane keeps its own connection for pulling.
+connection of its own taken from that front's small pool (client.Lease), so
+none of them waits behind another: a lane keeps its own connection for
+pulling.
 """
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ import collections
 import http.client
 import io
 import logging
-import socket
 import threading
 import time
 
 import msgspec
 
+from prack.worker.client import MSGPACK, Connection, Lease, reason
+
 log = logging.getLogger("prack.worker")
 
-MSGPACK = "application/msgpack"
 OCTETS = "application/octet-stream"
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.decode
@@ -30,7 +31,6 @@ _GET_HEADERS = {"Accept": MSGPACK}
 STATE_WAIT = 10.0        # seconds each cancellation long-poll waits
 EVENTS_WAIT = 20.0       # seconds each WebSocket events long-poll waits
 EVENTS_MAX = 64          # events taken at once (bounded: Prack's credit is what we took)
-_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 class ClientGone(OSError):
@@ -44,8 +44,8 @@ class CallFailed(Exception):
 
     def __init__(self, what: str, status: int, data: bytes):
         self.status = status
-        reason = _error_text(data)
-        super().__init__("%s answered %d%s" % (what, status, ": " + reason if reason else ""))
+        why = _error_text(data)
+        super().__init__("%s answered %d%s" % (what, status, ": " + why if why else ""))
 
 
 def _error_text(data: bytes) -> str:
@@ -59,65 +59,6 @@ def _error_text(data: bytes) -> str:
     if isinstance(doc, dict) and isinstance(doc.get("error"), str):
         return doc["error"]
     return ""
-
-
-class _Api:
-    """Calls to one front over one kept-alive connection, borrowed from the
-    front's pool and given back by close() when it is still usable."""
-
-    __slots__ = ("front", "conn", "fresh", "aborted")
-
-    def __init__(self, front):
-        self.front = front
-        self.conn = None
-        self.fresh = False
-        self.aborted = False
-
-    def call(self, method: str, path: str, body: bytes | None = None,
-             headers: dict = _GET_HEADERS) -> tuple[int, bytes]:
-        while True:
-            if self.conn is None:
-                self.conn, self.fresh = self.front.borrow()
-            try:
-                self.conn.request(method, path, body=body, headers=headers)
-                resp = self.conn.getresponse()
-                data = resp.read()
-            except _STALE:
-                # A kept-alive connection the front closed meanwhile (an idle
-                # limit, a restart): one new connection before giving up.
-                self.conn.close()
-                self.conn = None
-                if self.fresh or self.aborted:
-                    raise
-                continue
-            except BaseException:
-                self.conn.close()
-                self.conn = None
-                raise
-            self.fresh = False
-            if resp.will_close:
-                self.conn.close()
-                self.conn = None
-            return resp.status, data
-
-    def abort(self) -> None:
-        """End a call in progress from another thread (its read fails)."""
-        self.aborted = True
-        conn = self.conn
-        sock = getattr(conn, "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        if self.conn is not None:
-            if self.aborted:        # shut down by abort(): not for the pool
-                self.conn.close()
-            else:
-                self.front.give_back(self.conn)
-            self.conn = None
 
 
 def _path(ident: str, what: str) -> str:
@@ -139,7 +80,7 @@ class Watch:
         self.first = threading.Event()       # the first answer is in
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
-        self.api: _Api | None = None
+        self.api: Lease | None = None
         self.callbacks: list = []
 
     def start(self, wait: bool = True) -> None:
@@ -147,7 +88,7 @@ class Watch:
         answer."""
         with self.lock:
             if self.thread is None and not self.finished and not self.gone.is_set():
-                self.api = _Api(self.front)
+                self.api = Lease(self.front)
                 self.thread = threading.Thread(target=self._run, daemon=True,
                                                name="prack-watch")
                 self.thread.start()
@@ -189,7 +130,8 @@ class Watch:
         wait = 0.0
         try:
             while not self.finished:
-                status, data = api.call("GET", _path(self.ident, "state?wait=%g" % wait))
+                status, data = api.call("GET", _path(self.ident, "state?wait=%g" % wait),
+                                        None, _GET_HEADERS)
                 wait = STATE_WAIT
                 if status == 410 or (status == 200 and _decode(data).get("state") == "gone"):
                     self.mark_gone()
@@ -217,8 +159,8 @@ class RemoteInput(io.RawIOBase):
         self.front = front
         self.path = path
         self.length = length
-        self.conn: http.client.HTTPConnection | None = None
-        self.resp: http.client.HTTPResponse | None = None
+        self.conn: Connection | None = None
+        self.opened = False
 
     def readable(self) -> bool:
         return True
@@ -226,26 +168,30 @@ class RemoteInput(io.RawIOBase):
     def readinto(self, buf) -> int:
         if self.closed:
             raise ValueError("I/O operation on closed input")
-        if self.resp is None:
+        if not self.opened:
             self._open()
-        n = self.resp.readinto(buf)
-        if n == 0 and len(buf) and self.conn is not None:
-            self.front.give_back(self.conn)     # read to the end: reusable
+        conn = self.conn
+        if conn is None:                        # read to the end already
+            return 0
+        n = conn.readinto(buf)
+        if n == 0 and len(buf):
+            self.front.give_back(conn)          # read to the end: reusable
             self.conn = None
         return n
 
     def _open(self) -> None:
-        self.conn, _ = self.front.borrow()
-        self.conn.request("GET", self.path, headers=_GET_HEADERS)
-        resp = self.conn.getresponse()
-        if resp.status != 200:
-            data = resp.read()
-            self.conn.close()
-            self.conn = None
-            if resp.status == 410:
+        conn = self.front.borrow()
+        # A pooled connection the front closed meanwhile (an API process
+        # restarted): the read goes again on a new one, as a Lease's calls do.
+        status = conn.open("GET", self.path, None, _GET_HEADERS, True)
+        if status != 200:
+            data = conn.read_rest()
+            conn.close()
+            if status == 410:
                 raise ClientGone("the client has gone")
-            raise CallFailed("GET " + self.path, resp.status, data)
-        self.resp = resp
+            raise CallFailed("GET " + self.path, status, data)
+        self.conn = conn
+        self.opened = True
 
     def close(self) -> None:
         if self.conn is not None:
@@ -266,7 +212,7 @@ def run_stream(front, req, resp, pairs) -> None:
     has room for more: that is the backpressure), then the end, or an abort
     when the iterable raises. A 410 means the client has gone: the iterable
     is closed and nothing more is sent."""
-    api = _Api(front)
+    api = Lease(front)
     body = resp.body
     ident = req.id
     step = "head"
@@ -296,7 +242,7 @@ def run_stream(front, req, resp, pairs) -> None:
                       CallFailed("POST .../" + step, status, data))
     except (OSError, http.client.HTTPException) as exc:
         log.warning("streamed response to %s cut short: POST .../%s failed: %s",
-                    ident, step, _reason(exc))
+                    ident, step, reason(exc))
     finally:
         close = getattr(body, "close", None)
         if close is not None:
@@ -308,7 +254,7 @@ def run_stream(front, req, resp, pairs) -> None:
         api.close()
 
 
-def _send_chunks(api: _Api, req, body) -> tuple[int, bytes, str | None]:
+def _send_chunks(api: Lease, req, body) -> tuple[int, bytes, str | None]:
     """Post each chunk as the iterable yields it. (status, data) of the last
     post, and the reason when the iterable failed (the stream is aborted)."""
     path = _path(req.id, "body")
@@ -334,12 +280,7 @@ def _send_chunks(api: _Api, req, body) -> tuple[int, bytes, str | None]:
         failure = exc
     log.error("streamed response to %s %s failed", req.env.get("REQUEST_METHOD"),
               req.env.get("PATH_INFO"), exc_info=failure)
-    return 200, b"", "%s: %s" % (failure.__class__.__name__, _reason(failure))
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or exc.__class__.__name__
-    return text if len(text) < 200 else text[:200] + "..."
+    return 200, b"", "%s: %s" % (failure.__class__.__name__, reason(failure))
 
 
 # -- WebSockets ----------------------------------------------------------------------------
@@ -364,8 +305,8 @@ class WebSocket:
         self.request = req
         self.subprotocol = subprotocol
         self._front = front
-        self._recv = _Api(front)
-        self._send = _Api(front)
+        self._recv = Lease(front)
+        self._send = Lease(front)
         self._send_lock = threading.Lock()
         self._events: collections.deque = collections.deque()
         self.closed: WebSocketClosed | None = None    # set once the client closed or went
@@ -380,7 +321,7 @@ class WebSocket:
             wait = EVENTS_WAIT if deadline is None else max(0.0, deadline - time.monotonic())
             status, data = self._recv.call(
                 "GET", _path(self.request.id, "events?wait=%g&max=%d"
-                             % (min(wait, EVENTS_WAIT), EVENTS_MAX)))
+                             % (min(wait, EVENTS_WAIT), EVENTS_MAX)), None, _GET_HEADERS)
             if status == 200:
                 self._events.extend(_decode(data).get("events") or ())
             elif status in (404, 410):
@@ -457,7 +398,7 @@ def run_websocket(front, req, resp, pairs) -> None:
     """Accept the WebSocket (`POST .../head` 101), run `resp.session(ws)`,
     and close with 1000 when it returns (1011 when it raises) unless it
     closed already."""
-    api = _Api(front)
+    api = Lease(front)
     headers = pairs(resp.headers)
     if resp.subprotocol:
         headers.append(("Sec-WebSocket-Protocol", resp.subprotocol))
