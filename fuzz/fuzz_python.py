@@ -2,7 +2,7 @@
 environment a worker receives.
 
 For each input the harness plays one client connection the way the acceptor
-does (acceptor.py `_process_one` / `_dispatch`): it feeds the bytes to a
+does (acceptor/process.py `_process_one` / `_dispatch`): it feeds the bytes to a
 `prack.http.RequestReader`, takes every complete request and has C write
 its environment as msgpack (`Request.environ_msgpack`), exactly the calls
 the acceptor makes; the decoded map must equal `prack.environ.environ`, the

@@ -57,7 +57,7 @@ def environ(req, server_name: str, server_port: str, remote_addr: str,
 
     The readable reference of the environment the acceptor sends: its hot
     path has `prk_write_env` (C, head.c) write the same map as msgpack.
-    tests/test_cbuild_env.py and fuzz/fuzz_python.py check that the two
+    tests/protocol/test_environ_c.py and fuzz/fuzz_python.py check that the two
     agree on many requests; change both together."""
     if req.host:
         server_name, server_port = split_host(req.host, "80")
