@@ -12,7 +12,8 @@ import pytest
 from prack import config
 
 from prack.ipc import frames
-from prack.acceptor.process import Acceptor, QUEUED
+from prack.acceptor.connection import QUEUED
+from prack.acceptor.process import Acceptor
 from prack.ipc.ring import Segment
 
 
@@ -36,7 +37,7 @@ def acceptor(tmp_path):
     clients = []
     yield acc, seg, listener, api_listener, api_side, clients
     for conn in list(acc.conns.values()):
-        acc._close(conn)
+        acc.close(conn)
     for s in clients + [api_side, api_listener, listener]:
         s.close()
     if acc.api is not None:
