@@ -3,49 +3,11 @@ cannot force (the API process dying between two frames of one read)."""
 from __future__ import annotations
 
 import errno
-import os
 import selectors
 import socket
 
-import pytest
-
-from prack import config
-
-from prack.ipc import frames
 from prack.acceptor.connection import QUEUED
-from prack.acceptor.process import Acceptor
-from prack.ipc.ring import Segment
-
-
-@pytest.fixture
-def acceptor(tmp_path):
-    cfg = config.load(None, env={})
-    seg = Segment.create(1, 8, 1 << 20)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.setblocking(False)
-    api_path = str(tmp_path / "api.sock")
-    api_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    api_listener.bind(api_path)
-    api_listener.listen(4)
-    status_r, status_w = os.pipe()
-    acc = Acceptor(cfg, 0, 1, listener, seg, api_path, status_w)
-    acc.sel.register(listener, selectors.EVENT_READ, acc._on_accept)
-    acc._connect_api()
-    api_side, _ = api_listener.accept()
-    clients = []
-    yield acc, seg, listener, api_listener, api_side, clients
-    for conn in list(acc.conns.values()):
-        acc.close(conn)
-    for s in clients + [api_side, api_listener, listener]:
-        s.close()
-    if acc.api is not None:
-        acc.api.close()
-    acc.sel.close()
-    seg.close()
-    os.close(status_r)
-    os.close(status_w)
+from prack.ipc import frames
 
 
 def _client(acc, listener, clients, data: bytes):

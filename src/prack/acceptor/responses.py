@@ -135,7 +135,7 @@ class Responses:
         self.write(conn, buffers)
 
     def write(self, conn: Conn, buffers: list) -> None:
-        if conn.queue(buffers):
+        if conn.add_output(buffers):
             self.flush(conn)
 
     def flush(self, conn: Conn) -> None:

@@ -47,7 +47,7 @@ class Connection:
 
     # -- output -----------------------------------------------------------------
 
-    def queue(self, buffers: list) -> bool:
+    def add_output(self, buffers: list) -> bool:
         """Add buffers to the output; True when it was empty, so the caller
         flushes now (otherwise a flush is already waiting for the socket)."""
         out = self.out
