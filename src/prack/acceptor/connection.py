@@ -3,7 +3,7 @@
 Everything that changes a connection's state lives here: the request,
 upload, streaming and WebSocket paths move a connection only by calling
 the transition methods of `Conn`, and `TRANSITIONS` says, as data, which
-event leads from which state to which (tests/acceptor/test_connection.py
+event leads from which state to which (tests/acceptor/test_connection_states.py
 holds the methods to the table, and checks that no other module assigns a
 state).
 
