@@ -510,14 +510,18 @@ class Acceptor(ChildLoop):
     def close(self, conn: Conn) -> None:
         if conn.sock is None:
             return
-        if conn.spool is not None or conn.input:
-            self.uploads.end(conn)
-        if conn.state in IN_FLIGHT:
-            self.withdraw(conn)
+        in_flight = conn.state in IN_FLIGHT
+        # Closed and out of the tables before the API process is told:
+        # telling it can find the link gone, and the link's loss closes
+        # connections (streams, uploads), which must not find this one.
         conn.close()
         del self.conns[conn.fd]
         self.slots[conn.slot] = None
         self.free_slots.append(conn.slot)
+        if conn.spool is not None or conn.input:
+            self.uploads.end(conn)
+        if in_flight:
+            self.withdraw(conn)
 
     def withdraw(self, conn: Conn) -> None:
         """The client of a queued, taken or streaming request has gone (or
