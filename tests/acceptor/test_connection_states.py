@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from prack.acceptor import connection
-from prack.acceptor.connection import (CLOSED, METHODS, NAMES, READING, TRANSITIONS, Conn)
+from prack.acceptor.connection import CLOSED, NAMES, READING, TRANSITIONS, Conn
 from prack.protocol import http
 
 ACCEPTOR = pathlib.Path(connection.__file__).parent
@@ -65,13 +65,12 @@ def test_every_state_is_named_and_in_the_table():
                                          for e in events])
 def test_each_transition_lands_where_the_table_says(make_conn, state, event):
     conn = make_conn(state)
-    method = METHODS.get(event, event)
-    getattr(conn, method)(*ARGS[method])
+    getattr(conn, event)(*ARGS[event])
     assert conn.state == TRANSITIONS[state][event], (NAMES[state], event)
 
 
 def test_every_transition_method_is_an_event_of_the_table():
-    events = {METHODS.get(e, e) for evs in TRANSITIONS.values() for e in evs}
+    events = {e for evs in TRANSITIONS.values() for e in evs}
     assert set(ARGS) == events
 
 

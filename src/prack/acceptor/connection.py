@@ -45,9 +45,9 @@ DONE = 3         # the body is in; F_INPUT_DONE sent
 # state -> event (a Conn method) -> the state it leads to. Any state may close.
 TRANSITIONS = {
     READING: {"queue": QUEUED, "answer": WRITING, "body_done": TAKEN},
-    QUEUED: {"take": TAKEN, "answer": WRITING, "stream": STREAMING, "upgrade": WEBSOCKET,
+    QUEUED: {"take": TAKEN, "answer": WRITING, "stream_start": STREAMING, "upgrade": WEBSOCKET,
              "upload": READING},
-    TAKEN: {"answer": WRITING, "stream": STREAMING, "upgrade": WEBSOCKET, "upload": READING},
+    TAKEN: {"answer": WRITING, "stream_start": STREAMING, "upgrade": WEBSOCKET, "upload": READING},
     WRITING: {"next_request": READING, "linger": LINGER},
     STREAMING: {"end_stream": WRITING},
     WEBSOCKET: {"linger": LINGER},
@@ -188,7 +188,3 @@ class Conn(Connection):
         self.status = 101
         self.keep_alive = False
         self.deadline = deadline
-
-
-# The table's "stream" event is stream_start (a Conn has a `stream` attribute).
-METHODS = {"stream": "stream_start"}
