@@ -10,7 +10,7 @@ import selectors
 import socket
 import time
 
-from prack.acceptor.connection import LINGER, QUEUED, READING, TAKEN, WRITING
+from prack.acceptor.connection import LINGER, QUEUED, READING, STREAMING, TAKEN, WRITING
 from prack.ipc import frames
 from prack.ipc.slots import SLOT_GONE, SLOT_QUEUED, SLOT_TAKEN
 
@@ -216,3 +216,39 @@ def test_a_client_that_does_not_read_its_answer_is_closed_after_send_timeout(mak
     assert conn.sock is not None
     acc._scan(conn.deadline)
     assert conn.sock is None
+
+
+def _streaming(acc, seg, api_side, c, conn, block: bytes = b""):
+    """The request queued, taken by a worker, answered with F_START."""
+    _send(acc, c, conn, b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert seg.ring(0).move(conn.slot, conn.key, SLOT_QUEUED, SLOT_TAKEN)
+    acc._flush_api()
+    api_side.sendall(b"".join(bytes(b) for b in frames.response_frame(
+        conn.slot, conn.key, 200, 0, block, b"", kind=frames.F_START)))
+    acc._on_api(selectors.EVENT_READ)
+    assert conn.state == STREAMING
+    assert _answer(c).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_silent_worker_is_cut_off_after_stream_idle_timeout(make_acceptor):
+    acc, seg, listener, _, api_side, clients = make_acceptor(
+        PRACK_TIMEOUTS_STREAM_IDLE_TIMEOUT="12")
+    c, conn = _connect(acc, listener, clients)
+    _streaming(acc, seg, api_side, c, conn)
+    last = conn.stream.last_data
+    acc._scan(last + 12 - EPS)
+    assert conn.state == STREAMING
+    acc._scan(last + 12)
+    assert conn.sock is None
+
+
+def test_a_quiet_event_stream_gets_a_comment_every_sse_keepalive(make_acceptor):
+    acc, seg, listener, _, api_side, clients = make_acceptor(
+        PRACK_TIMEOUTS_SSE_KEEPALIVE="4", PRACK_TIMEOUTS_STREAM_IDLE_TIMEOUT="600")
+    c, conn = _connect(acc, listener, clients)
+    _streaming(acc, seg, api_side, c, conn, b"Content-Type: text/event-stream\r\n")
+    last = conn.stream.last_write
+    acc._scan(last + 4 - EPS)
+    assert _nothing_sent(c)
+    acc._scan(last + 4)
+    assert c.recv(100) == b"3\r\n:\n\n\r\n"       # a comment line, as one chunk
