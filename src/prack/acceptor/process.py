@@ -3,8 +3,9 @@
 One selector loop: accept, read, parse (the C parser via protocol.http),
 push each complete request into this acceptor's ring, and hand the frames
 the API process sends back over the Unix socket to whoever handles their
-kind. Every per-connection deadline lives here, so the API process only
-moves records and can be restarted without losing a queued request.
+kind. Every per-connection deadline lives in the acceptor (checked here, or
+by the collaborator that owns the connection's state), so the API process
+only moves records and can be restarted without losing a queued request.
 
 The features are collaborators built here, each with the state it owns,
 registered in the process's tables: `frame_handlers` (frame kind -> handler,
@@ -23,8 +24,8 @@ import selectors
 import socket
 import time
 
-from prack.acceptor.connection import (IN_FLIGHT, LINGER, QUEUED, READING, TAKEN, WEBSOCKET,
-                                       WRITING, Conn, ANSWERABLE)
+from prack.acceptor.connection import (ANSWERABLE, IN_FLIGHT, LINGER, QUEUED, READING, TAKEN,
+                                       WEBSOCKET, WRITING, Conn)
 from prack.acceptor.responses import RETIRE_IDLE_GRACE, Responses
 from prack.acceptor.static import StaticFiles, StaticSite
 from prack.acceptor.streams import Streams
