@@ -94,7 +94,7 @@ class Rig:
 
     def close(self) -> None:
         for conn in list(self.acc.conns.values()):
-            self.acc._close(conn)
+            self.acc.close(conn)
         for s in self.clients + [self.api, self.api_listener, self.listener]:
             s.close()
         if self.acc.api is not None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import selectors
 import socket
 
-from test_acceptor_api_link import acceptor  # noqa: F401  (the fixture)
 
-
-def test_a_full_acceptor_refuses_one_connection_per_wake_up(acceptor):  # noqa: F811
+def test_a_full_acceptor_refuses_one_connection_per_wake_up(acceptor):
     """Every acceptor is woken for a new connection and takes one
     (ACCEPT_BATCH), so a burst spreads over them. A full one (no free slot)
     refused every pending connection in one wake-up (refusals did not

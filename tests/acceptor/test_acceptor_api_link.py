@@ -3,48 +3,11 @@ cannot force (the API process dying between two frames of one read)."""
 from __future__ import annotations
 
 import errno
-import os
 import selectors
 import socket
 
-import pytest
-
-from prack import config
-
-from prack.ipc import frames
-from prack.acceptor.process import Acceptor, QUEUED
-from prack.ipc.ring import Segment
-
-
-@pytest.fixture
-def acceptor(tmp_path):
-    cfg = config.load(None, env={})
-    seg = Segment.create(1, 8, 1 << 20)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.setblocking(False)
-    api_path = str(tmp_path / "api.sock")
-    api_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    api_listener.bind(api_path)
-    api_listener.listen(4)
-    status_r, status_w = os.pipe()
-    acc = Acceptor(cfg, 0, 1, listener, seg, api_path, status_w)
-    acc.sel.register(listener, selectors.EVENT_READ, acc._on_accept)
-    acc._connect_api()
-    api_side, _ = api_listener.accept()
-    clients = []
-    yield acc, seg, listener, api_listener, api_side, clients
-    for conn in list(acc.conns.values()):
-        acc._close(conn)
-    for s in clients + [api_side, api_listener, listener]:
-        s.close()
-    if acc.api is not None:
-        acc.api.close()
-    acc.sel.close()
-    seg.close()
-    os.close(status_r)
-    os.close(status_w)
+from prack.acceptor.connection import QUEUED, STREAMING
+from prack.ipc import frames, slots
 
 
 def _client(acc, listener, clients, data: bytes):
@@ -141,3 +104,27 @@ def test_errors_of_one_new_connection_do_not_crash_the_acceptor(acceptor):
     conn, = acc.conns.values()
     assert conn.sock is good[0]
     acc.listener = listener
+
+
+def test_a_client_leaving_a_stream_as_the_api_process_dies(acceptor):
+    """The client of a streamed response closes; telling the API process
+    (F_GONE) finds it dead, and the link's loss closes every streaming
+    connection, this one included, from inside its own close. The
+    acceptor closed it a second time there and crashed (the selector
+    refused the closed socket), losing every connection it held."""
+    acc, seg, listener, api_listener, api_side, clients = acceptor
+    c, conn = _client(acc, listener, clients, b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+    other, other_conn = _client(acc, listener, clients, b"GET /o HTTP/1.1\r\nHost: x\r\n\r\n")
+    ring = seg.ring(0)
+    assert ring.move(conn.slot, conn.key, slots.SLOT_QUEUED, slots.SLOT_TAKEN)  # a worker's pull
+    acc._flush_api()
+    api_side.sendall(b"".join(bytes(b) for b in frames.response_frame(
+        conn.slot, conn.key, 200, 0, b"", b"", kind=frames.F_START)))
+    acc._on_api(selectors.EVENT_READ)
+    assert conn.state == STREAMING
+    api_side.close()                    # the API process dies
+    c.close()                           # and the client leaves
+    acc._on_readable(conn)
+    assert conn.sock is None and conn.fd not in acc.conns
+    assert acc.free_slots.count(conn.slot) == 1
+    assert other_conn.sock is not None  # the others are still served

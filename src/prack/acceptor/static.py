@@ -1,15 +1,16 @@
 """Static files served by the acceptors themselves (`[static]`).
 
-This module decides; the acceptor sends. `StaticFiles.answer(req)` maps a
-request under the configured prefix to a ready response (404, 405, 304,
-416 ...), to the bytes of a small file kept in memory (checked against the
-file's size and modification time on every request), or to an open file plus
-the byte range to send after the head, which the acceptor streams with
-sendfile(2) (or reads, where there is no sendfile). Validators and ranges follow RFC 9110 sections 8.8, 13 and 14:
+`StaticFiles` decides; `StaticSite`, the acceptor's collaborator, sends.
+`StaticFiles.answer(req)` maps a request under the configured prefix to a
+ready response (404, 405, 304, 416 ...), to the bytes of a small file kept
+in memory (checked against the file's size and modification time on every
+request), or to an open file plus the byte range to send after the head,
+which the connection sends with sendfile(2) (or reads, where there is no
+sendfile). Validators and ranges follow RFC 9110 sections 8.8, 13 and 14:
 strong ETags from size and modification time, Last-Modified, If-Match and
 If-Unmodified-Since (412), If-None-Match before If-Modified-Since (304),
-If-Range, and a single byte range (a request for
-several ranges gets the whole file, which the RFC allows).
+If-Range, and a single byte range (a request for several ranges gets the
+whole file, which the RFC allows).
 """
 from __future__ import annotations
 
@@ -377,3 +378,38 @@ class StaticFiles:
         if fd >= 0:
             os.close(fd)
         return answer
+
+
+class StaticSite:
+    """The acceptor's static files: whether a request is one, and its
+    answer written on the connection (a file after its head)."""
+
+    def __init__(self, acc, files: StaticFiles) -> None:
+        self.files = files
+        self.responses = acc.responses
+        self.wants = files.wants
+
+    def serve(self, conn, req) -> None:
+        """A file under static.prefix, answered here without a worker."""
+        ans = self.files.answer(req.method, req.path, req.headers)
+        cls = ans.__class__
+        if cls is SimpleAnswer and ans.status != 304:
+            self.responses.local(conn, ans.status, ans.body, ans.header_block)
+            return
+        body = b""
+        if cls is FileAnswer:
+            length = ans.length
+        elif cls is BytesAnswer:
+            body = ans.body
+            length = len(body)
+        else:                   # 304: no body, no length
+            length = None
+        keep, head = self.responses.head(conn, ans.status, ans.header_block, length, 0)
+        if req.method == "HEAD":
+            body = b""
+        if cls is FileAnswer:
+            if req.method != "HEAD" and length:
+                conn.file = [ans.fd, ans.offset, length]    # sent after the head
+            else:
+                os.close(ans.fd)
+        self.responses.start(conn, ans.status, keep, [head, body] if body else [head])

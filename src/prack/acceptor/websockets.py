@@ -1,5 +1,4 @@
-"""The acceptor's side of WebSockets (mixed into Acceptor; acceptor.py calls
-these hooks from its event handlers).
+"""WebSockets, on the acceptor's side.
 
 A request that asks for a WebSocket is checked when it is dispatched (an
 invalid upgrade gets 400, or 426 for another protocol version, from Prack)
@@ -9,8 +8,8 @@ WebSocket: a `websocket.WsSession` parses the client's bytes (those the
 HTTP reader had already buffered first), answers pings, and turns messages
 into F_WS_EVENT frames for the API process; the worker's messages arrive as
 F_DATA (flags = opcode) and its close as F_END. The slot stays TAKEN until
-the worker's close; when the connection ends otherwise, `_withdraw` marks it
-GONE and sends F_GONE.
+the worker's close; when the connection ends otherwise, the acceptor's
+withdraw marks it GONE and sends F_GONE.
 
 Backpressure: worker -> client as for streamed responses (F_ACK once the
 client's buffer is under limits.stream_buffer); client -> worker by a window
@@ -20,34 +19,44 @@ reading the socket until the API process sends F_CREDIT.
 from __future__ import annotations
 
 import logging
-import selectors
 import time
 
+from prack.acceptor.connection import WEBSOCKET
+from prack.child.connection import EVENT_READ
 from prack.ipc import frames
 from prack.protocol import websocket
 
 log = logging.getLogger("prack.acceptor")
 access_log = logging.getLogger("prack.access")
 
-# A connection state, beside acceptor.py's READING ... STREAMING.
-WEBSOCKET = 16
 _DATA_OPCODES = (websocket.OP_TEXT, websocket.OP_BINARY)
 
 
-class AcceptorWebSockets:
-    """Mixed into Acceptor, which provides _write, _send_api, _withdraw,
-    _linger, _close, _respond_local, _set_events, conns..."""
+class WebSockets:
+    """Registers itself for WEBSOCKET connections: their body frames and
+    F_CREDIT, what a flush means for them, their clocks, and the API link's
+    loss. A connection's session is its Conn.ws."""
 
-    def _init_websockets(self, cfg) -> None:
+    def __init__(self, acc) -> None:
+        self.acc = acc
+        self.responses = acc.responses
+        self.index = acc.index
+        self.access = acc.access
+        self.t_send = acc.t_send
+        self.t_stream_idle = acc.t_stream_idle
+        cfg = acc.cfg
         self.ws_max_message = cfg.websocket.max_message_size
         self.ws_ping = cfg.websocket.ping_interval
         self.ws_window = cfg.limits.stream_buffer
-        if self.ws_ping:
-            self.tick = min(self.tick, max(0.05, self.ws_ping / 4))
+        acc.frame_handlers[frames.F_CREDIT] = self.on_credit
+        acc.body_handlers[WEBSOCKET] = self.on_frame
+        acc.after_flush[WEBSOCKET] = self.flushed
+        acc.scanners[WEBSOCKET] = self.scan
+        acc.link_lost.append(self.link_lost)
 
     # -- the upgrade -------------------------------------------------------------------
 
-    def _ws_request(self, conn, req) -> bool:
+    def request(self, conn, req) -> bool:
         """At dispatch of a request that carries Upgrade: note a valid
         WebSocket upgrade (its key and offered subprotocols) in conn.ws;
         answer an invalid one here. True when answered."""
@@ -58,13 +67,13 @@ class AcceptorWebSockets:
             # 7.8: with the upgrade connection option).
             extra = (b"Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
                      b"Connection: Upgrade\r\n") if exc.status == 426 else b""
-            self._respond_local(conn, exc.status, exc.message.encode() + b"\n", extra)
+            self.responses.local(conn, exc.status, exc.message.encode() + b"\n", extra)
             return True
         if key is not None:
             conn.ws = (key, websocket.offered_protocols(req.headers))
         return False
 
-    def _ws_start(self, conn, flags: int, block: bytes) -> None:
+    def start(self, conn, flags: int, block: bytes) -> None:
         """The worker accepted (101): write the handshake, become a WebSocket."""
         info = conn.ws
         reason = None
@@ -84,37 +93,33 @@ class AcceptorWebSockets:
         if reason is not None:
             log.warning("acceptor %d: worker answered %s %s with 101, but %s: 502",
                         self.index, conn.method, conn.target, reason)
-            self._withdraw(conn)        # the worker's later calls get 410
-            self._respond_local(conn, 502, b"the worker could not accept the upgrade\n",
+            self.acc.withdraw(conn)     # the worker's later calls get 410
+            self.responses.local(conn, 502, b"the worker could not accept the upgrade\n",
                                 b"", close=True)
             return
         now = time.monotonic()
         session = websocket.WsSession(self.ws_max_message, self.ws_window, now)
-        conn.ws = session
-        conn.state = WEBSOCKET
-        conn.status = 101
-        conn.keep_alive = False
-        conn.deadline = now + self.t_send
+        conn.upgrade(session, now + self.t_send)
         early = conn.reader.buf
         conn.reader.buf = bytearray()
         session.sent = len(head)
-        self._write(conn, [head])
+        self.responses.write(conn, [head])
         if conn.sock is None:
             return
-        if self.stopping:
-            self._ws_going_away(conn)
+        if self.acc.stopping:
+            self.going_away(conn)
             return
         if early:
             session.receive(early, now)
-        self._ws_pump(conn)
+        self.pump(conn)
 
     # -- client -> worker -----------------------------------------------------------------
 
-    def _ws_input(self, conn, data) -> None:
+    def input(self, conn, data) -> None:
         conn.ws.receive(data, time.monotonic())
-        self._ws_pump(conn)
+        self.pump(conn)
 
-    def _ws_pump(self, conn) -> None:
+    def pump(self, conn) -> None:
         """Send what the session produced: events to the API process, frames
         to the client; read or not per the window; end when finished."""
         s = conn.ws
@@ -124,40 +129,39 @@ class AcceptorWebSockets:
             for opcode, payload in s.to_worker:
                 buffers += frames.stream_frame(frames.F_WS_EVENT, slot, key, 0, opcode, payload)
             s.to_worker = []
-            self._send_api(buffers)
+            self.acc.send_api(buffers)
             if conn.ws is not s:
                 return          # that found the API link gone, which ended it
         if s.to_client:
             out, s.to_client = s.to_client, []
-            self._write(conn, out)
+            self.responses.write(conn, out)
             if conn.ws is not s:
                 return          # the write ended it (or found the client gone)
         if s.finished:
             if not conn.out:
-                self._ws_end(conn)
-            elif conn.events & selectors.EVENT_READ:
-                self._set_events(conn, conn.events & ~selectors.EVENT_READ)
+                self.end(conn)
+            elif conn.events & EVENT_READ:
+                conn.watch(conn.events & ~EVENT_READ)
             return
         # Not read either while our own frames (pongs, a worker's messages)
         # wait for the client past the window: a client that sends pings
         # and never reads the pongs would grow conn.out without bound.
         hold = s.paused or sum(map(len, conn.out)) > self.ws_window
-        want = conn.events & ~selectors.EVENT_READ if hold else \
-            conn.events | selectors.EVENT_READ
-        self._set_events(conn, want)
+        conn.watch(conn.events & ~EVENT_READ if hold else conn.events | EVENT_READ)
 
-    def _ws_credit(self, buf, start: int) -> None:
+    def on_credit(self, buf, start: int, end: int) -> None:
         """F_CREDIT: the worker received events; read on if that opens the window."""
         _, slot, key, number, _ = frames.STREAM.unpack_from(buf, start)
-        conn = self.slots[slot] if slot < self.nslots else None
+        acc = self.acc
+        conn = acc.slots[slot] if slot < acc.nslots else None
         if conn is None or conn.key != key or conn.state != WEBSOCKET:
             return
         conn.ws.credit(number)
-        self._ws_pump(conn)
+        self.pump(conn)
 
     # -- worker -> client -------------------------------------------------------------------
 
-    def _ws_frame(self, conn, kind: int, number: int, flags: int, payload) -> None:
+    def on_frame(self, conn, kind: int, number: int, flags: int, payload) -> None:
         """F_DATA (a message; flags = opcode) or F_END (the worker's close)."""
         s = conn.ws
         if kind == frames.F_DATA:
@@ -166,14 +170,14 @@ class AcceptorWebSockets:
                             self.index, flags)
             elif s.send(flags, payload):     # a bytearray of its own (sliced off the frame)
                 out, s.to_client = s.to_client, []
-                self._write(conn, out)
+                self.responses.write(conn, out)
                 if conn.ws is not s:
                     return
             # A held acknowledgement means the buffer is still over the
-            # window (_ws_flushed releases it once under): no need to sum it
+            # window (flushed() releases it once under): no need to sum it
             # again for each message of a large batch (quadratic).
             if s.ack < 0 and sum(map(len, conn.out)) <= self.ws_window:
-                self._send_api(frames.stream_frame(frames.F_ACK, conn.slot, conn.key, number))
+                self.acc.send_api(frames.stream_frame(frames.F_ACK, conn.slot, conn.key, number))
             else:
                 s.ack = number      # acknowledged when the client catches up
             return
@@ -181,9 +185,9 @@ class AcceptorWebSockets:
             payload = websocket.close_payload(websocket.CLOSE_INTERNAL_ERROR
                                               if flags & frames.SF_ABORT else websocket.CLOSE_NORMAL)
         s.close(bytes(payload), time.monotonic())
-        self._ws_pump(conn)
+        self.pump(conn)
 
-    def _ws_flushed(self, conn) -> None:
+    def flushed(self, conn, sent: int) -> None:
         """After a write to the client: a held acknowledgement goes out once
         the buffer is under the window; a finished session ends once all
         is written."""
@@ -192,19 +196,19 @@ class AcceptorWebSockets:
         if conn.out and sum(map(len, conn.out)) > self.ws_window:
             return
         if s.ack >= 0:
-            self._send_api(frames.stream_frame(frames.F_ACK, conn.slot, conn.key, s.ack))
+            self.acc.send_api(frames.stream_frame(frames.F_ACK, conn.slot, conn.key, s.ack))
             s.ack = -1
             if conn.ws is not s:
                 return          # the API link was found gone, which ended it
         if s.finished:
             if not conn.out:
-                self._ws_end(conn)
-        elif not s.paused and not conn.events & selectors.EVENT_READ:
-            self._set_events(conn, conn.events | selectors.EVENT_READ)   # caught up
+                self.end(conn)
+        elif not s.paused and not conn.events & EVENT_READ:
+            conn.watch(conn.events | EVENT_READ)   # caught up
 
     # -- the end ------------------------------------------------------------------------------
 
-    def _ws_end(self, conn) -> None:
+    def end(self, conn) -> None:
         """The closing handshake is done (or failed): the worker is told if
         it still holds the connection, and the TCP connection closes (we
         close first, as RFC 6455 7.1.1 asks of servers), after a drain."""
@@ -212,58 +216,58 @@ class AcceptorWebSockets:
         if s is None:
             return              # ended already (a lost link found while ending)
         conn.ws = None
-        self._withdraw(conn)
+        self.acc.withdraw(conn)
         if self.access:
             access_log.info('%s - "%s %s HTTP/1.%d" 101 %d %.4f', conn.remote_addr or "-",
                             conn.method, conn.target, conn.version_minor, s.sent,
                             time.monotonic() - conn.started)
-        self._linger(conn)
+        self.responses.linger(conn)
 
-    def _ws_going_away(self, conn) -> None:
+    def going_away(self, conn) -> None:
         """The acceptor stops or retires: close with 1001."""
-        self._ws_shutdown(conn, websocket.CLOSE_GOING_AWAY, "the server is shutting down")
+        self._shutdown(conn, websocket.CLOSE_GOING_AWAY, "the server is shutting down")
 
-    def _ws_link_lost(self) -> None:
+    def link_lost(self) -> None:
         """The API process is gone, and with it every WebSocket's state
         there: close them all with 1011 (clients reconnect)."""
         # (One whose end is under way - ws cleared, its F_GONE finding the
         # link gone - is left to finish.)
-        for conn in [c for c in self.conns.values()
+        for conn in [c for c in self.acc.conns.values()
                      if c.state == WEBSOCKET and c.ws is not None]:
-            self._ws_shutdown(conn, websocket.CLOSE_INTERNAL_ERROR,
-                              "the server lost its worker link")
+            self._shutdown(conn, websocket.CLOSE_INTERNAL_ERROR,
+                           "the server lost its worker link")
 
-    def _ws_shutdown(self, conn, code: int, reason: str) -> None:
+    def _shutdown(self, conn, code: int, reason: str) -> None:
         """Prack ends a WebSocket (stopping, or the API process is lost):
         a close frame to the client, a close event to the worker, whose
         later calls get 410 even while the client answers our close."""
         session = conn.ws
         session.close(websocket.close_payload(code, reason), time.monotonic(),
                       websocket.close_event(code, reason))
-        self._ws_pump(conn)
+        self.pump(conn)
         if conn.ws is session:
-            self._withdraw(conn)
+            self.acc.withdraw(conn)
 
-    def _ws_scan(self, conn, now: float) -> None:
+    def scan(self, conn, now: float) -> None:
         s = conn.ws
         if conn.out and now >= conn.deadline:
             log.info("acceptor %d: WebSocket client of %s stopped reading: closing",
                      self.index, conn.target)
-            self._close(conn)
+            self.acc.close(conn)
             return
         what = s.tick(now, self.ws_ping, self.t_stream_idle)
         if what == websocket.TICK_DEAD:
             if s.state == websocket.WS_OPEN:
                 log.info("acceptor %d: WebSocket client of %s went silent: dropping",
                          self.index, conn.target)
-                self._close(conn)
+                self.acc.close(conn)
             elif not conn.out:
-                self._ws_end(conn)
+                self.end(conn)
         elif what == websocket.TICK_PING:
-            self._ws_pump(conn)
+            self.pump(conn)
         elif what == websocket.TICK_STALLED:
             log.warning("acceptor %d: the worker of WebSocket %s fetched no events for "
                         "stream_idle_timeout (%.0f s): closing", self.index, conn.target,
                         self.t_stream_idle)
-            self._ws_shutdown(conn, websocket.CLOSE_INTERNAL_ERROR,
-                              "the worker stopped receiving")
+            self._shutdown(conn, websocket.CLOSE_INTERNAL_ERROR,
+                           "the worker stopped receiving")

@@ -1,2 +1,3 @@
 """What both kinds of child process (acceptors, the API process) share: the
-event loop with its heartbeats and graceful stop, and the send helpers."""
+event loop with its heartbeats and graceful stop, the accept loop, one
+buffered non-blocking connection, and the send helpers."""

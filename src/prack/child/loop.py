@@ -183,7 +183,7 @@ class ChildLoop:
         """Housekeeping: deadlines."""
 
     def _housekeeping(self, now: float) -> None:
-        """More housekeeping, for mixins (the API process's held posts)."""
+        """More housekeeping after the deadlines (the API process's held posts)."""
 
     def _begin_stop(self) -> None:
         self.stopping = True

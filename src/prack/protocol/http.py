@@ -633,6 +633,10 @@ def response_head(status: int, header_block: bytes, content_length: int | None,
     return b"".join(parts)
 
 
+# The interim answer to `Expect: 100-continue` (RFC 9110 10.1.1, 15.2.1).
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
 def simple_response(status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8",
                     keep_alive: bool = False, server: bytes = b"",
                     extra: bytes = b"", head_only: bool = False,
