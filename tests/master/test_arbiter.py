@@ -86,6 +86,7 @@ def test_a_child_forked_after_the_successors_pipe_closed_starts(master, monkeypa
     class Built:
         def __init__(self, *args, **kwargs):
             self.args = args
+            self.beat = kwargs.get("beat")
 
     monkeypatch.setattr(arbiter, "ApiServer", Built)
     m.listener.close()

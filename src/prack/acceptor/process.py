@@ -61,8 +61,8 @@ BODY_RATE_GRACE = 5.0     # seconds of body before min_body_rate is enforced
 
 class Acceptor(ChildLoop):
     def __init__(self, cfg, index: int, generation: int, listener: socket.socket,
-                 segment, api_path: str, status_fd: int):
-        super().__init__()
+                 segment, api_path: str, status_fd: int, beat=None):
+        super().__init__(beat)
         self.what = "acceptor %d" % index
         self.cfg = cfg
         self.index = index

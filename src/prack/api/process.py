@@ -95,11 +95,12 @@ class ApiServer(ChildLoop):
     def __init__(self, cfg, generation: int, listener: socket.socket,
                  link_listener: socket.socket, segment, status_fd: int,
                  forward_listener=None, runtime_dir: str = "",
-                 predecessor_dir: str = ""):
+                 predecessor_dir: str = "", beat=None):
         """`forward_listener` is this generation's worker.sock (calls passed
         on by the other generation), `runtime_dir` this generation's runtime
-        directory and `predecessor_dir` the previous generation's, if any."""
-        super().__init__()
+        directory and `predecessor_dir` the previous generation's, if any;
+        `beat` is the heartbeat (child/loop.py)."""
+        super().__init__(beat)
         self.cfg = cfg
         self.generation = generation
         self.listener = listener

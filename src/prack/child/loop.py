@@ -63,12 +63,14 @@ class ChildLoop:
     tick = 1.0
     what = "child"
 
-    def __init__(self) -> None:
+    def __init__(self, beat=None) -> None:
+        """`beat(monotonic time)` tells the master this process is alive
+        (its heartbeat word in shared memory); None in tests."""
         self.sel = selectors.DefaultSelector()
         self.stopping = False
         self.retiring = False
         self.draining = False       # SIGUSR1: the server is stopping (for /readyz)
-        self.beat = None            # set by the master: beat(monotonic time)
+        self.beat = beat
         self.stop_deadline = 0.0
         self.parent = os.getppid()
         self._paused: list = []     # listeners not watched until the next tick

@@ -352,12 +352,13 @@ class Master:
         os.close(self.status_r)
         if self.successor is not None:
             self.successor.close()      # unless it closed at its end of file
+        beat = self.heartbeats.beater(beat_word(role, index))
         if role == ACCEPTOR:
             self.api_listener.close()
             self.link_listener.close()
             self.forward_listener.close()
             child = Acceptor(self.cfg, index, self.generation, self.listener, self.segment,
-                             self.link_path, self.status_w)
+                             self.link_path, self.status_w, beat=beat)
         else:
             if self.listener is not None:   # closed when a stop began
                 self.listener.close()
@@ -365,8 +366,7 @@ class Master:
                               self.link_listener, self.segment, self.status_w,
                               forward_listener=self.forward_listener,
                               runtime_dir=self.runtime_dir,
-                              predecessor_dir=self.inherited.predecessor_dir)
-        child.beat = self.heartbeats.beater(beat_word(role, index))
+                              predecessor_dir=self.inherited.predecessor_dir, beat=beat)
         return child
 
     def _on_status(self, mask) -> None:
