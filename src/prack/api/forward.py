@@ -15,14 +15,17 @@ API), and relays the answer:
   reads it when it first needs it.
 
 A forward is one short HTTP/1.1 exchange (`Connection: close`) driven by the
-API process's selector; it never blocks the loop.
+API process's selector; it never blocks the loop. It is a buffered
+connection of its own (child/connection.py), and its own selector data: the
+loop calls it with the events.
 """
 from __future__ import annotations
 
 import logging
 import os
-import selectors
 import socket
+
+from prack.child.connection import EVENT_READ, EVENT_WRITE, Connection
 
 log = logging.getLogger("prack.api")
 
@@ -53,9 +56,11 @@ def announce_successor(predecessor_dir: str, runtime_dir: str) -> None:
                     "(%s): %s", path, exc.strerror)
 
 
-class Forward:
+class Forward(Connection):
     """One worker call on its way to the other generation's API process;
     `done(status, body)` gets the answer (502 when it could not be passed on)."""
+
+    __slots__ = ("done", "inbuf", "limit")
 
     def __init__(self, sel, path: str, target: str, ctype: bytes, body: bytes, done,
                  method: bytes = b"POST") -> None:
@@ -63,14 +68,13 @@ class Forward:
         if any) over the Unix socket at `path` (or `method` it: a GET with
         an empty body); `ctype` is the whole Content-Type header line
         (and any other header lines the call needs, such as Accept)."""
-        self.sel = sel
+        super().__init__(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), sel, 0)
         self.done = done
         self.inbuf = bytearray()
         self.limit = MAX_ANSWER + 4 * len(body)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.out = memoryview(b"%s %s HTTP/1.1\r\nHost: prack\r\n%sConnection: close\r\n"
-                              b"Content-Length: %d\r\n\r\n" % (method, target.encode("latin-1"),
-                                                                  ctype, len(body)) + body)
+        self.add_output([b"%s %s HTTP/1.1\r\nHost: prack\r\n%sConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (method, target.encode("latin-1"),
+                                                             ctype, len(body)), body])
         try:
             self.sock.setblocking(False)
             self.sock.connect(path)
@@ -80,16 +84,16 @@ class Forward:
             self._finish(410, b'{"error":"the client has gone (its generation has '
                               b'stopped: %s)"}' % str(exc.strerror).encode())
             return
-        sel.register(self.sock, selectors.EVENT_WRITE, self._on_event)
+        self.watch(EVENT_WRITE)
 
-    def _on_event(self, mask: int) -> None:
+    def __call__(self, mask: int) -> None:
+        if self.out:
+            if self.flush() < 0:
+                self._answer()          # nothing read: the other generation did not answer
+            elif not self.out:
+                self.watch(EVENT_READ)
+            return
         try:
-            if self.out:
-                n = self.sock.send(self.out)
-                self.out = self.out[n:]
-                if not self.out:
-                    self.sel.modify(self.sock, selectors.EVENT_READ, self._on_event)
-                return
             data = self.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
@@ -98,7 +102,6 @@ class Forward:
         if data and len(self.inbuf) < self.limit:
             self.inbuf += data
             return
-        self.sel.unregister(self.sock)
         self._answer()
 
     def _answer(self) -> None:
@@ -110,5 +113,5 @@ class Forward:
             self._finish(int(parts[1]), body)
 
     def _finish(self, status: int, body: bytes) -> None:
-        self.sock.close()
+        self.release()
         self.done(status, body)

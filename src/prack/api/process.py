@@ -21,10 +21,8 @@ until their acceptor links), streams, websockets, uploads and lifecycle.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import selectors
 import socket
 import time
 
@@ -38,53 +36,49 @@ from prack.api.pulls import Pulls
 from prack.api.streams import Streams, StreamTable
 from prack.api.uploads import Uploads
 from prack.api.websockets import WebSockets
+from prack.child.accept import accept_connections
+from prack.child.connection import EVENT_READ, EVENT_WRITE, Connection
 from prack.child.loop import ChildLoop
-from prack.child.send import send_file, send_pending
 from prack.ipc import frames, slots
 from prack.ipc.slots import SLOT_GONE, SLOT_TAKEN
 from prack.protocol import http, messages
 
 log = logging.getLogger("prack.api")
 
-# A spooled body goes out with sendfile, at most this much per call and a
-# few calls per wake-up, so one fast worker reading a large body does not
-# hold the loop.
-SEND_CHUNK = 1 << 20
-SENDS_PER_WAKE = 8
 
+class Link(Connection):
+    """The Unix-socket connection from one acceptor, watched for reading
+    from the start."""
+    __slots__ = ("index", "inbuf")
 
-class Link:
-    """The Unix-socket connection from one acceptor."""
-    __slots__ = ("sock", "index", "inbuf", "out", "events")
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.events = selectors.EVENT_READ
+    def __init__(self, sock, sel):
+        super().__init__(sock, sel)
         self.index = -1
         self.inbuf = bytearray()
-        self.out: list = []
 
 
-class WorkerConn:
-    __slots__ = ("sock", "reader", "out", "events", "waiting", "deadline", "keep_alive",
-                 "busy", "close_after", "head", "processing", "batch", "msgpack", "file",
-                 "results")
+class WorkerConn(Connection):
+    """A worker's connection, watched for reading from the start."""
+    __slots__ = ("reader", "waiting", "deadline", "keep_alive", "busy", "close_after", "head",
+                 "batch", "msgpack", "results")
 
-    def __init__(self, sock, reader):
-        self.sock = sock
+    # A spooled body goes out with sendfile, at most this much per call and
+    # a few calls per wake-up, so one fast worker reading a large body does
+    # not hold the loop.
+    FILE_ROUNDS = 8
+    FILE_CHUNK = 1 << 20
+
+    def __init__(self, sock, sel, reader):
+        super().__init__(sock, sel)
         self.reader = reader
-        self.out: list = []
-        self.events = selectors.EVENT_READ
         self.waiting = False
         self.deadline = 0.0
         self.keep_alive = True
         self.busy = False          # a request of this connection is being answered
         self.close_after = False
         self.head = False          # the request being answered is a HEAD: no body
-        self.processing = False    # _process is running for this connection
         self.batch = 0             # the waiting pull: 0 for v1, else v2's `max`
         self.msgpack = False       # answer this v2 call in msgpack
-        self.file = None           # a spooled body being sent: [fd, offset, remaining]
         self.results = None        # a post-and-pull: its encoded ResultBatch, until the
                                    # batch of requests goes out with it
 
@@ -150,12 +144,11 @@ class ApiServer(ChildLoop):
     def run(self) -> int:
         for lst in (self.listener, self.link_listener):
             lst.setblocking(False)
-        self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept_worker)
-        self.sel.register(self.link_listener, selectors.EVENT_READ, self._on_accept_link)
+        self.sel.register(self.listener, EVENT_READ, self._on_accept_worker)
+        self.sel.register(self.link_listener, EVENT_READ, self._on_accept_link)
         if self.forward_listener is not None:
             self.forward_listener.setblocking(False)
-            self.sel.register(self.forward_listener, selectors.EVENT_READ,
-                              self._on_accept_forwarded)
+            self.sel.register(self.forward_listener, EVENT_READ, self._on_accept_forwarded)
         log.debug("API process ready (pid %d)", os.getpid())
         return self.serve(self.status_fd, b"P\n")
 
@@ -203,24 +196,25 @@ class ApiServer(ChildLoop):
     # -- acceptor links ------------------------------------------------------------
 
     def _on_accept_link(self, mask) -> None:
-        while True:
-            try:
-                sock, _ = self.link_listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._pause_accepting(self.link_listener, self._on_accept_link, exc)
-                return
-            sock.setblocking(False)
-            link = Link(sock)
-            self.sel.register(sock, selectors.EVENT_READ, link)
+        # Any failure but one connection's own pauses accepting links until
+        # the next tick, descriptors or memory exhausted or not.
+        accept_connections(self.link_listener, self._take_link, self._pause_links,
+                           failed=self._pause_links)
+
+    def _take_link(self, sock: socket.socket, addr) -> bool:
+        sock.setblocking(False)
+        Link(sock, self.sel)
+        return True
+
+    def _pause_links(self, exc: OSError) -> None:
+        self._pause_accepting(self.link_listener, self._on_accept_link, exc)
 
     def _on_link(self, link: Link, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
+        if mask & EVENT_WRITE:
             self._flush_link(link)
             if link.sock is None:
                 return
-        if not mask & selectors.EVENT_READ:
+        if not mask & EVENT_READ:
             return
         try:
             data = link.sock.recv(65536)
@@ -274,9 +268,7 @@ class ApiServer(ChildLoop):
     def _drop_link(self, link: Link) -> None:
         if link.sock is None:
             return
-        self.sel.unregister(link.sock)
-        link.sock.close()
-        link.sock = None
+        link.release()
         if 0 <= link.index < len(self.links) and self.links[link.index] is link:
             self.links[link.index] = None
             self.streams.lost(link.index)
@@ -286,9 +278,7 @@ class ApiServer(ChildLoop):
         # At once: a worker's post is answered only after its frames are in
         # the acceptor's socket, so an API process killed in between loses
         # no answer that a worker was told was delivered.
-        was_empty = not link.out
-        link.out.extend(buffers)
-        if was_empty:
+        if link.add_output(buffers):
             self._flush_link(link)
 
     def send_frames(self, out: dict) -> None:
@@ -299,17 +289,12 @@ class ApiServer(ChildLoop):
                 self.send_link(link, buffers)
 
     def _flush_link(self, link: Link) -> None:
-        try:
-            send_pending(link.sock, link.out)
-        except OSError:
+        if link.flush() < 0:
             self._drop_link(link)
             return
         # Watch for writability only while something waits (one epoll_ctl
         # per change, not per frame).
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.out else 0)
-        if want != link.events:
-            link.events = want
-            self.sel.modify(link.sock, want, link)
+        link.watch(EVENT_READ | (EVENT_WRITE if link.out else 0))
 
     # -- the requests named by identifiers -----------------------------------------------
 
@@ -391,32 +376,31 @@ class ApiServer(ChildLoop):
 
     def _accept_workers(self, listener, callback) -> None:
         """Accept worker connections on the worker port or on worker.sock."""
-        for _ in range(64):
-            try:
-                sock, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._pause_accepting(listener, callback, exc)
-                else:
-                    log.warning("API process: accept: %s", exc)
-                return
-            sock.setblocking(False)
-            if sock.family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = WorkerConn(sock, http.RequestReader(self.limits))
-            self.workers[sock.fileno()] = conn
-            self.sel.register(sock, selectors.EVENT_READ, conn)
+        accept_connections(listener, self._take_worker,
+                           lambda exc: self._pause_accepting(listener, callback, exc),
+                           failed=self._accept_failed)
+
+    def _take_worker(self, sock: socket.socket, addr) -> bool:
+        sock.setblocking(False)
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = WorkerConn(sock, self.sel, http.RequestReader(self.limits))
+        self.workers[sock.fileno()] = conn
+        return True
+
+    @staticmethod
+    def _accept_failed(exc: OSError) -> None:
+        log.warning("API process: accept: %s", exc)
 
     def _on_worker(self, conn: WorkerConn, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
+        if mask & EVENT_WRITE:
             self._flush_worker(conn)
             if conn.sock is None:
                 return
             if not conn.out and not conn.busy and conn.reader.buf:
-                self._process(conn)     # calls that waited for the answers to drain
-        if not mask & selectors.EVENT_READ:
+                # Calls that waited for the answers to drain.
+                conn.drive(self._process_one)
+        if not mask & EVENT_READ:
             return
         try:
             data = conn.sock.recv(65536)
@@ -429,31 +413,21 @@ class ApiServer(ChildLoop):
             return
         conn.reader.feed(data)
         if not conn.busy and not conn.out:
-            self._process(conn)
+            conn.drive(self._process_one)
         if ((conn.busy or conn.out) and conn.sock is not None
                 and len(conn.reader.buf) > self.pipeline_cap):
             # Bytes pipelined behind a call still in progress (a long poll,
             # a held or forwarded post) or an answer the worker has not read
             # yet: keep one more request's worth, then stop reading until
             # the answer goes out (TCP pushes back).
-            self._watch(conn, conn.events & ~selectors.EVENT_READ)
-
-    def _process(self, conn: WorkerConn) -> None:
-        """Handle buffered requests one after another. A loop, not recursion:
-        reply asks for the next request while we are still in here, and a
-        worker may pipeline thousands of calls."""
-        if conn.processing:
-            return      # called back from reply: the loop below goes on
-        conn.processing = True
-        try:
-            while self._process_one(conn):
-                pass
-        finally:
-            conn.processing = False
+            conn.watch(conn.events & ~EVENT_READ)
 
     def _process_one(self, conn: WorkerConn) -> bool:
         """Read and route one request; True when it was answered at once and
-        more bytes are buffered."""
+        more bytes are buffered. Run by conn.drive, so buffered requests are
+        handled one after another in one loop, not by recursion: reply asks
+        for the next request while this one is still being routed, and a
+        worker may pipeline thousands of calls."""
         reader = conn.reader
         try:
             req = reader.maybe_read_request()
@@ -537,7 +511,7 @@ class ApiServer(ChildLoop):
             # worker that does not read cannot pull request after request
             # into our memory (and away from the workers that do read).
             if conn.reader.buf and not conn.out:
-                self._process(conn)
+                conn.drive(self._process_one)
 
     def reply_file(self, conn: WorkerConn, ctype: bytes, fd: int, size: int) -> None:
         """200 with the `size` bytes of the open file `fd` (which is ours to
@@ -552,58 +526,28 @@ class ApiServer(ChildLoop):
         self._write(conn, [head])
 
     def _write(self, conn: WorkerConn, buffers: list) -> None:
-        was_empty = not conn.out
-        conn.out.extend(buffers)
-        if was_empty:
+        if conn.add_output(buffers):
             self._flush_worker(conn)
 
     def _flush_worker(self, conn: WorkerConn) -> None:
-        out = conn.out
-        try:
-            send_pending(conn.sock, out)
-            if conn.file is not None and not out:
-                self._send_file(conn)
-        except OSError:
+        # The file (a spooled body, a few rounds per wake-up) goes out after
+        # its head; conn.file becomes None once all of it has.
+        file = conn.file
+        if conn.flush() < 0:
             self._close_worker(conn)
             return
-        sending = out or conn.file is not None
-        self._watch(conn, selectors.EVENT_READ | (selectors.EVENT_WRITE if sending else 0))
+        if file is not None and conn.file is None:
+            conn.busy = False       # pipelined calls waited for the file
+            if not conn.close_after:
+                conn.reader.next()
+        sending = conn.out or conn.file is not None
+        conn.watch(EVENT_READ | (EVENT_WRITE if sending else 0))
         if not sending and conn.close_after:
             self._close_worker(conn)
-
-    def _send_file(self, conn: WorkerConn) -> None:
-        """Send the file after its head, as far as the socket takes it (a
-        few rounds per wake-up, so one large file does not hold up the
-        loop). Raises OSError when the worker has gone or the file shrank."""
-        job = conn.file
-        if not send_file(conn.sock, job, conn.out, SENDS_PER_WAKE, SEND_CHUNK):
-            return                  # more on the next wake-up
-        conn.file = None
-        os.close(job[0])
-        conn.busy = False
-        if not conn.close_after:
-            conn.reader.next()
-
-    def _watch(self, conn: WorkerConn, want: int) -> None:
-        """Watch a worker connection for `want` (0: not at all, for now)."""
-        if want != conn.events:
-            if not conn.events:
-                self.sel.register(conn.sock, want, conn)
-            elif not want:
-                self.sel.unregister(conn.sock)
-            else:
-                self.sel.modify(conn.sock, want, conn)
-            conn.events = want
 
     def _close_worker(self, conn: WorkerConn) -> None:
         if conn.sock is None:
             return
         conn.waiting = False
-        if conn.file is not None:
-            os.close(conn.file[0])
-            conn.file = None
-        if conn.events:
-            self.sel.unregister(conn.sock)
         del self.workers[conn.sock.fileno()]
-        conn.sock.close()
-        conn.sock = None
+        conn.release()
