@@ -132,3 +132,22 @@ def test_release_is_idempotent_and_closes_the_file(pair, tmp_path):
     assert conn.sock is None and conn.out == [] and conn.file is None
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+def test_receive_tells_nothing_yet_from_a_peer_that_has_gone(pair):
+    sel, a, b = pair
+    conn = Connection(a, sel)
+    assert conn.receive() is None                # nothing waits
+    b.sendall(b"abc")
+    assert conn.receive() == b"abc"
+    b.close()
+    assert conn.receive() == b""                 # closed
+
+
+def test_receive_reports_a_reset_as_gone(pair):
+    sel, a, b = pair
+    conn = Connection(a, sel)
+    a.sendall(b"unread")
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    b.close()                                    # unread bytes: a reset
+    assert conn.receive() == b""

@@ -93,12 +93,9 @@ class Forward(Connection):
             elif not self.out:
                 self.watch(EVENT_READ)
             return
-        try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        data = self.receive()
+        if data is None:
             return
-        except OSError:
-            data = b""
         if data and len(self.inbuf) < self.limit:
             self.inbuf += data
             return

@@ -216,12 +216,9 @@ class ApiServer(ChildLoop):
                 return
         if not mask & EVENT_READ:
             return
-        try:
-            data = link.sock.recv(65536)
-        except BlockingIOError:
+        data = link.receive()
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._drop_link(link)
             return
@@ -402,12 +399,9 @@ class ApiServer(ChildLoop):
                 conn.drive(self._process_one)
         if not mask & EVENT_READ:
             return
-        try:
-            data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        data = conn.receive()
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._close_worker(conn)
             return

@@ -75,6 +75,19 @@ class Connection:
         """Whether output is still waiting for the socket."""
         return bool(self.out) or self.file is not None
 
+    # -- input --------------------------------------------------------------------
+
+    def receive(self, size: int = 65536):
+        """Up to `size` bytes; None when nothing waits; b"" when the peer
+        has gone, by a close or a reset alike (for a child that answers
+        both the same way)."""
+        try:
+            return self.sock.recv(size)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return b""
+
     # -- the selector -------------------------------------------------------------
 
     def watch(self, events: int) -> None:
