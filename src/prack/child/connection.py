@@ -1,5 +1,6 @@
 """One buffered non-blocking connection in a child's selector loop, as both
-children keep them (an acceptor's clients, the API process's workers).
+children keep them (an acceptor's clients; the API process's workers, its
+acceptor links and its forwards to the other generation).
 
 What is written waits in `out`, a list of buffers sent with sendmsg(2) as
 far as the socket takes them; a file region (`file`) may follow it, sent
