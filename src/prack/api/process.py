@@ -387,6 +387,8 @@ class ApiServer(ChildLoop):
 
     @staticmethod
     def _accept_failed(exc: OSError) -> None:
+        """accept() failed otherwise: said, and this wake-up ends (the
+        listener stays watched)."""
         log.warning("API process: accept: %s", exc)
 
     def _on_worker(self, conn: WorkerConn, mask: int) -> None:
