@@ -156,7 +156,13 @@ class Posts:
         try:
             msg = self.decode_v1(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            msg, error = None, exc
+            # Refused by the strict (C) reading: a body in MIME-style
+            # base64 is read again, leniently, as the original Prack did.
+            try:
+                msg = messages.reread_posted_response(body, exc)
+            except (msgspec.ValidationError, msgspec.DecodeError) as again:
+                msg, error = None, again
+        if msg is None:
             parsed = slots.parse_identifier(identifier_of(body, _decode_ident))
         else:
             error = None

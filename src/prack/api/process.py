@@ -32,12 +32,14 @@ import msgspec
 
 from prack.api.checks import GONE, JSON_TYPE, MSGPACK_TYPE, OK, UNKNOWN, V2_PREFIX, Codec
 from prack.api.checks import sends_msgpack, wants_msgpack
+from prack.api.idle import IdleWorkers
 from prack.api.lifecycle import Lifecycle
 from prack.api.posts import HeldCalls, Posts
 from prack.api.pulls import Pulls
 from prack.api.streams import Streams, StreamTable
 from prack.api.uploads import Uploads
 from prack.api.websockets import WebSockets
+from prack.child.limits import raise_fd_limit
 from prack.child.loop import ChildLoop
 from prack.child.send import send_file, send_pending
 from prack.ipc import frames, slots
@@ -51,6 +53,12 @@ log = logging.getLogger("prack.api")
 # hold the loop.
 SEND_CHUNK = 1 << 20
 SENDS_PER_WAKE = 8
+# Descriptors kept for what is not a worker connection: listeners, acceptor
+# links (two per acceptor), the selector, the signal pair, spooled bodies
+# being sent, calls forwarded to the other generation, log files.
+FD_RESERVE = 64
+
+_monotonic = time.monotonic
 
 
 class Link:
@@ -68,10 +76,13 @@ class Link:
 class WorkerConn:
     __slots__ = ("sock", "reader", "out", "events", "waiting", "deadline", "keep_alive",
                  "busy", "close_after", "head", "processing", "batch", "msgpack", "file",
-                 "results")
+                 "results", "last", "born")
 
     def __init__(self, sock, reader):
         self.sock = sock
+        self.born = _monotonic()
+        self.last = 0.0            # bytes last read or a call last seen in progress
+                                   # (0: nothing read yet)
         self.reader = reader
         self.out: list = []
         self.events = selectors.EVENT_READ
@@ -121,6 +132,8 @@ class ApiServer(ChildLoop):
         self.tick = min(0.5, max(0.05, self.poll_timeout / 4 if self.poll_timeout else 0.5))
         self.links: list[Link | None] = [None] * segment.nrings
         self.workers: dict[int, WorkerConn] = {}
+        # The cap is fitted to the open-file limit in run().
+        self.idle = IdleWorkers(cfg.api.idle_timeout, cfg.api.max_connections)
         self.response_timeout = cfg.timeouts.response_timeout
         # The two encodings of v2 calls, by "answer in msgpack".
         self.codecs = {False: Codec(msgspec.json), True: Codec(msgspec.msgpack)}
@@ -147,6 +160,14 @@ class ApiServer(ChildLoop):
     # -- setup -------------------------------------------------------------------
 
     def run(self) -> int:
+        wanted = self.cfg.api.max_connections
+        reserve = FD_RESERVE + 2 * len(self.rings)
+        cap = min(wanted, raise_fd_limit(wanted + reserve) - reserve)
+        if cap < wanted:
+            cap = max(16, cap)
+            log.info("API process: the open-file limit allows %d worker connections "
+                     "(api.max_connections is %d)", cap, wanted)
+            self.idle = IdleWorkers(self.cfg.api.idle_timeout, cap)
         for lst in (self.listener, self.link_listener):
             lst.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept_worker)
@@ -195,6 +216,8 @@ class ApiServer(ChildLoop):
         self.streams.scan(now)
         self.websockets.scan(now)
         self.pulls.expire(now)
+        for conn in self.idle.expired(self.workers.values(), now):
+            self._close_worker(conn)
 
     def _housekeeping(self, now: float) -> None:
         self.held.expire(now)
@@ -389,14 +412,21 @@ class ApiServer(ChildLoop):
         self._accept_workers(self.forward_listener, self._on_accept_forwarded)
 
     def _accept_workers(self, listener, callback) -> None:
-        """Accept worker connections on the worker port or on worker.sock."""
+        """Accept worker connections on the worker port or on worker.sock,
+        closing idle ones to stay under the cap."""
         for _ in range(64):
+            if self.idle.full(len(self.workers)) and not self._make_room(listener, callback):
+                return
             try:
                 sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors below our cap (something else holds
+                    # them): idle connections give theirs back first.
+                    for conn in self.idle.make_room(self.workers.values()):
+                        self._close_worker(conn)
                     self._pause_accepting(listener, callback, exc)
                 else:
                     log.warning("API process: accept: %s", exc)
@@ -407,6 +437,23 @@ class ApiServer(ChildLoop):
             conn = WorkerConn(sock, http.RequestReader(self.limits))
             self.workers[sock.fileno()] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _make_room(self, listener, callback) -> bool:
+        """At the cap: close the longest-idle connections; with none idle,
+        stop accepting until the next tick (new connections wait in the
+        listen backlog). True when there is room now."""
+        victims = self.idle.make_room(self.workers.values())
+        for conn in victims:
+            self._close_worker(conn)
+        if victims:
+            log.debug("API process: closed %d idle worker connections to make room",
+                      len(victims))
+            return True
+        log.warning("API process: %d worker connections, none idle (api.max_connections); "
+                    "pausing accepts until the next tick", len(self.workers))
+        self.sel.unregister(listener)
+        self._paused.append((listener, callback))
+        return False
 
     def _on_worker(self, conn: WorkerConn, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
@@ -426,6 +473,7 @@ class ApiServer(ChildLoop):
         if not data:
             self._close_worker(conn)
             return
+        conn.last = _monotonic()
         conn.reader.feed(data)
         if not conn.busy and not conn.out:
             self._process(conn)
