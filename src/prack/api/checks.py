@@ -119,12 +119,38 @@ class BadResponse(Exception):
     """A worker's posted response is invalid; the message names the field."""
 
 
-def describe(exc: Exception, codec=None) -> str:
-    """msgspec's message, with its `$.field` path turned into the field name."""
+class _HeadersOnly(msgspec.Struct):
+    headers: dict[str, msgspec.Raw] | list[msgspec.Raw] | None = None
+
+
+def _faulty_header(data, module) -> str | None:
+    """The name of the first header whose value is of no accepted type."""
+    try:
+        headers = module.decode(data, type=_HeadersOnly).headers
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if type(headers) is dict:
+        for name, raw in headers.items():
+            try:
+                module.decode(raw, type=messages.HeaderValue)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                return name
+    return None
+
+
+def describe(exc: Exception, codec=None, data=None) -> str:
+    """msgspec's message, with its `$.field` path turned into the field name
+    (with the posted `data`, a header value's path names its header)."""
     text = str(exc)
     if " - at `$." in text:
         reason, _, where = text.partition(" - at `$.")
-        return "%s: %s" % (where.rstrip("`"), reason)
+        where = where.rstrip("`")
+        if where.startswith("headers[...]") and data is not None:
+            name = _faulty_header(data, msgspec.msgpack if codec and codec.msgpack
+                                  else msgspec.json)
+            if name is not None:
+                where = "headers.%s%s" % (name, where[len("headers[...]"):])
+        return "%s: %s" % (where, reason)
     if isinstance(exc, msgspec.DecodeError):
         return "malformed %s: %s" % (codec.name if codec else "JSON", text)
     return text
