@@ -464,16 +464,24 @@ def _call(conn: _Connection, method: str, path: str, body: bytes | None,
 
 
 def _pull(conn: _Connection, reused: bool, path: str, headers: dict) -> tuple[int, bytes]:
-    """A lane's GET. On a connection that has carried calls already, the
-    front may have closed it (a restart, an idle limit): one new connection
-    before calling the front down."""
+    """A lane's GET; see _again."""
+    return _again(conn, reused, "GET", path, None, headers)
+
+
+def _again(conn: _Connection, reused: bool, method: str, path: str, body: bytes | None,
+           headers: dict) -> tuple[int, bytes]:
+    """A lane's call. On a connection that has carried calls already, the
+    front may have closed it (a restart, or its idle limits: api.idle_timeout,
+    api.max_connections) before reading this call: once more on a new
+    connection before calling the front down. A post sent twice is harmless:
+    the front answers the second "unknown" when it took the first."""
     try:
-        return _call(conn, "GET", path, None, headers)
+        return _call(conn, method, path, body, headers)
     except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
         if not reused:
             raise
         conn.close()
-        return _call(conn, "GET", path, None, headers)
+        return _call(conn, method, path, body, headers)
 
 
 class _Pace:
@@ -614,7 +622,7 @@ class Worker:
                     stopping = self.stopping.is_set()
                     items = self._post(conn, answers, errors, None if stopping or not
                                        front.combined else params + str(self.pace.size()),
-                                       front)
+                                       front, reused)
                     answers, errors = [], []
                     reused = True
                     if stopping:
@@ -717,19 +725,21 @@ class Worker:
 
     @staticmethod
     def _post(conn, answers: list, errors: list, params: str | None,
-              front: _Front) -> list | None:
+              front: _Front, reused: bool = False) -> list | None:
         """Post the answers (with `params`, "?wait=S&max=N": and pull the next
         batch in the same call) and report the errors. The batch pulled, or
-        None when none was (no answers, no `params`, or an older front)."""
+        None when none was (no answers, no `params`, or an older front).
+        `reused`: conn has carried calls already (see _again)."""
         items = None
         for ident, reason in errors:
-            _call(conn, "POST", "/api/v2/requests/%s/error" % ident,
-                  _encode(messages.Error(reason)), {"Content-Type": MSGPACK})
+            _again(conn, reused, "POST", "/api/v2/requests/%s/error" % ident,
+                   _encode(messages.Error(reason)), {"Content-Type": MSGPACK})
+            reused = False
         if not answers:
             return None
-        status, data = _call(conn, "POST", "/api/v2/responses" + (params or ""),
-                             _encode(messages.ResponseBatch(answers)),
-                             {"Content-Type": MSGPACK, "Accept": MSGPACK})
+        status, data = _again(conn, reused, "POST", "/api/v2/responses" + (params or ""),
+                              _encode(messages.ResponseBatch(answers)),
+                              {"Content-Type": MSGPACK, "Accept": MSGPACK})
         if status != 200:
             raise FrontDown("POST /api/v2/responses answered %d" % status)
         answer = _decode_post(data)
@@ -792,7 +802,8 @@ class Worker:
                             old.append(value)
                         else:
                             headers[name] = [old, value]
-                    status, data = _call(conn, "POST", "/api/v1/response", _encode_json(
+                    # The pull's connection, idle while the handler ran.
+                    status, data = _again(conn, True, "POST", "/api/v1/response", _encode_json(
                         messages.PostedResponse(item.id, item.status, headers, item.body)),
                         {"Content-Type": JSON})
                     if status == 400:
