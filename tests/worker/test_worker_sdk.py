@@ -270,3 +270,37 @@ def test_lane_connection_reads_every_framing():
                 conn.call("GET", "/", None, {})
             conn.close()
             t.join(5)
+
+
+def test_a_post_met_by_a_closed_kept_alive_connection_is_sent_again():
+    """The front closed a reused connection before reading the call (its
+    api.idle_timeout or api.max_connections): a lane's post goes once more
+    on a new connection, as its pull does; on a new connection, it does not."""
+    from prack.worker.sdk import _again
+
+    class Conn:
+        def __init__(self, failures: int):
+            self.failures = failures
+            self.calls: list = []
+            self.closed = 0
+
+        def call(self, method, path, body, headers):
+            self.calls.append((method, path, body))
+            if self.failures:
+                self.failures -= 1
+                raise http.client.RemoteDisconnected("the front closed the connection")
+            return 200, b"ok"
+
+        def close(self):
+            self.closed += 1
+
+    conn = Conn(failures=1)
+    assert _again(conn, True, "POST", "/api/v2/responses", b"x", {}) == (200, b"ok")
+    assert conn.calls == [("POST", "/api/v2/responses", b"x")] * 2 and conn.closed == 1
+    conn = Conn(failures=1)
+    with pytest.raises(http.client.RemoteDisconnected):
+        _again(conn, False, "POST", "/api/v2/responses", b"x", {})
+    conn = Conn(failures=2)
+    with pytest.raises(http.client.RemoteDisconnected):
+        _again(conn, True, "POST", "/api/v2/responses", b"x", {})
+    assert len(conn.calls) == 2
