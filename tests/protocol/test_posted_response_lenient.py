@@ -96,3 +96,15 @@ def test_v2_msgpack_items_keep_the_typed_form():
     lenient = msgspec.json.Decoder(messages.ResponseItem).decode
     item = lenient(b'{"id": "x", "status": "201", "headers": [["X", 1], ["Y", null]]}')
     assert item.status == "201" and item.headers == [("X", 1), ("Y", None)]
+
+
+@pytest.mark.parametrize("size", [100, 40000])          # both ways of stripping
+def test_every_kind_of_whitespace_and_alphabet_at_any_size(size):
+    payload = bytes(range(256)) * (size // 256) + b"\xfb\xff"
+    text = base64.urlsafe_b64encode(payload).decode().rstrip("=")
+    mixed = "".join(ch + " \t\r\n\v\f"[i % 6] if i % 7 == 0 else ch for i, ch in enumerate(text))
+    assert messages.decode_base64_lenient(mixed) == payload
+    with pytest.raises(ValueError):
+        messages.decode_base64_lenient(mixed + '"')
+    with pytest.raises(ValueError):
+        messages.decode_base64_lenient(mixed[:-2] + "\\u")
