@@ -18,6 +18,8 @@ tables:
 
 pulls (waiters, taking records), posts (delivering answers, holding calls
 until their acceptor links), streams, websockets, uploads and lifecycle.
+Which idle worker connections to close (api.idle_timeout, and room at
+api.max_connections) is decided by `idle` (api/idle.py); the loop closes them.
 """
 from __future__ import annotations
 
