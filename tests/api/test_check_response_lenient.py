@@ -82,3 +82,12 @@ def test_a_refused_header_value_is_named(module):
     except msgspec.ValidationError as exc:
         text = describe(exc, Codec(module), data)
     assert text.startswith("headers.X-Bad: Expected"), text
+
+
+def test_numbers_with_fractions_or_exponents_in_their_shortest_form():
+    import msgspec as ms
+    from prack.protocol import messages
+    values = ms.json.decode(b'{"A": 2.50, "B": 1e3, "C": 1e20, "D": 123456789012345678901234567890}',
+                            type=dict[str, messages.HeaderValue])
+    assert block(values) == (b"A: 2.5\r\nB: 1000.0\r\nC: 1e+20\r\n"
+                             b"D: 123456789012345678901234567890\r\n")

@@ -203,7 +203,7 @@ def header_text(value) -> str:
     if value is False:
         return "false"
     if type(value) is float:
-        return repr(value)      # the shortest text that reads back the same
+        return repr(value)      # the shortest text that reads back the same (1e3: 1000.0)
     if type(value) is int:
         return str(value)
     raise BadResponse("expected a string, number or boolean, got %s" % type(value).__name__)
