@@ -75,10 +75,12 @@ def test_cache_never_mixes_equal_keys_of_different_types():
 def test_a_refused_header_value_is_named(module):
     from prack.api.checks import Codec, describe
     from prack.protocol import messages
-    data = module.encode({"identifier": "0" * 32, "code": 200,
-                          "headers": {"X-Fine": 1, "X-Bad": {"n": 1}}})
+    fine = "1" if module is msgspec.msgpack else 1
+    data = module.encode({"id": "0" * 32, "status": 200,
+                          "headers": {"X-Fine": fine, "X-Bad": {"n": 1}}})
+    item = messages.TypedResponseItem if module is msgspec.msgpack else messages.ResponseItem
     try:
-        module.decode(data, type=messages.PostedResponse)
+        module.decode(data, type=item)
     except msgspec.ValidationError as exc:
         text = describe(exc, Codec(module), data)
     assert text.startswith("headers.X-Bad: Expected"), text
@@ -91,3 +93,14 @@ def test_numbers_with_fractions_or_exponents_in_their_shortest_form():
                             type=dict[str, messages.HeaderValue])
     assert block(values) == (b"A: 2.5\r\nB: 1000.0\r\nC: 1e+20\r\n"
                              b"D: 123456789012345678901234567890\r\n")
+
+
+def test_a_number_in_msgpack_is_named_as_refused():
+    from prack.api.checks import Codec, describe
+    from prack.protocol import messages
+    data = msgspec.msgpack.encode({"id": "0" * 32, "status": 200, "headers": {"X-N": 1}})
+    try:
+        msgspec.msgpack.decode(data, type=messages.TypedResponseItem)
+    except msgspec.ValidationError as exc:
+        text = describe(exc, Codec(msgspec.msgpack), data)
+    assert text.startswith("headers.X-N: Expected"), text

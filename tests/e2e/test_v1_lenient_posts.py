@@ -143,6 +143,21 @@ def test_v2_json_takes_the_same_values(srv, headers):
     assert received(c) == expected(b"200 OK", [b"X-Count: 35", b"X-On: true"], b"ok")
 
 
+def test_v2_json_stream_head_takes_the_same_values(srv):
+    c = ask(srv)
+    ident = pull_v2(srv)
+    base = "/api/v2/requests/%s/" % ident
+    head = '{"status":"200","headers":{%s,"X-N":5,"X-Gone":null,"X-On":false}}' % HEAD
+    status, _, answer = api(srv, "POST", base + "head", head.encode(),
+                            {"Content-Type": "application/json"})
+    assert (status, answer) == (200, {"result": "ok"})
+    assert api(srv, "POST", base + "body", b"chunk", {"Content-Type": "application/octet-stream"})[0] == 200
+    assert api(srv, "POST", base + "end", b"{}", {"Content-Type": "application/json"})[0] == 200
+    assert received(c) == (b"HTTP/1.1 200 OK\r\nDate: " + DATE.encode() + b"\r\nX-N: 5\r\n"
+                           b"X-On: false\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+                           b"\r\n5\r\nchunk\r\n0\r\n\r\n")
+
+
 def pull_v2(server) -> str:
     status, _, batch = api(server, "GET", "/api/v2/requests?max=1")
     assert status == 200 and len(batch["requests"]) == 1, batch

@@ -129,10 +129,11 @@ def _faulty_header(data, module) -> str | None:
         headers = module.decode(data, type=_HeadersOnly).headers
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
+    accepted = str | list[str] if module is msgspec.msgpack else messages.HeaderValue
     if type(headers) is dict:
         for name, raw in headers.items():
             try:
-                module.decode(raw, type=messages.HeaderValue)
+                module.decode(raw, type=accepted)
             except (msgspec.ValidationError, msgspec.DecodeError):
                 return name
     return None
