@@ -530,3 +530,19 @@ def test_static_root_must_be_a_directory(tmp_path):
     with pytest.raises(ConfigError, match="static.root: .* does not exist"):
         load(env={"PRACK_STATIC_ROOT": str(tmp_path / "nope")})
     assert load(env={"PRACK_STATIC_ROOT": str(tmp_path)}).static.root == str(tmp_path)
+
+
+def test_api_idle_timeout_defaults_to_twice_the_poll_timeout_and_a_margin():
+    assert config.load(env={}).api.idle_timeout == 2 * 5.0 + 60
+    assert config.load(env={"PRACK_API_POLL_TIMEOUT": "30"}).api.idle_timeout == 120.0
+    assert config.load(env={"PRACK_API_IDLE_TIMEOUT": "5"}).api.idle_timeout == 5.0
+
+
+def test_api_connection_settings_refuse_bad_values_naming_them(tmp_path):
+    path = tmp_path / "prack.toml"
+    path.write_text("[api]\nmax_connections = 5\n")
+    with pytest.raises(ConfigError, match=r"api\.max_connections: expected an integer from 16"):
+        config.load(str(path), env={})
+    path.write_text("[api]\nidle_timeout = -1\n")
+    with pytest.raises(ConfigError, match=r"api\.idle_timeout: expected a number of seconds"):
+        config.load(str(path), env={})

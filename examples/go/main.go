@@ -188,9 +188,19 @@ func (w *worker) serve(j *job) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "POST", w.api+"/api/v1/response", bytes.NewReader(payload))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := w.client.Do(req)
+	post := func() (*http.Response, error) {
+		req, _ := http.NewRequestWithContext(ctx, "POST", w.api+"/api/v1/response", bytes.NewReader(payload))
+		req.Header.Set("Content-Type", "application/json")
+		return w.client.Do(req)
+	}
+	resp, err := post()
+	if err != nil && ctx.Err() == nil {
+		// The server closed the kept-alive connection before answering (a
+		// restart, or its limits on idle connections); the transport
+		// replays only idempotent calls. Once more on a new connection: a
+		// post sent twice is harmless (the second gets 404).
+		resp, err = post()
+	}
 	if err != nil {
 		log.Printf("%s: posting the response failed: %v", j.Identifier, err)
 		return

@@ -59,7 +59,12 @@ let stopping = false;
 let polling = null;        // the idle long-poll in flight, aborted on SIGTERM
 let wakeSleep = null;      // cuts a backoff sleep short on SIGTERM
 
-function call(method, path, payload) {
+// The server closed a kept-alive socket before answering (a restart, or its
+// limits on idle connections): the call goes once more on a new socket. A
+// post sent twice is harmless (the second gets 404).
+const CLOSED = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED']);
+
+function call(method, path, payload, again = true) {
   return new Promise((resolve, reject) => {
     const headers = {};
     if (payload !== undefined) {
@@ -78,7 +83,13 @@ function call(method, path, payload) {
       res.on('error', reject);
     });
     req.on('timeout', () => req.destroy(new Error('no answer in time')));
-    req.on('error', reject);
+    req.on('error', (err) => {
+      if (again && req.reusedSocket && CLOSED.has(err.code) && !stopping) {
+        resolve(call(method, path, payload, false));
+      } else {
+        reject(err);
+      }
+    });
     if (method === 'GET') polling = req;
     req.end(payload);
   }).finally(() => { if (method === 'GET') polling = null; });

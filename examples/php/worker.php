@@ -70,6 +70,8 @@ function say(string $msg): void
 }
 
 final class Stopping extends Exception {}
+/** The server closed the connection before its answer came. */
+final class ConnectionLost extends RuntimeException {}
 
 /** A minimal HTTP/1.1 client for one keep-alive connection to the API. */
 final class ApiConnection
@@ -81,6 +83,22 @@ final class ApiConnection
 
     /** [status, body]. $abortable: give up (throw Stopping) when $stopping is set. */
     public function call(string $method, string $path, ?string $payload, bool $abortable): array
+    {
+        $reused = $this->sock !== null;
+        try {
+            return $this->attempt($method, $path, $payload, $abortable);
+        } catch (ConnectionLost $e) {
+            if (!$reused) {
+                throw $e;
+            }
+            // The server closed this kept-alive connection before answering
+            // (a restart, or its limits on idle connections): once more on a
+            // new one. A post sent twice is harmless (the second gets 404).
+            return $this->attempt($method, $path, $payload, $abortable);
+        }
+    }
+
+    private function attempt(string $method, string $path, ?string $payload, bool $abortable): array
     {
         if ($this->sock === null) {
             $sock = @stream_socket_client("tcp://{$this->host}:{$this->port}", $errno, $errstr, 5.0);
@@ -116,7 +134,7 @@ final class ApiConnection
         while ($data !== '') {
             $n = @fwrite($this->sock, $data);
             if ($n === false || $n === 0) {
-                throw new RuntimeException('connection lost while sending');
+                throw new ConnectionLost('connection lost while sending');
             }
             $data = substr($data, $n);
         }
@@ -141,7 +159,7 @@ final class ApiConnection
             if ($ready) {
                 $chunk = fread($this->sock, 65536);
                 if ($chunk === false || $chunk === '') {
-                    throw new RuntimeException('connection closed by the server');
+                    throw new ConnectionLost('connection closed by the server');
                 }
                 $this->buf .= $chunk;
                 return;

@@ -17,6 +17,7 @@
 # Ctrl-C) abandons an idle poll at once, finishes a request already taken,
 # and exits 0.
 
+require "base64"
 require "json"
 require "net/http"
 require "stringio"
@@ -234,10 +235,7 @@ module PrackRack
     end
 
     def serve(job)
-      answer = JSON.generate(respond(job))
-      post = Net::HTTP::Post.new("/api/v1/response", "Content-Type" => "application/json")
-      post.body = answer
-      reply = connection.request(post)
+      reply = post_answer(JSON.generate(respond(job)))
       return if reply.code == "200"
       # 410: the client left; 404: answered already or timed out; 400: we
       # sent something invalid (the client got 502). None is fatal.
@@ -247,11 +245,29 @@ module PrackRack
       PrackRack.say("#{job['identifier']}: posting the response failed: #{e.message}")
     end
 
+    # Net::HTTP sends a GET again when the server has closed a kept-alive
+    # connection (a restart, or its limits on idle connections), not a
+    # POST: this one goes once more on a new connection (sent twice, it is
+    # harmless: the second gets 404).
+    def post_answer(answer)
+      attempts = 0
+      begin
+        post = Net::HTTP::Post.new("/api/v1/response", "Content-Type" => "application/json")
+        post.body = answer
+        connection.request(post)
+      rescue IOError, Errno::ECONNRESET, Errno::EPIPE, Errno::ECONNABORTED
+        disconnect
+        attempts += 1
+        retry if attempts == 1
+        raise
+      end
+    end
+
     def respond(job)
       body = job.fetch("body", "").unpack1("m0")
       status, headers, chunks = call_app(PrackRack.rack_env(job["environment"], body))
       { "identifier" => job["identifier"], "code" => status.to_i,
-        "headers" => PrackRack.prack_headers(headers), "body" => [chunks].pack("m0") }
+        "headers" => PrackRack.prack_headers(headers), "body" => Base64.encode64(chunks) }
     end
 
     def call_app(env)

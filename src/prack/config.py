@@ -209,6 +209,23 @@ SETTINGS: tuple[Setting, ...] = (
         min=0, max=300,
     ),
     Setting(
+        "api", "idle_timeout", "duration", 0.0,
+        "A worker connection on the API port with no call in progress for "
+        "this long is closed (workers reconnect, as HTTP keep-alive clients "
+        "do); a long poll in progress is never idle. 0 means 2 * "
+        "poll_timeout + 60 (70 seconds with the defaults).",
+        min=0, max=86400,
+    ),
+    Setting(
+        "api", "max_connections", "int", 1024,
+        "Worker connections one API process keeps open. Near it, the "
+        "longest-idle ones (never one with a call in progress) are closed to "
+        "make room; with none idle, new connections wait in the listen "
+        "backlog. The API process raises its open-file limit to fit, and "
+        "keeps fewer when the hard limit is lower.",
+        min=16, max=1_000_000,
+    ),
+    Setting(
         "api", "max_request_size", "size", "32M",
         "Largest request body the API accepts from a worker (a posted response "
         "carries its body base64-encoded inside JSON).",
@@ -957,7 +974,8 @@ def load(
     None), the environment ``env`` (``os.environ`` if None; only
     ``PRACK_<SECTION>_<KEY>`` names count, ``PRACK_CONFIG`` is ignored),
     ``flags`` (keyed ``"section.key"``; values typed or text; None means not
-    given).  ``server.acceptors = 0`` is resolved to the CPU count.
+    given).  ``server.acceptors = 0`` is resolved to the CPU count,
+    ``api.idle_timeout = 0`` to 2 * ``api.poll_timeout`` + 60.
 
     Raises ConfigError with a one-line message.
     """
@@ -997,6 +1015,8 @@ def load(
 
     _cross_check(values, origin)
 
+    if values["api.idle_timeout"] == 0:
+        values["api.idle_timeout"] = 2 * values["api.poll_timeout"] + 60.0
     if values["server.acceptors"] == 0:
         values["server.acceptors"] = min(_cpu_count(), int(BY_NAME["server.acceptors"].max))
 

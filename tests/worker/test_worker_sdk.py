@@ -270,3 +270,35 @@ def test_lane_connection_reads_every_framing():
                 conn.call("GET", "/", None, {})
             conn.close()
             t.join(5)
+
+
+def test_a_post_met_by_a_closed_kept_alive_connection_is_sent_again():
+    """The front closed a reused connection before reading the call (its
+    api.idle_timeout or api.max_connections): a lane's posts, answers and
+    error reports alike, on v2 and v1, may go once more on a new connection,
+    as its pull does (client.Connection retries only the calls that say so,
+    and only on a reused connection: tests/worker/test_worker_client.py)."""
+    from prack.protocol import messages
+    from prack.worker import client, lanes
+
+    class Conn:
+        sock = None
+
+        def __init__(self):
+            self.calls: list = []
+
+        def call(self, method, path, body=None, headers=None, retry=False, whole=True):
+            self.calls.append((method, path.split("?")[0], retry))
+            if path.startswith("/api/v2/responses"):
+                return 200, lanes._encode(lanes._PostAnswer([], []))
+            return 200, b"{}"
+
+        def close(self):
+            pass
+
+    front = client.Front("http://127.0.0.1:9", 5.0)
+    answer = messages.ResponseItem("0" * 32, 200, [("X-A", "1")], b"hi")
+    for codec in (lanes.V2(front, 1, lanes.Pace(8)), lanes.V1(front, 1, lanes.Pace(8))):
+        conn = Conn()
+        codec.post(conn, [answer], [("1" * 32, "it broke")], False)
+        assert conn.calls and all(retry for _, _, retry in conn.calls), conn.calls

@@ -41,7 +41,10 @@ class Codec:
         self.msgpack = module is msgspec.msgpack
         self.encode = encode = module.Encoder().encode
         self.decode_batch = module.Decoder(messages.ResponseBatch).decode
-        self.decode_item = module.Decoder(messages.ResponseItem).decode
+        # JSON items read header values and statuses as leniently as v1;
+        # msgpack ones keep the typed form.
+        self.decode_item = module.Decoder(messages.TypedResponseItem if self.msgpack
+                                          else messages.ResponseItem).decode
         self.decode_id = module.Decoder(_IdOnly).decode
         self.decode_error = module.Decoder(messages.Error).decode
         self.decode_results = module.Decoder(messages.ResultBatch).decode
@@ -116,12 +119,39 @@ class BadResponse(Exception):
     """A worker's posted response is invalid; the message names the field."""
 
 
-def describe(exc: Exception, codec=None) -> str:
-    """msgspec's message, with its `$.field` path turned into the field name."""
+class _HeadersOnly(msgspec.Struct):
+    headers: dict[str, msgspec.Raw] | list[msgspec.Raw] | None = None
+
+
+def _faulty_header(data, module) -> str | None:
+    """The name of the first header whose value is of no accepted type."""
+    try:
+        headers = module.decode(data, type=_HeadersOnly).headers
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    accepted = str | list[str] if module is msgspec.msgpack else messages.HeaderValue
+    if type(headers) is dict:
+        for name, raw in headers.items():
+            try:
+                module.decode(raw, type=accepted)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                return name
+    return None
+
+
+def describe(exc: Exception, codec=None, data=None) -> str:
+    """msgspec's message, with its `$.field` path turned into the field name
+    (with the posted `data`, a header value's path names its header)."""
     text = str(exc)
     if " - at `$." in text:
         reason, _, where = text.partition(" - at `$.")
-        return "%s: %s" % (where.rstrip("`"), reason)
+        where = where.rstrip("`")
+        if where.startswith("headers[...]") and data is not None:
+            name = _faulty_header(data, msgspec.msgpack if codec and codec.msgpack
+                                  else msgspec.json)
+            if name is not None:
+                where = "headers.%s%s" % (name, where[len("headers[...]"):])
+        return "%s: %s" % (where, reason)
     if isinstance(exc, msgspec.DecodeError):
         return "malformed %s: %s" % (codec.name if codec else "JSON", text)
     return text
@@ -139,7 +169,9 @@ _checked: dict = {}
 
 def check_response_cached(code, headers, field: str) -> tuple[int, int, bytes, int]:
     """check_response, remembered: a worker posts the same few statuses and
-    header sets again and again. Only valid ones are kept, at most 256."""
+    header sets again and again. Only valid ones are kept, at most 256, and
+    only those whose values are all strings (or null): as keys, 1, 1.0 and
+    true are equal, but their header texts differ."""
     try:
         key = (code, tuple(headers.items()) if type(headers) is dict else
                tuple(headers) if headers else ())
@@ -148,10 +180,34 @@ def check_response_cached(code, headers, field: str) -> tuple[int, int, bytes, i
         return check_response(code, headers, field)
     if hit is None:
         hit = check_response(code, headers, field)
+        if not _all_text(key[1]):
+            return hit
         if len(_checked) >= 256:
             _checked.clear()
         _checked[key] = hit
     return hit
+
+
+def _all_text(pairs) -> bool:
+    for pair in pairs:
+        value = pair[1]
+        if type(value) is not str and value is not None:
+            return False
+    return True
+
+
+def header_text(value) -> str:
+    """A JSON number or boolean header value as its JSON text (35, 1.5,
+    true), as the original Prack wrote it."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if type(value) is float:
+        return repr(value)      # the shortest text that reads back the same (1e3: 1000.0)
+    if type(value) is int:
+        return str(value)
+    raise BadResponse("expected a string, number or boolean, got %s" % type(value).__name__)
 
 
 def check_response(code, headers, field: str = "code") -> tuple[int, int, bytes, int]:
@@ -179,7 +235,14 @@ def check_response(code, headers, field: str = "code") -> tuple[int, int, bytes,
     for name, value in pairs:
         if not name or not _TCHAR.issuperset(name):
             raise BadResponse("headers: %r is not a valid header name" % name)
-        values = value if type(value) is list else value.split("\n")
+        if type(value) is str:
+            values = value.split("\n")
+        elif type(value) is list:
+            values = [item if type(item) is str else header_text(item) for item in value]
+        elif value is None:
+            continue            # null leaves this one field out
+        else:
+            values = (header_text(value),)
         lower = name.lower()
         for item in values:
             if _BAD_VALUE.intersection(item):

@@ -156,7 +156,13 @@ class Posts:
         try:
             msg = self.decode_v1(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            msg, error = None, exc
+            # Refused by the strict (C) reading: a body in MIME-style
+            # base64 is read again, leniently, as the original Prack did.
+            try:
+                msg = messages.reread_posted_response(body, exc)
+            except (msgspec.ValidationError, msgspec.DecodeError) as again:
+                msg, error = None, again
+        if msg is None:
             parsed = slots.parse_identifier(identifier_of(body, _decode_ident))
         else:
             error = None
@@ -172,7 +178,7 @@ class Posts:
         if msg is None:
             self._fail_parsed(parsed, out)
             p.send_frames(out)
-            p.reply(conn, 400, p.encode(messages.Error(describe(error))))
+            p.reply(conn, 400, p.encode(messages.Error(describe(error, None, body))))
             return
         if hold and parsed is not None and p.unlinked(parsed):
             p.held.hold(conn, parsed[1], lambda _: self._post_v1(conn, body, False))
@@ -242,7 +248,7 @@ class Posts:
             if item is None:
                 self._fail_parsed(parsed, out)
                 results.append(messages.ItemResult(ident if type(ident) is str else "", INVALID,
-                                                   describe(error, codec)))
+                                                   describe(error, codec, raw)))
                 continue
             outcome, reason = deliver(parsed, item.status, item.headers, item.body,
                                       "status", out)

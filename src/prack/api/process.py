@@ -18,6 +18,8 @@ tables:
 
 pulls (waiters, taking records), posts (delivering answers, holding calls
 until their acceptor links), streams, websockets, uploads and lifecycle.
+Which idle worker connections to close (api.idle_timeout, and room at
+api.max_connections) is decided by `idle` (api/idle.py); the loop closes them.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import msgspec
 
 from prack.api.checks import GONE, JSON_TYPE, MSGPACK_TYPE, OK, UNKNOWN, V2_PREFIX, Codec
 from prack.api.checks import sends_msgpack, wants_msgpack
+from prack.api.idle import IdleWorkers
 from prack.api.lifecycle import Lifecycle
 from prack.api.posts import HeldCalls, Posts
 from prack.api.pulls import Pulls
@@ -38,12 +41,20 @@ from prack.api.uploads import Uploads
 from prack.api.websockets import WebSockets
 from prack.child.accept import accept_connections
 from prack.child.connection import EVENT_READ, EVENT_WRITE, Connection
+from prack.child.limits import raise_fd_limit
 from prack.child.loop import ChildLoop
 from prack.ipc import frames, slots
 from prack.ipc.slots import SLOT_GONE, SLOT_TAKEN
 from prack.protocol import http, messages
 
 log = logging.getLogger("prack.api")
+
+# Descriptors kept for what is not a worker connection: listeners, acceptor
+# links (two per acceptor), the selector, the signal pair, spooled bodies
+# being sent, calls forwarded to the other generation, log files.
+FD_RESERVE = 64
+
+_monotonic = time.monotonic
 
 
 class Link(Connection):
@@ -60,7 +71,7 @@ class Link(Connection):
 class WorkerConn(Connection):
     """A worker's connection, watched for reading from the start."""
     __slots__ = ("reader", "waiting", "deadline", "keep_alive", "busy", "close_after", "head",
-                 "batch", "msgpack", "results")
+                 "batch", "msgpack", "results", "last", "born")
 
     # A spooled body goes out with sendfile, at most this much per call and
     # a few calls per wake-up, so one fast worker reading a large body does
@@ -70,6 +81,9 @@ class WorkerConn(Connection):
 
     def __init__(self, sock, sel, reader):
         super().__init__(sock, sel)
+        self.born = _monotonic()
+        self.last = 0.0            # bytes last read or a call last seen in progress
+                                   # (0: nothing read yet)
         self.reader = reader
         self.waiting = False
         self.deadline = 0.0
@@ -116,6 +130,8 @@ class ApiServer(ChildLoop):
         self.tick = min(0.5, max(0.05, self.poll_timeout / 4 if self.poll_timeout else 0.5))
         self.links: list[Link | None] = [None] * segment.nrings
         self.workers: dict[int, WorkerConn] = {}
+        # The cap is fitted to the open-file limit in run().
+        self.idle = IdleWorkers(cfg.api.idle_timeout, cfg.api.max_connections)
         self.response_timeout = cfg.timeouts.response_timeout
         # The two encodings of v2 calls, by "answer in msgpack".
         self.codecs = {False: Codec(msgspec.json), True: Codec(msgspec.msgpack)}
@@ -142,6 +158,14 @@ class ApiServer(ChildLoop):
     # -- setup -------------------------------------------------------------------
 
     def run(self) -> int:
+        wanted = self.cfg.api.max_connections
+        reserve = FD_RESERVE + 2 * len(self.rings)
+        cap = min(wanted, raise_fd_limit(wanted + reserve) - reserve)
+        if cap < wanted:
+            cap = max(16, cap)
+            log.info("API process: the open-file limit allows %d worker connections "
+                     "(api.max_connections is %d)", cap, wanted)
+            self.idle = IdleWorkers(self.cfg.api.idle_timeout, cap)
         for lst in (self.listener, self.link_listener):
             lst.setblocking(False)
         self.sel.register(self.listener, EVENT_READ, self._on_accept_worker)
@@ -189,6 +213,8 @@ class ApiServer(ChildLoop):
         self.streams.scan(now)
         self.websockets.scan(now)
         self.pulls.expire(now)
+        for conn in self.idle.expired(self.workers.values(), now):
+            self._close_worker(conn)
 
     def _housekeeping(self, now: float) -> None:
         self.held.expire(now)
@@ -372,10 +398,42 @@ class ApiServer(ChildLoop):
         self._accept_workers(self.forward_listener, self._on_accept_forwarded)
 
     def _accept_workers(self, listener, callback) -> None:
-        """Accept worker connections on the worker port or on worker.sock."""
+        """Accept worker connections on the worker port or on worker.sock,
+        as many as there is room for under the cap (closing idle ones to
+        make room)."""
+        room = self.idle.cap - len(self.workers)
+        if room <= 0:
+            if not self._make_room(listener, callback):
+                return
+            room = self.idle.cap - len(self.workers)
         accept_connections(listener, self._take_worker,
-                           lambda exc: self._pause_accepting(listener, callback, exc),
-                           failed=self._accept_failed)
+                           lambda exc: self._out_of_descriptors(listener, callback, exc),
+                           batch=min(64, room), failed=self._accept_failed)
+
+    def _out_of_descriptors(self, listener, callback, exc: OSError) -> None:
+        """Out of descriptors below our cap (something else holds them):
+        idle connections give theirs back first, and accepting pauses until
+        the next tick."""
+        for conn in self.idle.make_room(self.workers.values()):
+            self._close_worker(conn)
+        self._pause_accepting(listener, callback, exc)
+
+    def _make_room(self, listener, callback) -> bool:
+        """At the cap: close the longest-idle connections; with none idle,
+        stop accepting until the next tick (new connections wait in the
+        listen backlog). True when there is room now."""
+        victims = self.idle.make_room(self.workers.values())
+        for conn in victims:
+            self._close_worker(conn)
+        if victims:
+            log.debug("API process: closed %d idle worker connections to make room",
+                      len(victims))
+            return True
+        log.warning("API process: %d worker connections, none idle (api.max_connections); "
+                    "pausing accepts until the next tick", len(self.workers))
+        self.sel.unregister(listener)
+        self._paused.append((listener, callback))
+        return False
 
     def _take_worker(self, sock: socket.socket, addr) -> bool:
         sock.setblocking(False)
@@ -407,6 +465,7 @@ class ApiServer(ChildLoop):
         if not data:
             self._close_worker(conn)
             return
+        conn.last = _monotonic()
         conn.reader.feed(data)
         if not conn.busy and not conn.out:
             conn.drive(self._process_one)

@@ -28,7 +28,7 @@ from prack.api.checks import GONE, OK, V2_PREFIX, BadResponse, check_response, d
 from prack.api.checks import printable, query_params
 from prack.ipc import frames, slots
 from prack.ipc.slots import SLOT_FREE, SLOT_TAKEN
-from prack.protocol import http
+from prack.protocol import http, messages
 
 log = logging.getLogger("prack.api")
 
@@ -37,7 +37,15 @@ STATE_GONE = "gone"
 
 
 class StreamHead(msgspec.Struct):
-    """POST /api/v2/requests/{id}/head."""
+    """POST /api/v2/requests/{id}/head in JSON: the status and header values
+    read as leniently as a posted response's (messages.ResponseItem)."""
+    status: int | str
+    headers: (dict[str, messages.HeaderValue]
+              | list[tuple[str, messages.HeaderScalar | None]] | None) = None
+
+
+class TypedStreamHead(msgspec.Struct):
+    """StreamHead in msgpack: typed (the status an integer, values strings)."""
     status: int
     headers: dict[str, str | list[str]] | list[tuple[str, str]] | None = None
 
@@ -124,7 +132,8 @@ class Streams:
         self.decoders = {}
         for msgpack in (False, True):
             module = msgspec.msgpack if msgpack else msgspec.json
-            self.decoders[msgpack] = (module.Decoder(StreamHead).decode,
+            self.decoders[msgpack] = (module.Decoder(TypedStreamHead if msgpack
+                                                     else StreamHead).decode,
                                       module.Decoder(StreamEnd).decode)
         process.id_routes.update({
             "head": {"POST": self.head},
@@ -146,7 +155,8 @@ class Streams:
         if sid in self.table.open:
             p.reply_error(conn, 409, "the head of this response was sent already")
             return
-        decode_head = self.decoders[p.codec_in(req).msgpack][0]
+        codec = p.codec_in(req)
+        decode_head = self.decoders[codec.msgpack][0]
         try:
             msg = decode_head(req.body)
             if msg.status == 101 or msg.status == "101":
@@ -156,7 +166,7 @@ class Streams:
                 status, flags, block, declared = check_response(msg.status, msg.headers,
                                                                 "status")
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            self._invalid(conn, parsed, describe(exc))
+            self._invalid(conn, parsed, describe(exc, codec, req.body))
             return
         except BadResponse as exc:
             self._invalid(conn, parsed, str(exc))

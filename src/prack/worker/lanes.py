@@ -172,16 +172,20 @@ class V2:
         """Report the errors and post the answers, pulling the next batch in
         the same call unless `stopping` (or the front is older than that
         call). The batch pulled, or None when none was."""
+        # Posts go again on a new connection too when the front had closed the
+        # kept-alive one before reading them (a restart, or its idle limits:
+        # api.idle_timeout, api.max_connections). A post that arrives twice is
+        # harmless: the second is answered "unknown".
         for ident, why in errors:
             conn.call("POST", "/api/v2/requests/%s/error" % ident, _encode(messages.Error(why)),
-                      _ERROR_HEADERS)
+                      _ERROR_HEADERS, True)
         if not answers:
             return None
         pulling = not stopping and self.combined
         path = "/api/v2/responses" + self.params + str(self.pace.size()) if pulling \
             else "/api/v2/responses"
         status, data = conn.call("POST", path, _encode(messages.ResponseBatch(answers)),
-                                 _POST_HEADERS)
+                                 _POST_HEADERS, True)
         if status != 200:
             raise FrontDown("POST /api/v2/responses answered %d" % status)
         answer = _decode_post(data)
@@ -253,16 +257,18 @@ class V1:
                         old.append(value)
                     else:
                         headers[name] = [old, value]
+                # Again on a new connection if the front closed this one (idle
+                # while the handler ran) before reading the post.
                 status, data = conn.call("POST", "/api/v1/response", _encode_json(
                     messages.PostedResponse(item.id, item.status, headers, item.body)),
-                    _JSON_HEADERS)
+                    _JSON_HEADERS, True)
                 if status == 400:
                     log.error("front refused the response to %s: %s", item.id, data[:200])
                 elif status != 200:
                     log.info("response to %s not delivered: %d", item.id, status)
             for ident, why in errors:
                 conn.call("POST", "/api/v2/requests/%s/error" % ident,
-                          _encode_json(messages.Error(why)), _JSON_HEADERS)
+                          _encode_json(messages.Error(why)), _JSON_HEADERS, True)
         except (OSError, http.client.HTTPException) as exc:
             log.debug("front %s: answer not delivered: %s", self.front.url, exc)
             conn.close()
