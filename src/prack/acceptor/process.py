@@ -33,6 +33,7 @@ from prack.acceptor.uploads import Uploads
 from prack.acceptor.websockets import WebSockets
 from prack.child.accept import accept_connections
 from prack.child.connection import EVENT_READ, EVENT_WRITE
+from prack.child.limits import raise_fd_limit
 from prack.child.loop import ChildLoop
 from prack.child.send import send_pending
 from prack.ipc import frames, slots
@@ -139,7 +140,7 @@ class Acceptor(ChildLoop):
     # -- setup ---------------------------------------------------------------
 
     def run(self) -> int:
-        _raise_fd_limit(self.cfg.server.max_connections + 64)
+        raise_fd_limit(self.cfg.server.max_connections + 64)
         # A new incarnation of this acceptor: nothing in the slot table is ours.
         for i in range(self.nslots):
             self.ring.slot_store(i, 0)
@@ -584,19 +585,3 @@ class Acceptor(ChildLoop):
                 self.responses.local(conn, 504, b"the worker did not answer in time\n", b"")
             else:  # WRITING to a client that does not read, LINGER done, or closed
                 self.close(conn)
-
-
-def _raise_fd_limit(wanted: int) -> None:
-    """Lift this process's soft limit on open files towards `wanted` (never
-    past the hard limit), so max_connections is not cut short by a low
-    default. Where the limit cannot be read or raised, accept() reports
-    EMFILE and the acceptor pauses accepting instead."""
-    try:
-        import resource
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard != resource.RLIM_INFINITY:
-            wanted = min(wanted, hard)
-        if soft != resource.RLIM_INFINITY and soft < wanted:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    except (ImportError, ValueError, OSError) as exc:
-        log.debug("could not raise the open-file limit: %s", exc)
