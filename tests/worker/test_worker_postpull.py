@@ -7,16 +7,10 @@ from __future__ import annotations
 import threading
 
 import msgspec
+from conftest import get
 
 from prack.protocol import messages
 from prack.worker import Response, Worker, client, lanes
-
-
-def get(server, path: str) -> tuple[int, bytes]:
-    c = server.client(20)
-    c.request("GET", path)
-    r = c.getresponse()
-    return r.status, r.read()
 
 
 def test_a_busy_lane_makes_one_call_per_request(start_server, monkeypatch):

@@ -10,17 +10,11 @@ import sys
 import threading
 
 import pytest
+from conftest import get
 
 from apps.procs import WorkerProcess, free_port, worker_command
 from prack.worker import Response, Worker
 from prack.worker.sdk import backoff
-
-
-def get(server, path: str, timeout: float = 20.0) -> tuple[int, bytes]:
-    c = server.client(timeout)
-    c.request("GET", path)
-    r = c.getresponse()
-    return r.status, r.read()
 
 
 def test_backoff_is_capped_and_jittered():

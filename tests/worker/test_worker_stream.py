@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import read_head
+from conftest import read_head, wait_for
 
 from prack.worker import sdk
 from prack.worker.asgi import ASGIHandler
@@ -54,13 +54,6 @@ def get(server, path: str, version: str = "HTTP/1.1"):
     f = sock.makefile("rb")
     status, headers = read_head(f)
     return sock, f, status, headers
-
-
-def wait_for(condition) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def read_chunk(f) -> bytes:
@@ -246,7 +239,7 @@ def test_asgi_more_body_streams(start_server):
         sock, f, status, headers = get(server, "/")
         try:
             assert read_chunk(f) == b"first\n"
-            wait_for(lambda: sent == ["first"])    # its post was answered
+            wait_for(lambda: sent == ["first"], WAIT)    # its post was answered
             release.set()
             assert read_chunk(f) == b"second\n"
             assert read_chunk(f) == b""
@@ -308,7 +301,7 @@ def test_a_handler_at_work_learns_its_client_went(start_server):
         sock.sendall(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
         assert started.wait(WAIT)
         left = _hang_up(sock)
-        wait_for(lambda: noticed)
+        wait_for(lambda: noticed, WAIT)
         assert noticed[0] - left < 1.0
 
 

@@ -1,4 +1,6 @@
-"""cffi build script (API mode): compiles parser.c, head.c and ring.c into prack._native._prack.
+"""cffi build script (API mode): compiles parser.c, head.c, ring.c and take.c
+(with layout.h's constants) into prack._native._prack, and declares what
+Python sees of them.
 
 Used by setup.py through ``cffi_modules``; ``python src/prack/_native/build.py``
 builds the module in place for quick experiments.

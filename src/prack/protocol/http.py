@@ -526,7 +526,7 @@ class RequestReader:
 
 # -- responses -------------------------------------------------------------
 
-# The interim answer to `Expect: 100-continue` (RFC 9110 10.1.1).
+# The interim answer to `Expect: 100-continue` (RFC 9110 10.1.1, 15.2.1).
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -631,10 +631,6 @@ def response_head(status: int, header_block: bytes, content_length: int | None,
         parts.append(b"Connection: keep-alive\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
-
-
-# The interim answer to `Expect: 100-continue` (RFC 9110 10.1.1, 15.2.1).
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def simple_response(status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8",
