@@ -105,3 +105,34 @@ def test_conditionals_carrying_an_impossible_date_are_ignored(files):
     ans = files.answer("GET", "/static/index.html",
                        [(b"range", b"bytes=0-3"), (b"if-range", bad)])
     assert ans.status == 200 and ans.body == b"<h1>home</h1>\n"
+
+
+def test_date_conditionals_given_twice_are_ignored(files):
+    """RFC 9110 13.1.3 and 13.1.4: If-Modified-Since or If-Unmodified-Since
+    with more than one member (two fields) is ignored, whichever comes
+    last: no 304, no 412."""
+    late = http.format_http_date(time.time() - 60).encode()
+    early = b"Mon, 01 Jan 2001 00:00:00 GMT"
+    for order in ((late, early), (early, late)):
+        ans = files.answer("GET", "/static/index.html",
+                           [(b"if-modified-since", v) for v in order])
+        assert ans.status == 200
+        ans = files.answer("GET", "/static/index.html",
+                           [(b"if-unmodified-since", v) for v in order])
+        assert ans.status == 200
+    assert files.answer("GET", "/static/index.html",
+                        [(b"if-modified-since", late)]).status == 304
+    assert files.answer("GET", "/static/index.html",
+                        [(b"if-unmodified-since", early)]).status == 412
+
+
+def test_two_if_range_fields_fail_the_condition(files):
+    """RFC 9110 13.1.5: If-Range holds one validator; two match no
+    representation, so the Range is not applied: the whole file."""
+    etag = files.answer("GET", "/static/index.html", []).header_block \
+        .split(b"ETag: ")[1].split(b"\r\n")[0]
+    assert files.answer("GET", "/static/index.html",
+                        [(b"range", b"bytes=0-3"), (b"if-range", etag)]).status == 206
+    ans = files.answer("GET", "/static/index.html",
+                       [(b"range", b"bytes=0-3"), (b"if-range", etag), (b"if-range", etag)])
+    assert ans.status == 200 and ans.body == b"<h1>home</h1>\n"

@@ -369,3 +369,13 @@ def test_conditionals_with_an_impossible_date_are_ignored(srv):
         status, _, body = curl(srv, "/static/hello.txt",
                                "-H", field + ": Sat, 31 Feb 2024 00:00:00 GMT", *extra)
         assert (status, body) == (200, b"Hello, static world!\n"), field
+
+
+def test_date_conditionals_given_twice_are_ignored(srv):
+    """RFC 9110 13.1.3, 13.1.4: a date field with two members is ignored."""
+    modified = get(srv, "/static/hello.txt").header("Last-Modified")
+    early = "Mon, 01 Jan 2001 00:00:00 GMT"
+    for field in ("If-Modified-Since", "If-Unmodified-Since"):
+        status, _, body = curl(srv, "/static/hello.txt", "-H", "%s: %s" % (field, modified),
+                               "-H", "%s: %s" % (field, early))
+        assert (status, body) == (200, b"Hello, static world!\n"), field

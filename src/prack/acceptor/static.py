@@ -328,10 +328,14 @@ class StaticFiles:
                 inm = value if inm is None else inm + b"," + value
             elif name == b"if-match":
                 im = value if im is None else im + b"," + value
+            # The date fields hold one HTTP-date each: given twice they are
+            # a list, which RFC 9110 has ignored (13.1.3: "more than one
+            # member"; 13.1.4: "appears to be a list of dates"). An empty
+            # value parses as no date.
             elif name == b"if-unmodified-since":
-                ius = value
+                ius = value if ius is None else b""
             elif name == b"if-modified-since":
-                ims = value
+                ims = value if ims is None else b""
             elif name == b"range" and method == "GET":
                 # RFC 9110 14.2: a HEAD ignores Range. Range is a single
                 # ranges-specifier, not a list (14.2, 5.3), so two Range
@@ -343,7 +347,9 @@ class StaticFiles:
                 # already handle one.) An empty value parses as no range.
                 rng = value if rng is None else b""
             elif name == b"if-range":
-                if_range = value
+                # One validator (13.1.5); two match no representation, so
+                # the condition is false and the whole file goes out.
+                if_range = value if if_range is None else b""
         # RFC 9110 13.2.2: If-Match (strong comparison), or If-Unmodified-Since
         # without it: false gives 412. Then If-None-Match, or If-Modified-Since
         # without it: false gives 304.
