@@ -176,8 +176,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "server", "pidfile", "str", "",
         "File the master writes its PID to once ready (empty: none). During "
-        "a USR2 upgrade the old master's file is renamed to <pidfile>.oldbin; "
-        "each is removed by its master at exit.",
+        "a USR2 upgrade it is never missing: it names the old master until the "
+        "new one, once ready, renames its own over it; the old master's PID is "
+        "also in <pidfile>.oldbin meanwhile. Each is removed by its master at exit.",
         flags=("--pidfile",),
     ),
     Setting(

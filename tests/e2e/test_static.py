@@ -311,3 +311,71 @@ def test_half_closed_client_gets_the_whole_file(srv, site):
     head, _, body = bytes(data).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ")
     assert len(body) == len(huge) and body == huge     # and then the server closed
+
+
+def curl(srv, path, *args):
+    """A real client's view: (status, headers text, body)."""
+    import shutil
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    p = subprocess.run(["curl", "-s", "-D", "-", "--max-time", "10",
+                        "http://%s:%d%s" % (srv.host, srv.port, path), *args],
+                       capture_output=True, timeout=20)
+    head, _, body = p.stdout.partition(b"\r\n\r\n")
+    return int(head.split(None, 2)[1]), head.decode("latin-1"), body
+
+
+@pytest.mark.parametrize("path", ["/static/hello.txt/", "/static/docs/index.html/",
+                                  "/static/inside/"])
+def test_a_file_named_with_a_trailing_slash_is_not_found(srv, path):
+    """nginx answers 404 for a file asked as a directory; so does Prack."""
+    status, _, body = curl(srv, path)
+    assert status == 404 and b"Hello" not in body
+    assert get(srv, path).status == 404
+    assert curl(srv, path.rstrip("/"))[0] == 200
+
+
+def test_two_range_fields_get_the_whole_file(srv):
+    """RFC 9110 14.2: two Range fields are no valid Range; ignored."""
+    status, head, body = curl(srv, "/static/big.bin", "-H", "Range: bytes=0-9",
+                              "-H", "Range: bytes=20-29")
+    assert status == 200 and body == BIG
+    assert "content-range" not in head.lower()
+    assert curl(srv, "/static/big.bin", "-H", "Range: bytes=0-9")[2] == BIG[:10]
+
+
+def test_an_if_modified_since_in_the_future_gets_the_whole_file(srv):
+    """RFC 9110 13.1.3: a date later than the server's clock is invalid."""
+    import time
+    future = email.utils.formatdate(time.time() + 30 * 86400, usegmt=True)
+    c = srv.client()
+    c.request("GET", "/static/hello.txt", headers={"If-Modified-Since": future})
+    r = c.getresponse()
+    assert r.status == 200 and r.read() == b"Hello, static world!\n"
+    c.close()
+    status, _, body = curl(srv, "/static/hello.txt", "-H", "If-Modified-Since: " + future)
+    assert status == 200 and body == b"Hello, static world!\n"
+    # A valid date, not in the future, is still honoured.
+    modified = get(srv, "/static/hello.txt").header("Last-Modified")
+    assert curl(srv, "/static/hello.txt", "-H", "If-Modified-Since: " + modified)[0] == 304
+
+
+def test_conditionals_with_an_impossible_date_are_ignored(srv):
+    """Feb 31 is no HTTP-date (RFC 5322 3.3 via RFC 9110 5.6.7): the
+    If-Modified-Since, If-Unmodified-Since or If-Range holding it is ignored."""
+    for field, extra in (("If-Modified-Since", ()),
+                         ("If-Unmodified-Since", ()),
+                         ("If-Range", ("-H", "Range: bytes=0-4"))):
+        status, _, body = curl(srv, "/static/hello.txt",
+                               "-H", field + ": Sat, 31 Feb 2024 00:00:00 GMT", *extra)
+        assert (status, body) == (200, b"Hello, static world!\n"), field
+
+
+def test_date_conditionals_given_twice_are_ignored(srv):
+    """RFC 9110 13.1.3, 13.1.4: a date field with two members is ignored."""
+    modified = get(srv, "/static/hello.txt").header("Last-Modified")
+    early = "Mon, 01 Jan 2001 00:00:00 GMT"
+    for field in ("If-Modified-Since", "If-Unmodified-Since"):
+        status, _, body = curl(srv, "/static/hello.txt", "-H", "%s: %s" % (field, modified),
+                               "-H", "%s: %s" % (field, early))
+        assert (status, body) == (200, b"Hello, static world!\n"), field

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -148,6 +149,86 @@ def test_broken_new_generation_leaves_the_old_one_serving(tmp_path, adopt):
     finish(s, before)
     assert notify.recv(4096) == b"STOPPING=1"
     notify.close()
+    assert not pidfile.exists()
+
+
+class PidfileWatch:
+    """Reads <pidfile> (and <pidfile>.oldbin) in a tight loop on a thread,
+    no sleep in it: every content each name showed, in order, and how many
+    reads found no <pidfile> once it had first appeared."""
+
+    def __init__(self, path) -> None:
+        self.path, self.old = str(path), str(path) + ".oldbin"
+        self.shown: list[bytes] = []         # <pidfile>'s successive contents
+        self.old_shown: list[bytes] = []     # <pidfile>.oldbin's
+        self.reads = self.missing = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _read(path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            text = self._read(self.path)
+            self.reads += 1
+            if text is None:
+                self.missing += bool(self.shown)
+            elif not self.shown or self.shown[-1] != text:
+                self.shown.append(text)
+            old = self._read(self.old)
+            if old is not None and (not self.old_shown or self.old_shown[-1] != old):
+                self.old_shown.append(old)
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(10)
+
+
+def test_the_pidfile_is_never_missing_during_an_upgrade(tmp_path, adopt):
+    """A script may read the pidfile at any moment: through two upgrades and
+    a failed one it always finds it, naming the old master until the new one
+    is ready and the new one from then on (never a half-written PID), while
+    <pidfile>.oldbin names the old master during each upgrade."""
+    before = shm_entries()
+    code = code_copy(tmp_path / "code")
+    config = tmp_path / "prack.toml"
+    config.write_text("[server]\nserver_header = \"Prack\"\n")
+    pidfile = tmp_path / "prack.pid"
+    # Watched from before the start: the file is written just after the
+    # "ready:" line that start_upgrading waits for.
+    watch = PidfileWatch(pidfile)
+    try:
+        s = start_upgrading(tmp_path, code, "-c", str(config), acceptors=1,
+                            server_pidfile=pidfile)
+        first = s.master
+        second = s.upgrade()[0]         # returns on the old master's "retired" line
+        third = s.upgrade()[0]
+        config.write_text("[server]\nacceptors = \"many\"\n")
+        mark = s.log_mark()
+        os.kill(third, signal.SIGUSR2)
+        s.wait_log(r"\[%d\] prack.master: SIGUSR2: upgrade failed" % third, since=mark)
+        reads = watch.reads
+        while watch.reads < reads + 10 and watch.running():    # a few reads more
+            pass
+    finally:
+        watch.stop()
+    assert watch.missing == 0, "no pidfile in %d of %d reads" % (watch.missing, watch.reads)
+    assert watch.shown == [b"%d\n" % pid for pid in (first, second, third)]
+    assert watch.old_shown[:2] == [b"%d\n" % first, b"%d\n" % second]
+    assert set(watch.old_shown) <= {b"%d\n" % pid for pid in (first, second, third)}
+    assert pidfile.read_text() == "%d\n" % third
+    assert not os.path.exists(str(pidfile) + ".oldbin")
+    finish(s, before)
     assert not pidfile.exists()
 
 
@@ -589,21 +670,3 @@ def test_inherited_contract_from_systemd():
     env = {}
     inh = upgrade.Inherited.from_environment(env)
     assert (inh.generation, inh.acceptors, inh.upgrade_fd) == (1, None, None)
-
-
-def test_pidfile_renames(tmp_path):
-    from prack.master.notify import Pidfile
-    path = tmp_path / "p.pid"
-    pf = Pidfile(str(path))
-    pf.write()
-    assert path.read_text() == "%d\n" % os.getpid()
-    pf.to_old()
-    assert not path.exists() and (tmp_path / "p.pid.oldbin").exists()
-    pf.from_old()
-    assert path.exists() and not (tmp_path / "p.pid.oldbin").exists()
-    path.write_text("1\n")                 # another master's file: left alone
-    pf.remove()
-    assert path.read_text() == "1\n"
-    pf.write()
-    pf.remove()
-    assert list(tmp_path.iterdir()) == []

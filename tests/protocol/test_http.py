@@ -315,3 +315,36 @@ def test_http_dates_all_three_formats():
                 b"Sun, 06 Foo 1994 08:49:37 GMT", b"Sun, 06 Nov 1994 08:49:37 UTC",
                 b"Sun, 32 Nov 1994 08:49:37 GMT", b"1994-11-06T08:49:37Z"):
         assert http.parse_http_date(bad) is None, bad
+
+
+@pytest.mark.parametrize("value", [
+    b"Sat, 31 Feb 2024 00:00:00 GMT",           # no Feb 31
+    b"Thu, 30 Feb 2024 00:00:00 GMT",
+    b"Tue, 29 Feb 2023 00:00:00 GMT",           # 2023 is a common year
+    b"Thu, 29 Feb 1900 00:00:00 GMT",           # a century, not a leap year
+    b"Sat, 31 Apr 2023 00:00:00 GMT",
+    b"Sat, 31 Jun 2023 00:00:00 GMT",
+    b"Sat, 31 Sep 2023 00:00:00 GMT",
+    b"Sat, 31 Nov 2023 00:00:00 GMT",
+    b"Sat, 00 Nov 2023 00:00:00 GMT",
+    b"Saturday, 31-Feb-24 00:00:00 GMT",        # rfc850-date
+    b"Sat Feb 31 00:00:00 2024",                # asctime-date
+    b"Tue Feb 29 00:00:00 2023",
+])
+def test_an_impossible_day_of_month_is_no_http_date(value):
+    """RFC 9110 5.6.7 takes IMF-fixdate from RFC 5322, whose 3.3 requires
+    the day-of-month to exist in that month of that year."""
+    assert http.parse_http_date(value) is None
+
+
+@pytest.mark.parametrize("value,expected", [
+    (b"Thu, 29 Feb 2024 00:00:00 GMT", 1709164800),   # leap year
+    (b"Tue, 29 Feb 2000 00:00:00 GMT", 951782400),    # a leap century
+    (b"Wed, 31 Jan 2024 23:59:59 GMT", 1706745599),
+    (b"Sun, 30 Apr 2023 00:00:00 GMT", 1682812800),
+    (b"Sun, 31 Dec 2023 00:00:00 GMT", 1703980800),
+    (b"Thursday, 29-Feb-24 00:00:00 GMT", 1709164800),
+    (b"Thu Feb 29 00:00:00 2024", 1709164800),
+])
+def test_the_last_day_of_each_month_is_an_http_date(value, expected):
+    assert http.parse_http_date(value) == expected

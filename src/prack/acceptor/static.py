@@ -9,8 +9,10 @@ which the connection sends with sendfile(2) (or reads, where there is no
 sendfile). Validators and ranges follow RFC 9110 sections 8.8, 13 and 14:
 strong ETags from size and modification time, Last-Modified, If-Match and
 If-Unmodified-Since (412), If-None-Match before If-Modified-Since (304),
-If-Range, and a single byte range (a request for several ranges gets the
-whole file, which the RFC allows).
+If-Range, and a single byte range (a request for several ranges, or with
+two Range fields, gets the whole file, which the RFC allows). Dates that are
+no HTTP-date, and an If-Modified-Since in the future, are ignored. A path
+ending in a slash names a directory: a file there is 404, as with nginx.
 """
 from __future__ import annotations
 
@@ -182,7 +184,8 @@ class StaticFiles:
         if b"\0" in rel or b"\\" in rel:
             return None
         parts = []
-        for seg in rel.split(b"/"):
+        segments = rel.split(b"/")
+        for seg in segments:
             if not seg or seg == b".":
                 continue
             if seg.startswith(b"."):    # "..", and hidden files such as .git or .env
@@ -193,6 +196,14 @@ class StaticFiles:
         # A symlink may not lead out of the root.
         if real != self.root and not real.startswith(self.root + b"/"):
             return None
+        if len(segments) > 1 and segments[-1] in (b"", b"."):
+            # "/index.html/" is another URI than "/index.html" (RFC 3986
+            # 3.3: a path of segments, the last one empty; 6.2.3 normalizes
+            # only an empty path to "/"), and one that names a directory.
+            # The slash is kept so that the stat refuses a file there
+            # (POSIX pathname resolution: "file/" fails with ENOTDIR): 404,
+            # as nginx answers, never the file under a second name.
+            real += b"/"
         return real
 
     def answer(self, method: str, raw_path: str,
@@ -231,7 +242,7 @@ class StaticFiles:
         if path is None:
             return SimpleAnswer(404, b"not found\n")
         try:
-            st = os.stat(path)
+            st = os.stat(path)     # "file/" raises ENOTDIR: 404
             if stat.S_ISDIR(st.st_mode) and self.index:
                 if not raw_path.endswith("/"):
                     location = raw_path + "/"
@@ -317,14 +328,28 @@ class StaticFiles:
                 inm = value if inm is None else inm + b"," + value
             elif name == b"if-match":
                 im = value if im is None else im + b"," + value
+            # The date fields hold one HTTP-date each: given twice they are
+            # a list, which RFC 9110 has ignored (13.1.3: "more than one
+            # member"; 13.1.4: "appears to be a list of dates"). An empty
+            # value parses as no date.
             elif name == b"if-unmodified-since":
-                ius = value
+                ius = value if ius is None else b""
             elif name == b"if-modified-since":
-                ims = value
+                ims = value if ims is None else b""
             elif name == b"range" and method == "GET":
-                rng = value     # RFC 9110 14.2: a HEAD ignores Range
+                # RFC 9110 14.2: a HEAD ignores Range. Range is a single
+                # ranges-specifier, not a list (14.2, 5.3), so two Range
+                # fields make no valid one; 14.2 lets the server ignore or
+                # reject an invalid ranges-specifier. Ignored: the whole file
+                # with 200, as for any other malformed Range here. (416 is for
+                # ranges that are valid but unsatisfiable, 15.5.17, and
+                # rejecting would take a full answer from a client that must
+                # already handle one.) An empty value parses as no range.
+                rng = value if rng is None else b""
             elif name == b"if-range":
-                if_range = value
+                # One validator (13.1.5); two match no representation, so
+                # the condition is false and the whole file goes out.
+                if_range = value if if_range is None else b""
         # RFC 9110 13.2.2: If-Match (strong comparison), or If-Unmodified-Since
         # without it: false gives 412. Then If-None-Match, or If-Modified-Since
         # without it: false gives 304.
@@ -342,8 +367,14 @@ class StaticFiles:
         if inm is not None:
             not_modified = _etag_list_matches(inm, etag, weak=True)
         elif ims is not None:
+            # RFC 9110 13.1.3: an If-Modified-Since that is no valid HTTP-date
+            # is ignored, its date read on the origin server's clock; a date
+            # later than the server's current time is invalid (said in so
+            # many words by RFC 2616 14.25, which 9110 replaces). Honouring
+            # one would answer 304 to every later change of the file until
+            # that date: ignored, the whole 200 goes out.
             since = http.parse_http_date(ims)
-            not_modified = since is not None and mtime <= since
+            not_modified = since is not None and mtime <= since <= time.time()
         else:
             not_modified = False
         size = st.st_size

@@ -1,12 +1,16 @@
 """Telling the outside world about the master: the pidfile and sd_notify.
 
 Pidfile (`server.pidfile`): written atomically (a temporary file renamed over
-it) once the master is ready. During a USR2 upgrade the old master renames it
-to `<pidfile>.oldbin` before starting the new generation, the new master
-writes `<pidfile>` when it is ready, and the old master removes its `.oldbin`
-when it exits; if the upgrade fails, the old master renames it back. So
-`kill -USR2 $(cat prack.pid)` always reaches the master that serves. A file
-is only ever removed by the process whose PID it holds.
+it) once the master is ready. `<pidfile>` exists at every moment from then
+until the last master stops, upgrades included: when a USR2 upgrade starts,
+the old master writes its PID to `<pidfile>.oldbin` too and leaves
+`<pidfile>` as it is (it still serves); the new master, once ready, renames
+its own file over `<pidfile>` (one atomic step, never a missing name); the
+old master removes its `.oldbin` when it exits. If the upgrade fails, the old
+master's `<pidfile>` is still right (rewritten if the new master had got to
+replace it) and its `.oldbin` goes. So `kill -USR2 $(cat prack.pid)` always
+reaches the master that serves, and a script reading the file never finds it
+missing. A file is only ever removed by the process whose PID it holds.
 
 sd_notify: when `NOTIFY_SOCKET` is set (systemd `Type=notify`), the master
 sends `READY=1` and `MAINPID=<pid>` when ready, `RELOADING=1` when an upgrade
@@ -55,44 +59,55 @@ class Pidfile:
         self.path = os.path.abspath(path) if path else ""
 
     def write(self) -> None:
-        if not self.path:
-            return
-        tmp = "%s.%d.tmp" % (self.path, os.getpid())
+        if self.path:
+            self._write(self.path)
+
+    def _write(self, path: str) -> None:
+        """Our PID in `path`, atomically: a reader finds the old content or
+        the new, never a missing or half-written file."""
+        tmp = "%s.%d.tmp" % (path, os.getpid())
         try:
             with open(tmp, "w") as f:
                 f.write("%d\n" % os.getpid())
-            os.replace(tmp, self.path)
+            os.replace(tmp, path)
         except OSError as exc:
-            log.error("server.pidfile %s: cannot write: %s", self.path, exc.strerror)
+            log.error("server.pidfile %s: cannot write: %s", path, exc.strerror)
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
 
-    def _move(self, src: str, dst: str) -> None:
-        if _read_pid(src) == os.getpid():
-            try:
-                os.replace(src, dst)
-            except OSError as exc:
-                log.warning("server.pidfile: cannot rename %s: %s", src, exc.strerror)
-
     def to_old(self) -> None:
-        """An upgrade starts: ours becomes <pidfile>.oldbin."""
-        if self.path:
-            self._move(self.path, self.path + OLD_SUFFIX)
+        """An upgrade starts: our PID in <pidfile>.oldbin as well. <pidfile>
+        stays ours (we serve until the new master is ready), and the new
+        master's rename over it replaces it without a gap; renaming it away
+        here would leave no pidfile until then."""
+        if self.path and _read_pid(self.path) == os.getpid():
+            self._write(self.path + OLD_SUFFIX)
 
     def from_old(self) -> None:
-        """The upgrade failed: <pidfile>.oldbin is <pidfile> again."""
-        if self.path:
-            self._move(self.path + OLD_SUFFIX, self.path)
+        """The upgrade failed: <pidfile> names us (again, should the new
+        master have written it before failing) and our .oldbin goes."""
+        if not self.path:
+            return
+        old = self.path + OLD_SUFFIX
+        if _read_pid(old) != os.getpid():
+            return          # no upgrade of ours left it (or not ours to fix)
+        if _read_pid(self.path) != os.getpid():
+            self._write(self.path)
+        _unlink_if_ours(old)
 
     def remove(self) -> None:
         """At exit: remove whichever of the two names holds our PID."""
         if not self.path:
             return
         for path in (self.path, self.path + OLD_SUFFIX):
-            if _read_pid(path) == os.getpid():
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+            _unlink_if_ours(path)
+
+
+def _unlink_if_ours(path: str) -> None:
+    if _read_pid(path) == os.getpid():
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

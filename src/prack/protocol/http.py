@@ -573,6 +573,13 @@ def format_http_date(t: float) -> str:
         tm.tm_hour, tm.tm_min, tm.tm_sec)
 
 
+def _days_in_month(year: int, month: int) -> int:
+    if month == 2:
+        leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+        return 29 if leap else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
 def parse_http_date(value: bytes) -> int | None:
     """The POSIX time of an HTTP-date in any of its three formats (a
     recipient must accept all of them); None if it is not one."""
@@ -590,7 +597,12 @@ def parse_http_date(value: bytes) -> int | None:
         year += this_year - this_year % 100
         if year > this_year + 50:
             year -= 100
-    if month is None or not 1 <= day <= 31 or hour > 23 or minute > 59 or second > 60:
+    # IMF-fixdate is a subset of RFC 5322's date-time (RFC 9110 5.6.7), which
+    # must be semantically valid (RFC 5322 3.3): the day-of-month between 1
+    # and the days of that month in that year. Feb 31, or Feb 29 of a common
+    # year, is no HTTP-date, and a conditional carrying it is ignored.
+    if month is None or not 1 <= day <= _days_in_month(year, month) or hour > 23 \
+            or minute > 59 or second > 60:
         return None
     # Days since 1970-01-01 of a proleptic Gregorian date (March-based years).
     y = year - (month <= 2)
