@@ -130,3 +130,35 @@ def test_a_failed_fork_is_retried_not_fatal(monkeypatch):
     assert "acceptor 0: cannot start it: fork:" in first and "trying again in 0.1s" in first
     assert "trying again in 0.2s" in second
     assert (arbiter.ACCEPTOR, 0) in m.respawns.at
+
+
+def test_the_pidfile_is_written_before_the_ready_line(master, tmp_path, monkeypatch):
+    """A script that waits for the "ready:" line and then reads the pidfile
+    finds it: the file is in place before the line is logged."""
+    from prack.master.notify import Pidfile
+    m, _ = master
+    path = tmp_path / "prack.pid"
+    m.pidfile = Pidfile(str(path))
+    m.listener.close()
+    m.api_listener.close()
+    m.listener = socket.create_server(("127.0.0.1", 0))
+    m.api_listener = socket.create_server(("127.0.0.1", 0))
+    seen = []
+
+    class AtReady(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("ready:"):
+                seen.append(path.exists())
+
+    handler = AtReady()
+    logger = logging.getLogger("prack.master")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        m._announce()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        m.pidfile.remove()
+    assert seen == [True]

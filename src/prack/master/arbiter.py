@@ -394,11 +394,13 @@ class Master:
 
     def _announce(self) -> None:
         self.announced = True
+        # The pidfile first: a script that waits for the ready line and then
+        # reads the pidfile must find it.
+        self.pidfile.write()
         log.info("ready: public=http://%s api=http://%s acceptors=%d pid=%d generation=%d "
                  "version=%s", listeners.address_of(self.listener),
                  listeners.address_of(self.api_listener), self.acceptors, os.getpid(),
                  self.generation, __version__)
-        self.pidfile.write()
         sd_notify("READY=1\nMAINPID=%d\nSTATUS=generation %d serving" % (os.getpid(),
                                                                            self.generation))
         self.inherited.report("ready %d" % os.getpid())
