@@ -90,6 +90,7 @@ class Posts:
         self.streams = streams
         self.rings = process.rings
         self.links = process.links      # the process's list, updated in place
+        self.max_head = process.cfg.limits.max_response_header_size
         self.open_streams = streams.table.open
         self.decode_v1 = msgspec.json.Decoder(messages.PostedResponse).decode
         # POST on the pull's path: v1 workers post there too.
@@ -119,7 +120,8 @@ class Posts:
             return INVALID, ("status: the head of a streamed response was sent already "
                              "(end it with POST /api/v2/requests/{id}/end)")
         try:
-            status, flags, block, declared = check_response_cached(code, headers, field)
+            status, flags, block, declared = check_response_cached(code, headers, field,
+                                                                  self.max_head)
         except BadResponse as exc:
             self.fail((acceptor, slot, key), out)
             log.warning("worker posted an invalid response: %s", exc)
