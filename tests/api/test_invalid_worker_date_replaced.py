@@ -4,6 +4,9 @@ passes as sent, and of two only the first valid one does (Date is a
 singleton field)."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from prack.api.checks import check_response, check_response_cached
@@ -50,3 +53,16 @@ def test_the_cached_check_drops_it_as_well():
     for _ in range(2):
         _, flags, block, _ = check_response_cached(200, {"Date": "soon"}, "code")
         assert block == b"" and not flags & frames.RF_HAS_DATE
+
+
+def test_the_memory_of_the_last_good_date_never_admits_another_value():
+    """The last valid Date is remembered to skip reading it again; an empty
+    value before any (in a fresh process), or a different one after, is
+    still read."""
+    fresh = subprocess.run(
+        [sys.executable, "-c", "from prack.api.checks import check_response as c; "
+         "print(c(200, {'Date': ''})[2])"], capture_output=True, text=True, check=True)
+    assert fresh.stdout == "b''\n"
+    assert check_response(200, {"Date": IMF})[2] != b""
+    assert check_response(200, {"Date": IMF + "x"})[2] == b""
+    assert check_response(200, {"Date": ""})[2] == b""

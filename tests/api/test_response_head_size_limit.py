@@ -9,8 +9,8 @@ import socket
 import pytest
 
 from prack import config
-from prack.api.checks import (HEAD_LIMIT_SETTING, BadResponse, check_response,
-                              check_response_cached)
+from prack.api.checks import (HEAD_LIMIT_SETTING, BadResponse, cached_check,
+                              check_response, check_response_cached)
 from prack.api.process import ApiServer
 
 
@@ -51,23 +51,25 @@ def test_no_limit_when_none_is_given():
     assert len(check_response(200, fields(100_000))[2]) == 100_000
 
 
-def test_the_cache_measures_a_remembered_block_again():
-    """A block remembered under a larger limit is refused under a smaller
-    one, and one refused is never remembered."""
+def test_a_remembered_head_is_within_its_cache_limit_and_a_refused_one_is_not_kept():
+    """Each cache has its limit: a block kept under a larger one is refused
+    by a cache with a smaller one, and one refused is never kept."""
     headers = fields(2000)
-    assert len(check_response_cached(200, headers, "code", 4096)[2]) == 2000
+    assert len(cached_check(4096)(200, headers, "code")[2]) == 2000
     with pytest.raises(BadResponse, match="2000 bytes"):
-        check_response_cached(200, headers, "code", 1999)
+        cached_check(1999)(200, headers, "code")
+    cache = cached_check(4096)
     big = fields(5000)
     for _ in range(2):
         with pytest.raises(BadResponse, match="5000 bytes"):
-            check_response_cached(200, big, "code", 4096)
-    assert len(check_response_cached(200, big, "code", 8192)[2]) == 5000
+            cache(200, big, "code")
+    assert cache.checked == {}
+    assert len(check_response_cached(200, big, "code")[2]) == 5000     # no limit
 
 
 def test_list_values_not_cached_are_bounded_too():
     with pytest.raises(BadResponse, match="over limits.max_response_header_size"):
-        check_response_cached(200, {"Set-Cookie": ["a" * 600, "b" * 600]}, "code", 1024)
+        cached_check(1024)(200, {"Set-Cookie": ["a" * 600, "b" * 600]}, "code")
 
 
 def test_the_default_is_64k_within_nginx_range():
@@ -87,7 +89,8 @@ def test_posts_and_streamed_heads_use_the_setting():
     cfg = config.load(None, env={"PRACK_LIMITS_MAX_RESPONSE_HEADER_SIZE": "2k"})
     server = ApiServer(cfg, 1, a, b, _Segment(), -1)
     try:
-        assert server.posts.max_head == server.streams.max_head == 2048
+        assert server.posts.check_response.max_size == 2048
+        assert server.streams.max_head == 2048
     finally:
         server.sel.close()
         a.close()

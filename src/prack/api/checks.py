@@ -169,32 +169,39 @@ def printable(text: str, limit: int = 500) -> str:
 # worker's error, so that the operator knows what to raise.
 HEAD_LIMIT_SETTING = "limits.max_response_header_size"
 
-_checked: dict = {}
-
-
-def check_response_cached(code, headers, field: str,
-                          max_size: int | None = None) -> tuple[int, int, bytes, int]:
-    """check_response, remembered: a worker posts the same few statuses and
+def cached_check(max_size: int | None = None):
+    """check_response, remembered, under one limit on the header block
+    (`max_size`, None: none): a worker posts the same few statuses and
     header sets again and again. Only valid ones are kept, at most 256, and
     only those whose values are all strings (or null): as keys, 1, 1.0 and
-    true are equal, but their header texts differ. A remembered block is
-    measured against `max_size` again, as the limit is not part of the key."""
-    try:
-        key = (code, tuple(headers.items()) if type(headers) is dict else
-               tuple(headers) if headers else ())
-        hit = _checked.get(key)
-    except TypeError:           # list values (several of one header): not kept
-        return check_response(code, headers, field, max_size)
-    if hit is None:
-        hit = check_response(code, headers, field, max_size)
-        if not _all_text(key[1]):
-            return hit
-        if len(_checked) >= 256:
-            _checked.clear()
-        _checked[key] = hit
-    elif max_size is not None and len(hit[2]) > max_size:
-        raise head_too_large(len(hit[2]), max_size)
-    return hit
+    true are equal, but their header texts differ. Each function made here
+    has its own limit and memory, so a remembered block needs no measuring
+    again; a closure, as this runs once per posted response."""
+    checked: dict = {}
+
+    def check(code, headers, field: str) -> tuple[int, int, bytes, int]:
+        try:
+            key = (code, tuple(headers.items()) if type(headers) is dict else
+                   tuple(headers) if headers else ())
+            hit = checked.get(key)
+        except TypeError:       # list values (several of one header): not kept
+            return check_response(code, headers, field, max_size)
+        if hit is None:
+            hit = check_response(code, headers, field, max_size)
+            if not _all_text(key[1]):
+                return hit
+            if len(checked) >= 256:
+                checked.clear()
+            checked[key] = hit
+        return hit
+
+    check.max_size = max_size       # for tests and the curious
+    check.checked = checked
+    return check
+
+
+# Without a limit (the API process makes its own with one).
+check_response_cached = cached_check()
 
 
 def head_too_large(size: int, max_size: int) -> BadResponse:
@@ -223,6 +230,11 @@ def header_text(value) -> str:
     if type(value) is int:
         return str(value)
     raise BadResponse("expected a string, number or boolean, got %s" % type(value).__name__)
+
+
+# The last Date a worker sent that was an HTTP-date: workers that send one
+# send the same for a whole second, and reading one costs microseconds.
+_last_date: list = [None]
 
 
 def check_response(code, headers, field: str = "code",
@@ -294,8 +306,12 @@ def check_response(code, headers, field: str = "code",
             except UnicodeEncodeError:
                 encoded = item.strip(" \t").encode("utf-8")
             if lower == "date":
-                if flags & frames.RF_HAS_DATE or parse_http_date(encoded) is None:
+                if flags & frames.RF_HAS_DATE:
                     continue
+                if encoded != _last_date[0]:
+                    if parse_http_date(encoded) is None:
+                        continue
+                    _last_date[0] = encoded
                 flags |= frames.RF_HAS_DATE
             elif lower == "server":
                 flags |= frames.RF_HAS_SERVER
