@@ -169,6 +169,7 @@ def printable(text: str, limit: int = 500) -> str:
 # worker's error, so that the operator knows what to raise.
 HEAD_LIMIT_SETTING = "limits.max_response_header_size"
 
+
 def cached_check(max_size: int | None = None):
     """check_response, remembered, under one limit on the header block
     (`max_size`, None: none): a worker posts the same few statuses and
@@ -195,7 +196,8 @@ def cached_check(max_size: int | None = None):
             checked[key] = hit
         return hit
 
-    check.max_size = max_size       # for tests and the curious
+    # What it was made with, readable (tests look).
+    check.max_size = max_size
     check.checked = checked
     return check
 
