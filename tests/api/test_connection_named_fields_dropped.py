@@ -46,6 +46,12 @@ def test_a_named_date_or_server_is_replaced_by_pracks_own():
     assert not flags & (frames.RF_HAS_DATE | frames.RF_HAS_SERVER)
 
 
+def test_naming_a_hop_by_hop_field_changes_nothing_more():
+    _, flags, block, _ = check_response(200, {"Connection": "keep-alive, Upgrade",
+                                              "Keep-Alive": "timeout=5", "X-A": "1"})
+    assert block == b"X-A: 1\r\n" and not flags & frames.RF_CLOSE
+
+
 def test_without_connection_nothing_changes():
     assert check_response(200, {"X-Foo": "1"})[2] == b"X-Foo: 1\r\n"
 

@@ -12,6 +12,7 @@ from prack import config
 from prack.api.checks import (HEAD_LIMIT_SETTING, BadResponse, cached_check,
                               check_response, check_response_cached)
 from prack.api.process import ApiServer
+from prack.api.websockets import WebSockets
 
 
 def fields(total: int) -> dict:
@@ -70,6 +71,13 @@ def test_a_remembered_head_is_within_its_cache_limit_and_a_refused_one_is_not_ke
 def test_list_values_not_cached_are_bounded_too():
     with pytest.raises(BadResponse, match="over limits.max_response_header_size"):
         cached_check(1024)(200, {"Set-Cookie": ["a" * 600, "b" * 600]}, "code")
+
+
+def test_a_websocket_accept_is_bounded_as_any_head():
+    assert len(WebSockets.check_accept(fields(1024), 1024)[2]) == 1024
+    with pytest.raises(BadResponse, match="1025 bytes of header fields, over "
+                       "limits.max_response_header_size"):
+        WebSockets.check_accept(fields(1025), 1024)
 
 
 def test_the_default_is_64k_within_nginx_range():

@@ -293,7 +293,9 @@ def check_response(code, headers, field: str = "code",
                         token = token.strip(" \t").lower()
                         if token == "close":
                             flags |= frames.RF_CLOSE
-                        elif token and _TCHAR.issuperset(token):
+                        elif (token and token not in _HOP_BY_HOP
+                              and _TCHAR.issuperset(token)):
+                            # (a hop-by-hop name is dropped anyway: no pass)
                             if named is None:
                                 named = set()
                             named.add(token.encode("ascii"))
