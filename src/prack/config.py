@@ -264,6 +264,15 @@ SETTINGS: tuple[Setting, ...] = (
         min=1, max=1000,
     ),
     Setting(
+        "limits", "max_response_header_size", "size", "64k",
+        "Largest header section a worker may give a response (its fields as "
+        "Prack writes them, one \"Name: value\" line each, after the fields "
+        "Prack drops); larger: the client gets 502 and the worker 400. It "
+        "plays the part of nginx's proxy_buffer_size: one response head "
+        "taken from upstream.",
+        min=1024,
+    ),
+    Setting(
         "limits", "max_pipelined", "int", 16,
         "Complete requests a connection may have waiting behind the one in "
         "flight (HTTP/1.1 pipelining); beyond it, or beyond max_header_size "

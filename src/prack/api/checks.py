@@ -11,6 +11,7 @@ import msgspec
 
 from prack.ipc import frames
 from prack.protocol import messages
+from prack.protocol.http import parse_http_date
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 # Characters a header value may not carry: CTLs except HTAB (RFC 9110 5.5).
@@ -164,28 +165,51 @@ def printable(text: str, limit: int = 500) -> str:
     return out + ("... (%d characters)" % len(text) if len(text) > limit else "")
 
 
-_checked: dict = {}
+# The setting that bounds a response head from a worker; its name is in the
+# worker's error, so that the operator knows what to raise.
+HEAD_LIMIT_SETTING = "limits.max_response_header_size"
 
 
-def check_response_cached(code, headers, field: str) -> tuple[int, int, bytes, int]:
-    """check_response, remembered: a worker posts the same few statuses and
+def cached_check(max_size: int | None = None):
+    """check_response, remembered, under one limit on the header block
+    (`max_size`, None: none): a worker posts the same few statuses and
     header sets again and again. Only valid ones are kept, at most 256, and
     only those whose values are all strings (or null): as keys, 1, 1.0 and
-    true are equal, but their header texts differ."""
-    try:
-        key = (code, tuple(headers.items()) if type(headers) is dict else
-               tuple(headers) if headers else ())
-        hit = _checked.get(key)
-    except TypeError:           # list values (several of one header): not kept
-        return check_response(code, headers, field)
-    if hit is None:
-        hit = check_response(code, headers, field)
-        if not _all_text(key[1]):
-            return hit
-        if len(_checked) >= 256:
-            _checked.clear()
-        _checked[key] = hit
-    return hit
+    true are equal, but their header texts differ. Each function made here
+    has its own limit and memory, so a remembered block needs no measuring
+    again; a closure, as this runs once per posted response."""
+    checked: dict = {}
+
+    def check(code, headers, field: str) -> tuple[int, int, bytes, int]:
+        try:
+            key = (code, tuple(headers.items()) if type(headers) is dict else
+                   tuple(headers) if headers else ())
+            hit = checked.get(key)
+        except TypeError:       # list values (several of one header): not kept
+            return check_response(code, headers, field, max_size)
+        if hit is None:
+            hit = check_response(code, headers, field, max_size)
+            if not _all_text(key[1]):
+                return hit
+            if len(checked) >= 256:
+                checked.clear()
+            checked[key] = hit
+        return hit
+
+    # What it was made with, readable (tests look).
+    check.max_size = max_size
+    check.checked = checked
+    return check
+
+
+# Without a limit (the API process makes its own with one).
+check_response_cached = cached_check()
+
+
+def head_too_large(size: int, max_size: int) -> BadResponse:
+    """The error for a header block over the limit, naming the setting."""
+    return BadResponse("headers: %d bytes of header fields, over %s (%d bytes)"
+                       % (size, HEAD_LIMIT_SETTING, max_size))
 
 
 def _all_text(pairs) -> bool:
@@ -210,10 +234,24 @@ def header_text(value) -> str:
     raise BadResponse("expected a string, number or boolean, got %s" % type(value).__name__)
 
 
-def check_response(code, headers, field: str = "code") -> tuple[int, int, bytes, int]:
+# The last Date a worker sent that was an HTTP-date: workers that send one
+# send the same for a whole second, and reading one costs microseconds.
+_last_date: list = [None]
+
+
+def check_response(code, headers, field: str = "code",
+                   max_size: int | None = None) -> tuple[int, int, bytes, int]:
     """Validate a posted response's status (`field` names it in errors) and
     headers (a dict, or v2's list of pairs): (status, flags, header block,
-    declared length)."""
+    declared length).
+
+    What reaches the client is not every field the worker gave: framing and
+    hop-by-hop fields are Prack's; so are the fields the worker's own
+    `Connection` names (RFC 9110 7.6.1); a `Date` that is not an HTTP-date
+    (RFC 9110 5.6.7), or a second one (Date is a singleton field), is left
+    out, so that the acceptor writes its own. The header block, as built
+    (one "Name: value\\r\\n" line per field kept), may have at most `max_size`
+    bytes (None: no limit)."""
     if type(code) is str:
         given = code
         code = code.strip()
@@ -226,6 +264,7 @@ def check_response(code, headers, field: str = "code") -> tuple[int, int, bytes,
     flags = 0
     declared = frames.NO_LENGTH
     lines = []
+    named = None                # fields the worker's Connection names
     if not headers:
         pairs = ()
     elif type(headers) is dict:
@@ -250,21 +289,52 @@ def check_response(code, headers, field: str = "code") -> tuple[int, int, bytes,
                                   "character" % name)
             if lower in _HOP_BY_HOP:
                 if lower == "connection":
-                    if any(t.strip().lower() == "close" for t in item.split(",")):
-                        flags |= frames.RF_CLOSE
+                    for token in item.split(","):
+                        token = token.strip(" \t").lower()
+                        if token == "close":
+                            flags |= frames.RF_CLOSE
+                        elif (token and token not in _HOP_BY_HOP
+                              and _TCHAR.issuperset(token)):
+                            # (a hop-by-hop name is dropped anyway: no pass)
+                            if named is None:
+                                named = set()
+                            named.add(token.encode("ascii"))
                 elif lower == "content-length":
                     item = item.strip()
                     if item.isdigit() and item.isascii() and len(item) < 19:
                         declared = int(item)
                         flags |= frames.RF_DECLARED
                 continue
-            if lower == "date":
-                flags |= frames.RF_HAS_DATE
-            elif lower == "server":
-                flags |= frames.RF_HAS_SERVER
             try:
                 encoded = item.strip(" \t").encode("latin-1")
             except UnicodeEncodeError:
                 encoded = item.strip(" \t").encode("utf-8")
+            if lower == "date":
+                if flags & frames.RF_HAS_DATE:
+                    continue
+                if encoded != _last_date[0]:
+                    if parse_http_date(encoded) is None:
+                        continue
+                    _last_date[0] = encoded
+                flags |= frames.RF_HAS_DATE
+            elif lower == "server":
+                flags |= frames.RF_HAS_SERVER
             lines.append(name.encode("ascii") + b": " + encoded + b"\r\n")
-    return code, flags, b"".join(lines), declared
+    if named is not None:
+        flags = _drop_named(lines, named, flags)
+    block = b"".join(lines)
+    if max_size is not None and len(block) > max_size:
+        raise head_too_large(len(block), max_size)
+    return code, flags, block, declared
+
+
+def _drop_named(lines: list, named: set, flags: int) -> int:
+    """Remove from `lines` the fields that `Connection` names (they are
+    hop-by-hop: RFC 9110 7.6.1, whichever comes first); the flags, without
+    RF_HAS_DATE / RF_HAS_SERVER when those fields went."""
+    lines[:] = [line for line in lines if line[:line.index(b":")].lower() not in named]
+    if b"date" in named:
+        flags &= ~frames.RF_HAS_DATE
+    if b"server" in named:
+        flags &= ~frames.RF_HAS_SERVER
+    return flags

@@ -18,7 +18,7 @@ import time
 import msgspec
 
 from prack.api.checks import GONE, INVALID, JSON_TYPE, OK, UNKNOWN, BadResponse
-from prack.api.checks import check_response_cached, describe, identifier_of, printable
+from prack.api.checks import cached_check, describe, identifier_of, printable
 from prack.ipc import frames, slots
 from prack.ipc.slots import SLOT_FREE, SLOT_TAKEN
 from prack.protocol import http, messages
@@ -90,6 +90,8 @@ class Posts:
         self.streams = streams
         self.rings = process.rings
         self.links = process.links      # the process's list, updated in place
+        # Valid heads remembered, under limits.max_response_header_size.
+        self.check_response = cached_check(process.cfg.limits.max_response_header_size)
         self.open_streams = streams.table.open
         self.decode_v1 = msgspec.json.Decoder(messages.PostedResponse).decode
         # POST on the pull's path: v1 workers post there too.
@@ -119,7 +121,7 @@ class Posts:
             return INVALID, ("status: the head of a streamed response was sent already "
                              "(end it with POST /api/v2/requests/{id}/end)")
         try:
-            status, flags, block, declared = check_response_cached(code, headers, field)
+            status, flags, block, declared = self.check_response(code, headers, field)
         except BadResponse as exc:
             self.fail((acceptor, slot, key), out)
             log.warning("worker posted an invalid response: %s", exc)

@@ -127,6 +127,7 @@ class Streams:
         self.process = process
         self.table = table
         self.websockets = websockets
+        self.max_head = process.cfg.limits.max_response_header_size
         # (acceptor, slot, key) -> [(worker conn, deadline)] of state long-polls
         self.gone_waiters: dict[tuple[int, int, int], list] = {}
         self.decoders = {}
@@ -161,10 +162,11 @@ class Streams:
             msg = decode_head(req.body)
             if msg.status == 101 or msg.status == "101":
                 # A WebSocket accept: the acceptor completes the handshake.
-                status, flags, block, declared = self.websockets.check_accept(msg.headers)
+                status, flags, block, declared = self.websockets.check_accept(
+                    msg.headers, self.max_head)
             else:
                 status, flags, block, declared = check_response(msg.status, msg.headers,
-                                                                "status")
+                                                                "status", self.max_head)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             self._invalid(conn, parsed, describe(exc, codec, req.body))
             return

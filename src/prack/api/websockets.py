@@ -106,10 +106,11 @@ class WebSockets:
     # -- what Streams asks ------------------------------------------------------------------
 
     @staticmethod
-    def check_accept(headers):
+    def check_accept(headers, max_size: int | None = None):
         """A 101 head is a WebSocket accept: its headers are checked as any
-        response's; the acceptor completes the handshake."""
-        _, flags, block, _ = check_response(200, headers, "status")
+        response's (at most `max_size` bytes of them); the acceptor
+        completes the handshake."""
+        _, flags, block, _ = check_response(200, headers, "status", max_size)
         return 101, flags, block, frames.NO_LENGTH
 
     def opened(self, sid) -> None:
