@@ -49,6 +49,39 @@ def test_api_lost_while_handling_a_read_of_several_frames(acceptor):
     assert b"answer a" in a.recv(1 << 16)
 
 
+def test_a_failed_wake_up_does_not_drop_answers_still_unread(acceptor):
+    """The API process answers a client and dies before the acceptor reads
+    the link; the acceptor then queues another request, and the wake-up for
+    it fails (EPIPE) before the link is read. The answer is in the socket:
+    it must still reach its client, not be closed away with the socket
+    (that client was then answered by nobody: its slot was already FREE)."""
+    acc, seg, listener, api_listener, api_side, clients = acceptor
+    a, conn_a = _client(acc, listener, clients, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    ring = seg.ring(0)
+    view = ring.peek()                  # the API process takes the record...
+    view.release()
+    ring.release()
+    assert ring.move(conn_a.slot, conn_a.key, slots.SLOT_QUEUED, slots.SLOT_TAKEN)
+    assert ring.sleep()                 # ...and sleeps: the next push wakes it
+    acc._flush_api()
+    api_side.recv(1 << 16)              # the acceptor's HELLO
+    # The worker's answer is delivered (TAKEN -> FREE, frame sent), then
+    # the API process is killed.
+    assert ring.move(conn_a.slot, conn_a.key, slots.SLOT_TAKEN, slots.SLOT_FREE)
+    api_side.sendall(b"".join(frames.response_frame(conn_a.slot, conn_a.key, 200, 0, b"",
+                                                    b"answer a")))
+    api_side.close()
+    # A new request is read before the link: its wake-up meets the dead peer.
+    _client(acc, listener, clients, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    for _ in range(5):                  # the loop goes on: the link is read
+        for key, mask in acc.sel.select(0.05):
+            if key.data is not acc._on_accept:
+                acc._on_event(key.data, mask)
+    assert conn_a.status == 200
+    assert b"answer a" in a.recv(1 << 16)
+    assert acc.api is not None          # and the acceptor reconnected
+
+
 class _Listener:
     """Stands in for the listening socket: hands out `results` in turn."""
 

@@ -111,6 +111,7 @@ class Acceptor(ChildLoop):
         # a late answer for it gets 410 rather than 404.
         self.free_slots = collections.deque(range(self.nslots))
         self.api: socket.socket | None = None
+        self.api_ending = False       # the API process has gone: read what it sent, no more
         self.api_in = bytearray()
         # Anonymous memory: only the pages reads have used count (an idle
         # acceptor does not carry 256 KiB of zeros).
@@ -200,6 +201,7 @@ class Acceptor(ChildLoop):
             return
         sock.setblocking(False)
         self.api = sock
+        self.api_ending = False
         # A new buffer, not clear(): this can run from inside _on_api's frame
         # loop (a wake-up that finds the link gone), which must finish the
         # frames it already read (they answer our clients) in the old one.
@@ -226,7 +228,7 @@ class Acceptor(ChildLoop):
         self._connect_api()
 
     def send_api(self, buffers) -> None:
-        if self.api is None:
+        if self.api is None or self.api_ending:
             return
         was_empty = not self.api_out
         self.api_out.extend(buffers)
@@ -237,12 +239,33 @@ class Acceptor(ChildLoop):
         try:
             send_pending(self.api, self.api_out)
         except OSError:
-            self._api_lost()
+            self._api_unwritable()
             return
         want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.api_out else 0)
         if want != self.api_events:
             self.api_events = want
             self.sel.modify(self.api, want, self._on_api)
+
+    def _api_unwritable(self) -> None:
+        """Writing to the API process failed: it has gone. What it sent
+        before dying may still be unread in the socket: answers whose slots
+        it had already freed, which no one else will ever send. Closing the
+        socket now would throw them away (their clients then waited for
+        queue_timeout). So while there is something to read (data, or the
+        end), the link is only read, to its end, where _on_api finds the
+        loss and reconnects; nothing more is written to it."""
+        try:
+            pending = self.api.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:         # nothing to read (not even the end), or reset
+            pending = None
+        if pending is None:
+            self._api_lost()
+            return
+        self.api_ending = True
+        self.api_out = []
+        if self.api_events != selectors.EVENT_READ:
+            self.api_events = selectors.EVENT_READ
+            self.sel.modify(self.api, selectors.EVENT_READ, self._on_api)
 
     def _on_api(self, mask) -> None:
         if mask & selectors.EVENT_WRITE:
