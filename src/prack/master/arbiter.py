@@ -38,7 +38,7 @@ from prack.errors import StartupError
 from prack.master.generation import (ACCEPTOR, API, MAX_ACCEPTORS, PHASE_ACCEPTORS, Child,
                                      Generation, beat_word, describe_exit, kill)
 from prack.master.notify import Pidfile, sd_notify
-from prack import rundir
+from prack.master import rundir
 from prack.child import loop
 from prack.ipc.ring import Segment
 
@@ -71,7 +71,7 @@ def run(cfg, *, config_path: str | None = None) -> int:
 
 def _make_runtime_dir(configured: str) -> rundir.RuntimeDir:
     """This generation's private directory (its Unix sockets), locked for
-    the generation's life (prack.rundir): in server.runtime_dir if set, else
+    the generation's life (prack.master.rundir): in server.runtime_dir if set, else
     in $XDG_RUNTIME_DIR if writable, else in TMPDIR or /tmp. What a previous
     instance left there, and no live process still uses, goes first."""
     if configured:
@@ -96,7 +96,7 @@ def _make_runtime_dir(configured: str) -> rundir.RuntimeDir:
 class _ChildRun:
     """A child's process object, and what it does at its exit when its
     master died meanwhile: the last process of the generation removes the
-    runtime directory and the pidfile (prack.rundir.leave)."""
+    runtime directory and the pidfile (prack.master.rundir.leave)."""
 
     def __init__(self, child, runtime_dir: rundir.RuntimeDir, pidfile: str,
                  master_pid: int) -> None:
