@@ -61,6 +61,11 @@ def test_master_kill9_answers_taken_requests_then_children_clean_up(
                since=mark)
     for index in (0, 1):
         s.wait_log(r"acceptor %d: the master has gone; stopping" % index, since=mark)
+    # A server starting meanwhile beside it leaves the draining children's
+    # directory alone: they still hold its lock.
+    other = start_server(acceptors=1, server_runtime_dir=s.runtime_dir)
+    assert made in os.listdir(s.runtime_dir)
+    assert not any("removing the runtime directory" in line for line in other.log)
     release.set()
     for t in clients:
         t.join(30)
@@ -73,8 +78,10 @@ def test_master_kill9_answers_taken_requests_then_children_clean_up(
     s.wait_log(r"API process: the acceptors are gone; stopping", since=mark)
     s.wait_log(r"the master \(pid %d\) has gone and this is its last child: removed .*%s"
                % (s.pid, made), since=mark)
-    assert os.listdir(s.runtime_dir) == []
+    assert made not in os.listdir(s.runtime_dir)
     assert not pidfile.exists()
+    other.stop()
+    assert os.listdir(s.runtime_dir) == []
     # The fixture checks that nothing is left in /dev/shm and no traceback.
 
 
