@@ -13,7 +13,7 @@ def test_make_names_a_locked_directory_and_leaves_no_staging_name(tmp_path):
         assert os.listdir(tmp_path) == [os.path.basename(made.path)]
         assert os.path.basename(made.path).startswith("prack-")
         assert os.listdir(made.path) == [rundir.LOCK_NAME]
-        assert rundir.sweep(str(tmp_path), "") == []        # held: never removed
+        assert rundir.sweep(str(tmp_path)) == []        # held: never removed
         assert os.path.isdir(made.path)
     finally:
         made.release()
@@ -31,7 +31,7 @@ def test_sweep_removes_only_directories_whose_lock_is_free(tmp_path):
     other = tmp_path / "not-prack"
     other.mkdir()
     try:
-        assert rundir.sweep(str(tmp_path), "") == [stale.path]
+        assert rundir.sweep(str(tmp_path)) == [stale.path]
         assert sorted(os.listdir(tmp_path)) == sorted(
             [os.path.basename(live.path), legacy.name, half.name, other.name])
     finally:

@@ -14,7 +14,8 @@ prack.master.generation's.
 Cleanup holds on every exit path: the shared-memory segment's name is
 unlinked as soon as it is mapped (children inherit the mapping through fork),
 so nothing can stay in /dev/shm even if a process is SIGKILLed; the runtime
-directory is removed in a `finally`.
+directory is removed in a `finally`, or, when the master itself is killed,
+by the last of its children to exit (prack.master.rundir).
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def _make_runtime_dir(configured: str) -> rundir.RuntimeDir:
     if configured:
         try:
             os.makedirs(configured, mode=0o700, exist_ok=True)
-            rundir.sweep(configured, "")
+            rundir.sweep(configured)
             return rundir.make(configured)
         except OSError as exc:
             raise StartupError("server.runtime_dir %s: %s"
@@ -86,7 +87,7 @@ def _make_runtime_dir(configured: str) -> rundir.RuntimeDir:
     if not base or not os.access(base, os.W_OK):
         base = os.environ.get("TMPDIR") or "/tmp"
     try:
-        rundir.sweep(base, "")
+        rundir.sweep(base)
         return rundir.make(base)
     except OSError as exc:
         raise StartupError("cannot create a runtime directory (set server.runtime_dir): "

@@ -16,7 +16,7 @@ died: a starting master never removes a directory that something still
 uses.
 
 * `make(base)`: a new, locked directory.
-* `sweep(base, keep)`: a starting master removes the sibling directories
+* `sweep(base)`: a starting master removes the sibling directories
   whose lock it can take (their whole generation is gone: kill -9 of
   everything, a crash, a reboot of a persistent directory). Directories
   without a lock file (made by an older version) and half-made ``.new`` ones
@@ -110,9 +110,9 @@ def _take(path: str) -> int:
     return fd
 
 
-def sweep(base: str, keep: str) -> list[str]:
-    """Remove the stale runtime directories in `base` but `keep`; the
-    removed paths."""
+def sweep(base: str) -> list[str]:
+    """Remove the stale runtime directories in `base` (before a master makes
+    its own there); the removed paths."""
     try:
         names = os.listdir(base)
     except OSError:
@@ -120,7 +120,7 @@ def sweep(base: str, keep: str) -> list[str]:
     removed = []
     for name in sorted(names):
         path = os.path.join(base, name)
-        if not _NAME.match(name) or path == keep:
+        if not _NAME.match(name):
             continue
         fd = _take(path)
         if fd < 0:
