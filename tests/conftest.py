@@ -79,6 +79,7 @@ class Server:
                  preexec_fn=None):
         self.runtime_dir = runtime_dir
         self.log: list[str] = []
+        self.killed = False     # a test SIGKILLed the master: its exit code is -9
         self._clients: list = []     # closed at teardown (ResourceWarning is an error)
         self._ready = threading.Event()
         self.proc = subprocess.Popen(prack_command() + args, env=env, stdin=subprocess.DEVNULL,
@@ -155,6 +156,19 @@ class Server:
         self.wait_log(pattern)     # a child may log after the master's "ready"
         rx = re.compile(pattern)
         return [int(m.group(1)) for m in map(rx.search, list(self.log)) if m]
+
+    def kill_master(self) -> None:
+        """kill -9 of the master alone (its children live on)."""
+        self.killed = True
+        self.proc.kill()
+        self.proc.wait()
+
+    def wait_children_gone(self, timeout: float) -> None:
+        """Block until every process of the server has exited: the end of
+        its stderr, which each child holds until it exits."""
+        self._reader.join(timeout)
+        assert not self._reader.is_alive(), \
+            "children still running after %.1fs:\n%s" % (timeout, "\n".join(self.log))
 
     def log_mark(self) -> int:
         """The number of log lines so far, for wait_log(..., since=mark)."""
@@ -237,7 +251,8 @@ class _Servers:
             else:
                 code = server.proc.returncode
                 server._release()
-            assert code == 0, "exit code %r\n%s" % (code, "\n".join(server.log))
+            expected = -signal.SIGKILL if server.killed else 0
+            assert code == expected, "exit code %r\n%s" % (code, "\n".join(server.log))
             server.assert_clean()
             assert not any("Traceback" in line for line in server.log), "\n".join(server.log)
         assert shm_entries() <= self.before, \

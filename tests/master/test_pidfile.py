@@ -85,3 +85,37 @@ def test_no_path_means_no_files(tmp_path, monkeypatch):
     pf.from_old()
     pf.remove()
     assert list(tmp_path.iterdir()) == []
+
+
+# -- at start: a pidfile left by an instance that did not stop ----------------------
+
+def test_a_start_removes_a_pidfile_whose_process_is_gone(tmp_path):
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    path = tmp_path / "prack.pid"
+    path.write_text("%d\n" % gone.pid)
+    Pidfile(str(path)).replace_stale()
+    assert not path.exists()
+
+
+def test_a_start_removes_a_pidfile_naming_a_process_that_is_not_prack(tmp_path):
+    import subprocess
+
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        path = tmp_path / "prack.pid"
+        path.write_text("%d\n" % other.pid)
+        Pidfile(str(path)).replace_stale()
+        assert not path.exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_start_keeps_a_pidfile_naming_its_own_pid(tmp_path):
+    path = tmp_path / "prack.pid"
+    path.write_text(OURS)               # a re-exec in place keeps its PID
+    Pidfile(str(path)).replace_stale()
+    assert path.read_text() == OURS

@@ -133,6 +133,7 @@ class ApiServer(ChildLoop):
         # The cap is fitted to the open-file limit in run().
         self.idle = IdleWorkers(cfg.api.idle_timeout, cfg.api.max_connections)
         self.response_timeout = cfg.timeouts.response_timeout
+        self.orphan_deadline = 0.0    # the master died: stop by then at the latest
         # The two encodings of v2 calls, by "answer in msgpack".
         self.codecs = {False: Codec(msgspec.json), True: Codec(msgspec.msgpack)}
         self.encode = self.codecs[False].encode
@@ -205,6 +206,16 @@ class ApiServer(ChildLoop):
                 if not conn.busy and not conn.out:
                     self._close_worker(conn)
 
+    def _on_orphaned(self) -> None:
+        """The master died. Its acceptors drain what they hold (each stops
+        gracefully on its own); answers for those requests still come from
+        workers through us, so keep serving them (listener included), and
+        stop once every acceptor link has closed, or after graceful_timeout."""
+        self.draining = True        # /readyz: 503
+        self.orphan_deadline = time.monotonic() + self.cfg.timeouts.graceful_timeout
+        log.warning("API process: the master has gone; serving workers until the %d "
+                    "linked acceptor(s) have drained", sum(l is not None for l in self.links))
+
     def _begin_retire(self) -> None:
         self.lifecycle.retire()
         self._close_listener(self.listener)
@@ -218,6 +229,14 @@ class ApiServer(ChildLoop):
 
     def _housekeeping(self, now: float) -> None:
         self.held.expire(now)
+        if self.orphaned and not self.stopping:
+            if not any(link is not None for link in self.links):
+                log.warning("API process: the acceptors are gone; stopping")
+                self._begin_stop()
+            elif now >= self.orphan_deadline:
+                log.warning("API process: graceful_timeout passed with acceptors still "
+                            "linked; stopping")
+                self._begin_stop()
 
     # -- acceptor links ------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 
 Acceptors and the API process each run one selector loop with the same
 outline: signals only wake the loop (signal.set_wakeup_fd), a housekeeping
-tick runs deadlines, a child whose master has gone stops by itself, and a
-graceful stop ends as soon as nothing is left in flight.
+tick runs deadlines, a child whose master has gone stops by itself (the
+acceptors at once, draining what they hold; the API process once they are
+gone), and a graceful stop ends as soon as nothing is left in flight.
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ class ChildLoop:
         self.stopping = False
         self.retiring = False
         self.draining = False       # SIGUSR1: the server is stopping (for /readyz)
+        self.orphaned = False       # the master has gone (reparented)
         self.beat = beat
         self.stop_deadline = 0.0
         self.parent = os.getppid()
@@ -131,9 +133,9 @@ class ChildLoop:
                     for listener, callback in self._paused:
                         self.sel.register(listener, selectors.EVENT_READ, callback)
                     self._paused.clear()
-                if not self.stopping and os.getppid() != self.parent:
-                    log.warning("%s: the master has gone; stopping", self.what)
-                    self._begin_stop()
+                if not self.stopping and not self.orphaned and os.getppid() != self.parent:
+                    self.orphaned = True
+                    self._on_orphaned()
                 self._scan(now)
                 self._housekeeping(now)
                 if self.stopping and now >= self.stop_deadline:
@@ -186,6 +188,12 @@ class ChildLoop:
 
     def _housekeeping(self, now: float) -> None:
         """More housekeeping after the deadlines (the API process's held posts)."""
+
+    def _on_orphaned(self) -> None:
+        """The master died: by default, a graceful stop (what the master
+        would have asked for)."""
+        log.warning("%s: the master has gone; stopping", self.what)
+        self._begin_stop()
 
     def _begin_stop(self) -> None:
         self.stopping = True

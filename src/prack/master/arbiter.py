@@ -14,11 +14,11 @@ prack.master.generation's.
 Cleanup holds on every exit path: the shared-memory segment's name is
 unlinked as soon as it is mapped (children inherit the mapping through fork),
 so nothing can stay in /dev/shm even if a process is SIGKILLed; the runtime
-directory is removed in a `finally`.
+directory is removed in a `finally`, or, when the master itself is killed,
+by the last of its children to exit (prack.master.rundir).
 """
 from __future__ import annotations
 
-import errno
 import gc
 import logging
 import os
@@ -39,6 +39,7 @@ from prack.errors import StartupError
 from prack.master.generation import (ACCEPTOR, API, MAX_ACCEPTORS, PHASE_ACCEPTORS, Child,
                                      Generation, beat_word, describe_exit, kill)
 from prack.master.notify import Pidfile, sd_notify
+from prack.master import rundir
 from prack.child import loop
 from prack.ipc.ring import Segment
 
@@ -69,47 +70,49 @@ def run(cfg, *, config_path: str | None = None) -> int:
     return Master(cfg, config_path, upgrade.inherited()).run()
 
 
-# tempfile and shutil are not imported here: their modules (and bz2, lzma,
-# fnmatch...) would be in the heap every child shares.
-
-def _mkdtemp(base: str | None) -> str:
-    """A new directory only we can use, in `base` (None: TMPDIR or /tmp)."""
-    base = base or os.environ.get("TMPDIR") or "/tmp"
-    for _ in range(100):
-        path = os.path.join(base, "prack-" + os.urandom(6).hex())
-        try:
-            os.mkdir(path, 0o700)
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no unused name for a runtime directory", base)
-
-
-def _make_runtime_dir(configured: str) -> str:
-    """This generation's private directory (its Unix sockets): in
-    server.runtime_dir if set, else in $XDG_RUNTIME_DIR if writable, else in
-    TMPDIR or /tmp."""
+def _make_runtime_dir(configured: str) -> rundir.RuntimeDir:
+    """This generation's private directory (its Unix sockets), locked for
+    the generation's life (prack.master.rundir): in server.runtime_dir if set, else
+    in $XDG_RUNTIME_DIR if writable, else in TMPDIR or /tmp. What a previous
+    instance left there, and no live process still uses, goes first."""
     if configured:
         try:
             os.makedirs(configured, mode=0o700, exist_ok=True)
-            return _mkdtemp(configured)
+            rundir.sweep(configured)
+            return rundir.make(configured)
         except OSError as exc:
             raise StartupError("server.runtime_dir %s: %s"
                                % (configured, exc.strerror or exc))
     base = os.environ.get("XDG_RUNTIME_DIR")
     if not base or not os.access(base, os.W_OK):
-        base = None
+        base = os.environ.get("TMPDIR") or "/tmp"
     try:
-        return _mkdtemp(base)
+        rundir.sweep(base)
+        return rundir.make(base)
     except OSError as exc:
         raise StartupError("cannot create a runtime directory (set server.runtime_dir): "
                            "%s" % (exc.strerror or exc))
 
 
-def _rmtree(path: str) -> None:
-    import shutil   # at cleanup only
+class _ChildRun:
+    """A child's process object, and what it does at its exit when its
+    master died meanwhile: the last process of the generation removes the
+    runtime directory and the pidfile (prack.master.rundir.leave)."""
 
-    shutil.rmtree(path, ignore_errors=True)
+    def __init__(self, child, runtime_dir: rundir.RuntimeDir, pidfile: str,
+                 master_pid: int) -> None:
+        self.child = child
+        self.runtime_dir = runtime_dir
+        self.pidfile = pidfile
+        self.master_pid = master_pid
+
+    def run(self) -> int:
+        try:
+            return self.child.run()
+        finally:
+            if os.getppid() != self.master_pid:
+                rundir.leave(self.runtime_dir.path, self.runtime_dir.lock_fd,
+                             self.pidfile, self.master_pid)
 
 
 def _noop(signum, frame):
@@ -191,6 +194,7 @@ class Master:
         self.listener = self.api_listener = self.link_listener = self.forward_listener = None
         self.segment = None
         self.runtime_dir = None
+        self.rundir: rundir.RuntimeDir | None = None
         self.own_runtime_dir = False
         self.sel = None
         self.pidfile = Pidfile(cfg.server.pidfile)
@@ -221,7 +225,9 @@ class Master:
         self.api_listener = (inh.listener("api", cfg.api.bind)
                              or listeners.bind_tcp(cfg.api.bind, cfg.server.backlog, "api.bind"))
         inh.close_unused()
-        self.runtime_dir = _make_runtime_dir(cfg.server.runtime_dir)
+        self.pidfile.replace_stale()
+        self.rundir = _make_runtime_dir(cfg.server.runtime_dir)
+        self.runtime_dir = self.rundir.path
         self.own_runtime_dir = True
         self.link_path = os.path.join(self.runtime_dir, "api.sock")
         self.link_listener = listeners.bind_unix(self.link_path, 128)
@@ -276,9 +282,11 @@ class Master:
         if self.segment is not None:
             self.segment.close()
         if self.runtime_dir and self.own_runtime_dir:
-            _rmtree(self.runtime_dir)
+            rundir.rmtree(self.runtime_dir)
+        if self.rundir is not None:
+            self.rundir.release()
         if self.old_dir:
-            _rmtree(self.old_dir)
+            rundir.rmtree(self.old_dir)
         self.pidfile.remove()
         if started:     # a startup error is reported by the CLI, in one line
             if self.retire:
@@ -335,7 +343,7 @@ class Master:
     def _spawn(self, role: str, index: int) -> None:
         self.heartbeats.set(beat_word(role, index), time.monotonic())  # a full timeout to start
         try:
-            self.own.spawn(role, index, _HANDLED, self._child_process)
+            self.own.spawn(role, index, _HANDLED, self._child_run)
         except OSError as exc:
             # Out of processes or memory (a container's pids limit): the
             # others keep serving, and this one is tried again later.
@@ -368,6 +376,14 @@ class Master:
                               runtime_dir=self.runtime_dir,
                               predecessor_dir=self.inherited.predecessor_dir, beat=beat)
         return child
+
+    def _child_run(self, role: str, index: int) -> _ChildRun:
+        """In a new child: its process object, and the cleanup it owes a
+        dead master. The child keeps its copy of the runtime directory's
+        lock: while it lives (draining after its master died, say), no
+        starting master may remove the directory."""
+        return _ChildRun(self._child_process(role, index), self.rundir, self.pidfile.path,
+                         os.getppid())
 
     def _on_status(self, mask) -> None:
         try:
@@ -768,7 +784,7 @@ class Master:
 
     def _old_retired(self) -> None:
         if self.old_dir:
-            _rmtree(self.old_dir)
+            rundir.rmtree(self.old_dir)
             self.old_dir = ""
         log.info("the previous generation has retired")
         self.old = None

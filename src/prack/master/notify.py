@@ -77,6 +77,24 @@ class Pidfile:
             except OSError:
                 pass
 
+    def replace_stale(self) -> None:
+        """At start: a pidfile naming a process that is gone, or that is no
+        Prack master (its PID reused), was left by an instance that did not
+        stop cleanly: say so and remove it (ours is written once ready). A
+        live master's stays: it is the one an upgrade hands over from."""
+        if not self.path:
+            return
+        pid = _read_pid(self.path)
+        if not pid or pid == os.getpid() or _is_prack(pid):
+            return
+        log.warning("server.pidfile %s names pid %d, which is not a running Prack "
+                    "master (left by an instance that did not stop); replacing it",
+                    self.path, pid)
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
     def to_old(self) -> None:
         """An upgrade starts: our PID in <pidfile>.oldbin as well. <pidfile>
         stays ours (we serve until the new master is ready), and the new
@@ -111,3 +129,20 @@ def _unlink_if_ours(path: str) -> None:
             os.unlink(path)
         except OSError:
             pass
+
+
+def _is_prack(pid: int) -> bool:
+    """Whether `pid` is alive and (where /proc tells) runs Prack."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return b"prack" in f.read()
+    except FileNotFoundError:
+        return not os.path.isdir("/proc/self")   # no /proc: alive is all we know
+    except OSError:
+        return True
