@@ -154,13 +154,15 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "server", "backlog", "int", 1024,
-        "Listen backlog of the public socket.",
+        "Listen backlog of the public socket: where new connections wait "
+        "while every acceptor is at max_connections.",
         min=1, max=65535,
     ),
     Setting(
         "server", "max_connections", "int", 1024,
-        "Open client connections allowed per acceptor; further connections "
-        "are refused.",
+        "Open client connections allowed per acceptor; a full acceptor "
+        "stops accepting, so another one takes new connections, and with "
+        "every acceptor full they wait in the listen backlog.",
         min=1, max=1_000_000,
     ),
     Setting(

@@ -54,6 +54,8 @@ ACCEPT_BATCH = 1
 # another was scheduled (measured at 32 connections: one acceptor at 0 us
 # per request in 2 runs of 4 without it, none in 4 with it).
 _yield = getattr(os, "sched_yield", None)
+# At most one "all slots in use" warning per acceptor in this many seconds.
+FULL_LOG_INTERVAL = 60.0
 LINGER_MAX_BYTES = 1 << 20
 RECV_SIZE = 65536
 API_READ_SIZE = 1 << 18   # what one read of the API link takes at most
@@ -110,6 +112,9 @@ class Acceptor(ChildLoop):
         # First freed, first reused: a slot stays GONE as long as possible, so
         # a late answer for it gets 410 rather than 404.
         self.free_slots = collections.deque(range(self.nslots))
+        # No free slot: the listener is not watched (_leave_listener).
+        self.full = False
+        self.full_logged_at = -FULL_LOG_INTERVAL
         self.api: socket.socket | None = None
         self.api_ending = False       # the API process has gone: read what it sent, no more
         self.api_in = bytearray()
@@ -327,8 +332,17 @@ class Acceptor(ChildLoop):
         self.send_api(frames.stream_frame(frames.F_GONE, slot, key))
 
     # -- accepting -------------------------------------------------------------
+    # The listener is shared by every acceptor (and kept by the master, so a
+    # new acceptor or a new generation inherits its queue). An acceptor
+    # watches it only while it has a free slot: a full one leaves the
+    # connections in the kernel's queue for the others, and takes them again
+    # once one of its own connections closes. With every acceptor full they
+    # wait there, up to server.backlog, as with haproxy's maxconn, Apache's
+    # MaxRequestWorkers or nginx's accept_mutex (docs/architecture.md, "accept").
 
     def _on_accept(self, mask) -> None:
+        # One per wake-up (ACCEPT_BATCH); the listener is watched only with a
+        # free slot, so the one taken always has one.
         accept_connections(self.listener, self._take, self._exhausted, ACCEPT_BATCH)
 
     def _exhausted(self, exc: OSError) -> None:
@@ -336,13 +350,6 @@ class Acceptor(ChildLoop):
 
     def _take(self, sock: socket.socket, addr) -> bool:
         """A new connection: True when it counts as this wake-up's."""
-        if not self.free_slots:
-            # Over max_connections: refuse quickly rather than queue forever.
-            # It counts as the wake-up's connection: a full acceptor that
-            # refused a whole burst would turn away connections the
-            # others, woken too but taking one each, have room for.
-            self._refuse(sock)
-            return True
         try:
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:
@@ -351,28 +358,39 @@ class Acceptor(ChildLoop):
             # Reset before we got to it (BSD and macOS refuse setsockopt then).
             sock.close()
             return False
-        slot = self.free_slots.popleft()
+        free_slots = self.free_slots
+        slot = free_slots.popleft()
         conn = Conn(sock, self.sel, slot, http.RequestReader(self.limits, self.inline_limit),
                     addr, time.monotonic() + self.t_keepalive)
         self.slots[slot] = conn
         self.conns[conn.fd] = conn
+        if not free_slots:
+            self._leave_listener()
         if _yield is not None:
             _yield()
         return True
 
-    def _refuse(self, sock: socket.socket) -> None:
-        """Over max_connections: answer 503 and close at once, rather than
-        leave the client queued. Reading what already arrived before closing
-        makes a reset (which could destroy the 503 in flight) less likely."""
-        try:
-            sock.setblocking(False)
-            sock.send(http.simple_response(503, b"server busy\n", extra=b"Retry-After: 1\r\n",
-                                           server=self.server))
-            sock.shutdown(socket.SHUT_WR)
-            sock.recv(RECV_SIZE)
-        except OSError:
-            pass
-        sock.close()
+    def _leave_listener(self) -> None:
+        """The last free slot is taken: stop watching the listener, so the
+        next connection goes to an acceptor with room (every acceptor is
+        woken for it, and this one no longer is)."""
+        self.full = True
+        self.sel.unregister(self.listener)
+        now = time.monotonic()
+        if now >= self.full_logged_at + FULL_LOG_INTERVAL:
+            # Under a sustained load the acceptor fills at every connection
+            # that ends: say so once a minute, not each time.
+            self.full_logged_at = now
+            log.warning("acceptor %d: all %d connection slots in use; new connections go to "
+                        "the other acceptors or wait in the listen backlog", self.index,
+                        self.nslots)
+
+    def _rejoin_listener(self) -> None:
+        """A slot of a full acceptor was freed: watch the listener again (a
+        connection already waiting in its queue wakes us at once)."""
+        self.full = False
+        if not self.stopping:
+            self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept)
 
     # -- connection events -----------------------------------------------------
 
@@ -543,6 +561,8 @@ class Acceptor(ChildLoop):
         del self.conns[conn.fd]
         self.slots[conn.slot] = None
         self.free_slots.append(conn.slot)
+        if self.full:
+            self._rejoin_listener()
         if conn.spool is not None or conn.input:
             self.uploads.end(conn)
         if in_flight:
