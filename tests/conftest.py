@@ -646,3 +646,28 @@ def make_acceptor(tmp_path):
     yield make
     for teardown in teardowns:
         teardown()
+
+
+# -- an API process driven in process ---------------------------------------------------------
+
+class _NoRings:
+    """A segment with no rings: the API process's tables and connections
+    are tested without shared memory."""
+    nrings = 2
+    nslots = 8
+
+    def ring(self, i):
+        return None
+
+
+@pytest.fixture
+def inprocess_api():
+    """An ApiServer built in the test process (its loop not run), on a
+    socketpair standing for each of its listeners."""
+    from prack.api.process import ApiServer
+    a, b = socket.socketpair()
+    server = ApiServer(config.load(None, env={}), 1, a, b, _NoRings(), -1)
+    yield server
+    server.sel.close()
+    a.close()
+    b.close()

@@ -9,36 +9,17 @@ import socket
 
 import pytest
 
-from prack import config
-from prack.api.process import ApiServer, WorkerConn
+from prack.api.process import WorkerConn
 from prack.child.connection import EVENT_READ, EVENT_WRITE
 
 
-class _Segment:
-    nrings = 1
-    nslots = 4
-
-    def ring(self, i):
-        return None
-
-
 @pytest.fixture
-def api():
-    a, b = socket.socketpair()
-    server = ApiServer(config.load(None, env={}), 1, a, b, _Segment(), -1)
-    yield server
-    server.sel.close()
-    a.close()
-    b.close()
-
-
-@pytest.fixture
-def worker(api):
+def worker(inprocess_api):
     ours, theirs = socket.socketpair()
-    api._take_worker(ours, None)
-    [conn] = api.workers.values()
+    inprocess_api._take_worker(ours, None)
+    [conn] = inprocess_api.workers.values()
     yield conn, theirs
-    api._close_worker(conn)
+    inprocess_api._close_worker(conn)
     theirs.close()
 
 
@@ -56,34 +37,34 @@ def _drain(sock) -> bytes:
     return got
 
 
-def test_a_spooled_body_holds_the_call_until_all_of_it_has_gone(api, worker, tmp_path):
+def test_a_spooled_body_holds_the_call_until_all_of_it_has_gone(inprocess_api, worker, tmp_path):
     conn, theirs = worker
     conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     body = os.urandom(WorkerConn.FILE_ROUNDS * WorkerConn.FILE_CHUNK + 12345)
     path = tmp_path / "body"
     path.write_bytes(body)
     conn.busy = True
-    api.reply_file(conn, b"application/octet-stream", os.open(path, os.O_RDONLY), len(body))
+    inprocess_api.reply_file(conn, b"application/octet-stream", os.open(path, os.O_RDONLY), len(body))
     assert conn.busy and conn.file is not None
-    assert api.sel.get_key(conn.sock).events == EVENT_READ | EVENT_WRITE
+    assert inprocess_api.sel.get_key(conn.sock).events == EVENT_READ | EVENT_WRITE
     got = b""
     while conn.file is not None:
         got += _drain(theirs)
-        api._on_worker(conn, EVENT_WRITE)
+        inprocess_api._on_worker(conn, EVENT_WRITE)
     got += _drain(theirs)
     assert got.endswith(body)
     assert not conn.busy                                # the next call may go on
-    assert api.sel.get_key(conn.sock).events == EVENT_READ
+    assert inprocess_api.sel.get_key(conn.sock).events == EVENT_READ
 
 
-def test_pipelined_calls_are_answered_in_order_without_nesting(api, worker):
+def test_pipelined_calls_are_answered_in_order_without_nesting(inprocess_api, worker):
     conn, theirs = worker
     calls = 1000        # past the recursion limit, had each answer nested the next
     theirs.sendall(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n" * calls)
-    api._on_worker(conn, EVENT_READ)
+    inprocess_api._on_worker(conn, EVENT_READ)
     answers = 0
     while answers < calls:
         answers += _drain(theirs).count(b"HTTP/1.1 404")
         if conn.out:
-            api._on_worker(conn, EVENT_WRITE)   # answers that waited for the socket
+            inprocess_api._on_worker(conn, EVENT_WRITE)   # answers that waited for the socket
     assert not conn.processing and not conn.reader.buf

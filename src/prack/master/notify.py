@@ -46,7 +46,8 @@ def sd_notify(message: str) -> bool:
         return False
 
 
-def _read_pid(path: str) -> int | None:
+def read_pid(path: str) -> int | None:
+    """The PID a pidfile holds, or None when it cannot be read."""
     try:
         with open(path) as f:
             return int(f.read().strip() or 0)
@@ -84,7 +85,7 @@ class Pidfile:
         live master's stays: it is the one an upgrade hands over from."""
         if not self.path:
             return
-        pid = _read_pid(self.path)
+        pid = read_pid(self.path)
         if not pid or pid == os.getpid() or _is_prack(pid):
             return
         log.warning("server.pidfile %s names pid %d, which is not a running Prack "
@@ -100,7 +101,7 @@ class Pidfile:
         stays ours (we serve until the new master is ready), and the new
         master's rename over it replaces it without a gap; renaming it away
         here would leave no pidfile until then."""
-        if self.path and _read_pid(self.path) == os.getpid():
+        if self.path and read_pid(self.path) == os.getpid():
             self._write(self.path + OLD_SUFFIX)
 
     def from_old(self) -> None:
@@ -109,9 +110,9 @@ class Pidfile:
         if not self.path:
             return
         old = self.path + OLD_SUFFIX
-        if _read_pid(old) != os.getpid():
+        if read_pid(old) != os.getpid():
             return          # no upgrade of ours left it (or not ours to fix)
-        if _read_pid(self.path) != os.getpid():
+        if read_pid(self.path) != os.getpid():
             self._write(self.path)
         _unlink_if_ours(old)
 
@@ -124,7 +125,7 @@ class Pidfile:
 
 
 def _unlink_if_ours(path: str) -> None:
-    if _read_pid(path) == os.getpid():
+    if read_pid(path) == os.getpid():
         try:
             os.unlink(path)
         except OSError:

@@ -34,6 +34,8 @@ import logging
 import os
 import re
 
+from prack.master.notify import read_pid
+
 log = logging.getLogger("prack.master")
 
 LOCK_NAME = "lock"
@@ -152,7 +154,7 @@ def leave(path: str, lock_fd: int, pidfile: str, master_pid: int) -> None:
         removed = [path]
         if pidfile:
             for name in (pidfile, pidfile + ".oldbin"):
-                if _read_pid(name) == master_pid:
+                if read_pid(name) == master_pid:
                     try:
                         os.unlink(name)
                         removed.append(name)
@@ -162,11 +164,3 @@ def leave(path: str, lock_fd: int, pidfile: str, master_pid: int) -> None:
                  master_pid, ", ".join(removed))
     finally:
         os.close(fd)
-
-
-def _read_pid(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return None
