@@ -11,47 +11,8 @@ import threading
 
 import pytest
 
+from conftest import scripted_front as scripted
 from prack.worker.client import STALE, Connection, Front, Lease
-
-
-def scripted(connections: list[list[bytes]]):
-    """A listening socket that takes one connection per entry of
-    `connections` and answers each request it reads there with the next of
-    that entry's answers (None: no answer, until the client goes); then it
-    closes that connection. The requests read are collected as (connection
-    number, request)."""
-    lst = socket.create_server(("127.0.0.1", 0))
-    seen: list[tuple[int, bytes]] = []
-
-    def serve():
-        for number, answers in enumerate(connections):
-            conn, _ = lst.accept()
-            with conn:
-                buf = b""
-                for answer in answers:
-                    while b"\r\n\r\n" not in buf:
-                        data = conn.recv(65536)
-                        if not data:
-                            break
-                        buf += data
-                    if b"\r\n\r\n" not in buf:
-                        break
-                    head, _, buf = buf.partition(b"\r\n\r\n")
-                    length = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
-                    n = int(length.group(1)) if length else 0
-                    while len(buf) < n:
-                        buf += conn.recv(65536)
-                    seen.append((number, head + b"\r\n\r\n" + buf[:n]))
-                    buf = buf[n:]
-                    if answer is None:          # hold the call until the client goes
-                        while conn.recv(65536):
-                            pass
-                        break
-                    conn.sendall(answer)
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    return lst, t, seen
 
 
 def ok(body: bytes) -> bytes:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 import msgspec
-from conftest import get
+from conftest import get, scripted_front
 
 from prack.protocol import messages
 from prack.worker import Response, Worker, client, lanes
@@ -82,11 +82,6 @@ def test_streams_and_failures_still_go_their_own_way(start_server):
         assert worker.join(10)
 
 
-def _front(answers):
-    from test_worker_sdk import _scripted_front
-    return _scripted_front(answers)
-
-
 def _http(body: bytes) -> bytes:
     return (b"HTTP/1.1 200 OK\r\nContent-Type: application/msgpack\r\nContent-Length: %d\r\n\r\n"
             % len(body) + body)
@@ -96,11 +91,11 @@ def test_post_returns_the_next_batch_or_falls_back_for_an_older_front():
     enc = msgspec.msgpack.encode
     item = messages.RequestItem("1" * 32, {"PATH_INFO": "/x"}, b"", 1e10)
     answer = messages.ResponseItem("0" * 32, 200, [], b"hi")
-    lst, t, seen = _front([
+    lst, t, seen = scripted_front([[
         _http(enc(messages.ResultsAndRequests([messages.ItemResult("0" * 32, "ok")], [item]))),
         _http(enc(messages.ResultBatch([messages.ItemResult("0" * 32, "ok")]))),   # an older front
         _http(enc(messages.ResultBatch([messages.ItemResult("0" * 32, "gone")]))),
-    ])
+    ]])
     with lst:
         front = client.Front("http://127.0.0.1:%d" % lst.getsockname()[1], 10)
         pace = lanes.Pace(4)
@@ -115,5 +110,5 @@ def test_post_returns_the_next_batch_or_falls_back_for_an_older_front():
         assert codec.post(conn, [answer], [], True) is None
         conn.close()
         t.join(5)
-    assert seen[0].startswith(b"POST /api/v2/responses?wait=2&max=4 HTTP/1.1\r\n")
-    assert seen[2].startswith(b"POST /api/v2/responses HTTP/1.1\r\n")
+    assert seen[0][1].startswith(b"POST /api/v2/responses?wait=2&max=4 HTTP/1.1\r\n")
+    assert seen[2][1].startswith(b"POST /api/v2/responses HTTP/1.1\r\n")

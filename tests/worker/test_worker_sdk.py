@@ -10,7 +10,7 @@ import sys
 import threading
 
 import pytest
-from conftest import get
+from conftest import get, scripted_front
 
 from apps.procs import WorkerProcess, free_port, worker_command
 from prack.worker import Response, Worker
@@ -187,54 +187,19 @@ def test_batches_follow_the_handler_speed():
     assert sizes[0] == 64 and sizes[-1] == 1
 
 
-def _scripted_front(answers: list[bytes]):
-    """A listening socket on loopback that answers each request it reads on
-    one connection with the next of `answers` (b"" closes the connection);
-    the requests it read are collected."""
-    import socket as socketmod
-
-    lst = socketmod.create_server(("127.0.0.1", 0))
-    seen: list[bytes] = []
-
-    def serve():
-        conn, _ = lst.accept()
-        with conn:
-            buf = b""
-            for answer in answers:
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                length = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
-                n = int(length.group(1)) if length else 0
-                while len(buf) < n:
-                    buf += conn.recv(65536)
-                seen.append(head + b"\r\n\r\n" + buf[:n])
-                buf = buf[n:]
-                if not answer:
-                    return
-                conn.sendall(answer)
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    return lst, t, seen
-
-
 def test_lane_connection_reads_every_framing():
     """The SDK's own HTTP/1.1 client: Content-Length, chunked (with
     extensions and trailers), interim 1xx answers, and an answer ended by the
     close; a front closing an idle kept-alive connection is RemoteDisconnected."""
     from prack.worker.client import Connection
 
-    lst, t, seen = _scripted_front([
+    lst, t, seen = scripted_front([[
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: 1\r\n\r\n",
         b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
         b"",
-    ])
+    ]])
     with lst:
         conn = Connection("127.0.0.1", lst.getsockname()[1], 10)
         assert conn.call("GET", "/a?x=1", None, {"Accept": "application/msgpack"}) == (200, b"hello")
@@ -244,10 +209,10 @@ def test_lane_connection_reads_every_framing():
             conn.call("GET", "/d", None, {})
         conn.close()
         t.join(5)
-    assert seen[0].startswith(b"GET /a?x=1 HTTP/1.1\r\nAccept: application/msgpack\r\nHost: 127.0.0.1:")
-    assert seen[1].endswith(b"Content-Length: 7\r\n\r\npayload")
+    assert seen[0][1].startswith(b"GET /a?x=1 HTTP/1.1\r\nAccept: application/msgpack\r\nHost: 127.0.0.1:")
+    assert seen[1][1].endswith(b"Content-Length: 7\r\n\r\npayload")
 
-    lst, t, seen = _scripted_front([b"HTTP/1.0 200 OK\r\n\r\nto the end"])
+    lst, t, seen = scripted_front([[b"HTTP/1.0 200 OK\r\n\r\nto the end"]])
     with lst:
         conn = Connection("127.0.0.1", lst.getsockname()[1], 10)
         # The server closes after its answer (no length): read to the end.
@@ -257,7 +222,7 @@ def test_lane_connection_reads_every_framing():
 
     for bad in (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", b"SPDY/3 200 OK\r\n\r\n",
                 b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"):
-        lst, t, _ = _scripted_front([bad])
+        lst, t, _ = scripted_front([[bad]])
         with lst:
             conn = Connection("127.0.0.1", lst.getsockname()[1], 10)
             with pytest.raises(http.client.HTTPException):
